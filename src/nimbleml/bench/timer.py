@@ -1,0 +1,88 @@
+"""Time a call honestly: warm up, repeat until stable or out of time, measure memory apart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .stats import LatencyStats, is_stable, summarize
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """warmup_s of untimed calls, then timed calls until the IQR/median falls below
+    ``target_spread`` with at least ``min_samples`` (1000 makes p99 meaningful), or until
+    ``time_budget_s`` is spent."""
+
+    warmup_s: float = 0.2
+    min_samples: int = 1000
+    max_samples: int = 100_000
+    time_budget_s: float = 3.0
+    target_spread: float = 0.10
+
+    def __post_init__(self) -> None:
+        if self.time_budget_s <= 0 or self.warmup_s < 0:
+            raise ValueError("time_budget_s must be > 0 and warmup_s >= 0")
+        if self.min_samples < 1 or self.max_samples < self.min_samples:
+            raise ValueError("need 1 <= min_samples <= max_samples")
+
+
+def time_calls(fn: Callable[[], object], config: TimingConfig) -> LatencyStats:
+    clock = time.perf_counter_ns
+    end_warmup = time.perf_counter() + config.warmup_s
+    fn()
+    while time.perf_counter() < end_warmup:
+        fn()
+    samples = np.empty(config.max_samples, dtype=np.int64)
+    n = 0
+    deadline = time.perf_counter() + config.time_budget_s
+    check_every = 50
+    stable = False
+    while n < config.max_samples:
+        t0 = clock()
+        fn()
+        samples[n] = clock() - t0
+        n += 1
+        if n % check_every == 0:
+            stable = n >= config.min_samples and is_stable(samples[:n], config.target_spread)
+            if stable or time.perf_counter() > deadline:
+                break
+        elif n < check_every and time.perf_counter() > deadline and n >= 3:
+            break
+    timed = samples[:n]
+    return summarize(timed, stable or is_stable(timed, config.target_spread))
+
+
+def peak_rss_bytes(fn: Callable[[], object], calls: int = 20, interval_s: float = 0.0005) -> int:
+    """Peak resident memory growth (bytes) while running ``fn`` ``calls`` times, sampled
+    by a watcher thread in a pass of its own (not mixed with timing)."""
+    import gc
+
+    import psutil
+
+    proc = psutil.Process()
+    gc.collect()
+    base = proc.memory_info().rss
+    peak = base
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(interval_s)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        for _ in range(calls):
+            fn()
+    finally:
+        done.set()
+        watcher.join()
+    peak = max(peak, proc.memory_info().rss)
+    return max(0, peak - base)

@@ -1,0 +1,17 @@
+"""Compression: recipes registered by name, and the compress() pipeline."""
+
+from .api import CompressConfig, ModelCompressor, PruneMethod, Quantization, compress
+from .base import RECIPES, Context, Recipe, get_recipe, register
+
+__all__ = [
+    "RECIPES",
+    "CompressConfig",
+    "Context",
+    "ModelCompressor",
+    "PruneMethod",
+    "Quantization",
+    "Recipe",
+    "compress",
+    "get_recipe",
+    "register",
+]

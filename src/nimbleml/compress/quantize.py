@@ -1,0 +1,389 @@
+"""Precision recipes: ONNX Runtime int8 (dynamic, static QDQ), fp16, graph optimisation,
+sparse storage, and the PyTorch-native paths (torch-int8, bf16)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._deps import require
+from ..bench.machine import CpuCaps, has_cuda
+from ..errors import ConfigError, UnsupportedError
+from ..inputs import Feeds, batch_size, take
+from ..models.base import Model
+from ..models.onnx_model import OnnxModel, session_options
+from .base import Context, Recipe, register
+
+# ops ONNX Runtime's dynamic quantizer turns into integer kernels that pay on CPU
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization")
+STATIC_OPS = ("MatMul", "Gemm", "Conv", "Attention", "Gather", "ConvTranspose")
+CALIBRATION = ("minmax", "entropy", "percentile")
+
+
+@contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="nimbleml-") as tmp:
+        yield Path(tmp)
+
+
+@contextmanager
+def _quiet_ort() -> Iterator[None]:
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # the quantizer logs "consider pre-processing" hints
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def int8_layout(caps: CpuCaps) -> dict[str, Any]:
+    """Activation/weight types safe on this CPU. Without VNNI, the u8s8 kernels
+    (VPMADDUBSW) can saturate: keep weights to 7 bits (reduce_range)."""
+    if caps.vnni:
+        return {"activation": "int8", "weight": "int8", "reduce_range": False, "why": "VNNI"}
+    return {
+        "activation": "uint8",
+        "weight": "int8",
+        "reduce_range": True,
+        "why": "no VNNI: 7-bit weights avoid u8s8 saturation",
+    }
+
+
+def _quant_type(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """Shape inference + cleanup the quantizer wants; keep the original if it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet_ort():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        return dst
+    except Exception:
+        return src
+
+
+def _require_ops(model: OnnxModel, ops: tuple[str, ...], recipe: str) -> list[str]:
+    present = model.op_types()
+    found = sorted({op for op in present if op in ops})
+    if not found:
+        raise UnsupportedError(
+            f"recipe '{recipe}' has nothing to quantize: the model's ONNX graph has no "
+            f"{'/'.join(ops)} (it has {', '.join(sorted(set(present))[:8])}); use "
+            "quantize=None to convert and graph-optimise only"
+        )
+    return found
+
+
+@register
+class DynamicInt8(Recipe):
+    """int8 weights, activations quantised on the fly (ONNX Runtime dynamic quantisation)."""
+
+    name = "int8"
+    stage = "onnx"
+    frameworks = ("onnx",)
+
+    def __init__(self, per_channel: bool = False) -> None:
+        super().__init__(per_channel=bool(per_channel))
+
+    def check(self, model: Model, ctx: Context) -> None:
+        super().check(model, ctx)
+        assert isinstance(model, OnnxModel)
+        _require_ops(model, DYNAMIC_OPS, self.name)
+
+    def apply(self, model: Model, ctx: Context) -> Model:
+        from onnxruntime.quantization import quantize_dynamic
+
+        assert isinstance(model, OnnxModel)
+        layout = int8_layout(ctx.caps)
+        self._params["layout"] = layout
+        with _workdir() as tmp, _quiet_ort():
+            (tmp / "in.onnx").write_bytes(model.data)
+            src = _preprocess(tmp / "in.onnx", tmp / "pre.onnx")
+            quantize_dynamic(
+                str(src),
+                str(tmp / "q.onnx"),
+                weight_type=_quant_type(layout["weight"]),
+                per_channel=self._params["per_channel"],
+                reduce_range=layout["reduce_range"],
+                op_types_to_quantize=list(DYNAMIC_OPS),
+            )
+            return OnnxModel((tmp / "q.onnx").read_bytes(), task=model.task)
+
+
+class _Calibration:
+    """Feeds calibration batches to ONNX Runtime's static quantizer."""
+
+    def __init__(self, feeds: Feeds, batch: int = 32, limit: int = 512) -> None:
+        n = min(batch_size(feeds), limit)
+        self._batches = [take(feeds, slice(i, min(i + batch, n))) for i in range(0, n, batch)]
+        self._it = iter(self._batches)
+
+    def get_next(self) -> Feeds | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+@register
+class StaticInt8(Recipe):
+    """int8 weights and activations (QDQ), scales calibrated on real inputs; per-channel
+    weights; the layout chosen from the CPU's capabilities."""
+
+    name = "int8-static"
+    stage = "onnx"
+    frameworks = ("onnx",)
+
+    def __init__(self, calibration: str = "minmax", per_channel: bool = True) -> None:
+        if calibration not in CALIBRATION:
+            raise ConfigError(
+                f"unknown calibration method '{calibration}'; choose one of: {', '.join(CALIBRATION)}"
+            )
+        super().__init__(calibration=calibration, per_channel=bool(per_channel))
+
+    def check(self, model: Model, ctx: Context) -> None:
+        super().check(model, ctx)
+        if ctx.calib is None:
+            raise ConfigError(
+                "int8-static needs calibration data: pass calib= (or --calib DATA), a few "
+                "hundred real inputs"
+            )
+        assert isinstance(model, OnnxModel)
+        _require_ops(model, STATIC_OPS, self.name)
+
+    def apply(self, model: Model, ctx: Context) -> Model:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+        assert isinstance(model, OnnxModel) and ctx.calib is not None
+        layout = int8_layout(ctx.caps)
+        self._params["layout"] = layout
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[self._params["calibration"]]
+        with _workdir() as tmp, _quiet_ort():
+            (tmp / "in.onnx").write_bytes(model.data)
+            src = _preprocess(tmp / "in.onnx", tmp / "pre.onnx")
+            quantize_static(
+                str(src),
+                str(tmp / "q.onnx"),
+                _Calibration(ctx.calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=self._params["per_channel"],
+                reduce_range=layout["reduce_range"],
+                activation_type=_quant_type(layout["activation"]),
+                weight_type=_quant_type(layout["weight"]),
+                calibrate_method=method,
+                op_types_to_quantize=list(STATIC_OPS),
+            )
+            return OnnxModel((tmp / "q.onnx").read_bytes(), task=model.task)
+
+
+@register
+class Float16(Recipe):
+    """fp16 weights and compute, float32 inputs and outputs kept (pays on GPUs; on CPUs
+    without fp16 arithmetic it halves the size and the benchmark shows the speed)."""
+
+    name = "fp16"
+    stage = "onnx"
+    frameworks = ("onnx",)
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def apply(self, model: Model, ctx: Context) -> Model:
+        require("onnxconverter_common", "the fp16 recipe")
+        from onnxconverter_common import float16
+
+        assert isinstance(model, OnnxModel)
+        self._params["device"] = "cuda" if has_cuda() else "cpu"
+        with _quiet_ort():
+            proto = float16.convert_float_to_float16(model.proto(), keep_io_types=True)
+        return OnnxModel(proto.SerializeToString(), task=model.task)
+
+
+@register
+class GraphOptimize(Recipe):
+    """ONNX Runtime's graph optimisations (fusions, constant folding) saved offline, at the
+    'extended' level so the file stays portable across CPUs."""
+
+    name = "graph-opt"
+    stage = "onnx"
+    frameworks = ("onnx",)
+    lossy = False
+
+    def __init__(self, level: str = "extended") -> None:
+        if level not in ("basic", "extended"):
+            raise ConfigError(f"graph-opt level must be 'basic' or 'extended', got {level!r}")
+        super().__init__(level=level)
+
+    def apply(self, model: Model, ctx: Context) -> Model:
+        import onnxruntime as ort
+
+        assert isinstance(model, OnnxModel)
+        with _workdir() as tmp:
+            so = session_options(optimize=self._params["level"])
+            so.optimized_model_filepath = str(tmp / "opt.onnx")
+            ort.InferenceSession(model.data, so, providers=["CPUExecutionProvider"])
+            return OnnxModel((tmp / "opt.onnx").read_bytes(), task=model.task)
+
+
+@register
+class SparseStore(Recipe):
+    """Store initializers that are mostly zeros as ONNX sparse tensors (COO), where that
+    takes fewer bytes; ONNX Runtime densifies them at load, so outputs are unchanged."""
+
+    name = "sparse-store"
+    stage = "onnx"
+    frameworks = ("onnx",)
+    lossy = False
+
+    def __init__(self, min_elements: int = 1024) -> None:
+        super().__init__(min_elements=int(min_elements))
+
+    def apply(self, model: Model, ctx: Context) -> Model:
+        from onnx import helper, numpy_helper
+
+        assert isinstance(model, OnnxModel)
+        proto = model.proto()
+        graph = proto.graph
+        kept, converted = [], 0
+        for init in graph.initializer:
+            arr = numpy_helper.to_array(init)
+            flat = arr.ravel()
+            nnz = np.flatnonzero(flat)
+            index_type = np.int16 if flat.size < 2**15 else np.int32
+            sparse_bytes = nnz.size * (arr.itemsize + np.dtype(index_type).itemsize)
+            if flat.size < self._params["min_elements"] or sparse_bytes >= arr.nbytes:
+                kept.append(init)
+                continue
+            values = numpy_helper.from_array(flat[nnz], init.name)
+            indices = numpy_helper.from_array(nnz.astype(index_type), f"{init.name}_indices")
+            graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(arr.shape)))
+            converted += 1
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        self._params["sparse_tensors"] = converted
+        return OnnxModel(proto.SerializeToString(), task=model.task)
+
+
+# -- PyTorch-native -----------------------------------------------------------------------
+def _torch_model(model: Model, recipe: str) -> Any:
+    from ..models.torch_model import TorchModel
+
+    if not isinstance(model, TorchModel):
+        raise UnsupportedError(f"recipe '{recipe}' keeps the model in PyTorch; pass an nn.Module")
+    return model
+
+
+@register
+class TorchInt8(Recipe):
+    """PyTorch dynamic int8 quantisation of Linear layers, for users who stay in PyTorch."""
+
+    name = "torch-int8"
+    stage = "torch"
+    frameworks = ("torch",)
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def apply(self, model: Model, ctx: Context) -> Model:
+        from ..models.torch_model import quiet
+
+        torch = require("torch", "the torch-int8 recipe")
+        tm = _torch_model(model, self.name)
+        engines = torch.backends.quantized.supported_engines
+        engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
+        if engine is None:
+            raise UnsupportedError(f"this torch build has no int8 engine (it has {engines})")
+        torch.backends.quantized.engine = engine
+        self._params["engine"] = engine
+        with quiet():
+            qmodule = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(tm.module), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        return tm.with_module(qmodule)
+
+
+def bf16_support() -> tuple[bool, str]:
+    """Whether bf16 runs natively here, and what was found."""
+    from ..bench.machine import cpu_caps, gpus
+
+    caps = cpu_caps()
+    if caps.bf16:
+        return True, "CPU with " + "/".join(f for f in caps.flags if "bf16" in f)
+    for gpu in gpus():
+        return True, f"GPU {gpu['name']}"
+    return False, "CPU flags " + (", ".join(caps.flags) or "unknown") + ", no NVIDIA GPU"
+
+
+@register
+class BFloat16(Recipe):
+    """bf16 weights and compute in PyTorch, only where the hardware runs bf16 natively
+    (AVX512_BF16/AMX CPUs, NVIDIA GPUs); inputs and outputs stay float32."""
+
+    name = "bf16"
+    stage = "torch"
+    frameworks = ("torch",)
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def check(self, model: Model, ctx: Context) -> None:
+        super().check(model, ctx)
+        ok, found = bf16_support()
+        if not ok:
+            raise UnsupportedError(
+                f"bf16 needs hardware that runs it (a CPU with AVX512_BF16 or AMX, or an NVIDIA "
+                f"GPU); this machine has {found}. Use quantize='int8' or 'fp16' instead"
+            )
+
+    def apply(self, model: Model, ctx: Context) -> Model:
+        torch = require("torch", "the bf16 recipe")
+        tm = _torch_model(model, self.name)
+        module = _CastWrapper(copy.deepcopy(tm.module).to(torch.bfloat16), torch.bfloat16)
+        return tm.with_module(module)
+
+
+def _cast_wrapper_class() -> Any:
+    torch = require("torch", "the bf16 recipe")
+
+    class CastWrapper(torch.nn.Module):
+        """Runs ``inner`` in ``dtype``: float inputs cast in, float outputs cast back."""
+
+        def __init__(self, inner: Any, dtype: Any) -> None:
+            super().__init__()
+            self.inner, self.dtype = inner, dtype
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            def cast(t: Any, dtype: Any) -> Any:
+                return t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t
+
+            out = self.inner(
+                *[cast(a, self.dtype) for a in args],
+                **{k: cast(v, self.dtype) for k, v in kwargs.items()},
+            )
+            if isinstance(out, tuple | list):
+                return type(out)(cast(o, torch.float32) for o in out)
+            if isinstance(out, dict):
+                return {k: cast(v, torch.float32) for k, v in out.items()}
+            return cast(out, torch.float32)
+
+    return CastWrapper
+
+
+def _CastWrapper(inner: Any, dtype: Any) -> Any:  # noqa: N802 - behaves like a class
+    return _cast_wrapper_class()(inner, dtype)

@@ -1,0 +1,188 @@
+"""Inputs as nimbleml moves them around: a dict of named numpy arrays ("feeds").
+
+Users may give a single array or tensor, a tuple/list of them (positional), or a dict of
+named ones; everything is normalised here once, with errors that name the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+Feeds = dict[str, np.ndarray]
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one model input or output; symbolic dims are strings."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A numpy array from an array, a torch tensor, a pandas object, or a nested list."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        return np.asarray(x.detach().cpu().numpy())
+    if hasattr(x, "to_numpy"):  # pandas
+        return np.asarray(x.to_numpy())
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise DataError(
+            f"cannot turn a {type(x).__name__} into an array ({exc}); pass a numpy array, "
+            "a torch tensor, or a dict of them"
+        ) from exc
+
+
+def as_feeds(x: Any, names: Sequence[str]) -> Feeds:
+    """Normalise ``x`` to feeds for a model whose inputs are ``names``."""
+    if isinstance(x, Mapping):
+        missing = [n for n in names if n not in x]
+        extra = [k for k in x if k not in names]
+        if missing or extra:
+            raise DataError(
+                f"inputs do not match the model: missing {missing or 'none'}, unexpected "
+                f"{extra or 'none'}; the model takes {list(names)}"
+            )
+        return {n: to_numpy(x[n]) for n in names}
+    if isinstance(x, tuple | list) and len(names) > 1:
+        if len(x) != len(names):
+            raise DataError(
+                f"got {len(x)} positional inputs but the model takes {len(names)}: {list(names)}"
+            )
+        return {n: to_numpy(v) for n, v in zip(names, x, strict=True)}
+    if len(names) != 1:
+        raise DataError(
+            f"the model takes {len(names)} inputs {list(names)}; pass a dict or a tuple of them"
+        )
+    if isinstance(x, tuple) and len(x) == 1:
+        x = x[0]
+    return {names[0]: to_numpy(x)}
+
+
+def batch_size(feeds: Mapping[str, np.ndarray]) -> int:
+    """The shared first dimension of all inputs; an error if they disagree."""
+    sizes = {k: (v.shape[0] if v.ndim else 1) for k, v in feeds.items()}
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"inputs disagree on the batch size (first dimension): {sizes}")
+    return next(iter(sizes.values())) if sizes else 0
+
+
+def take(feeds: Mapping[str, np.ndarray], index: Any) -> Feeds:
+    """Rows ``index`` (a slice or index array) of every input."""
+    return {k: v[index] for k, v in feeds.items()}
+
+
+def rows(feeds: Mapping[str, np.ndarray], n: int, start: int = 0) -> Feeds:
+    """``n`` rows starting at ``start``, wrapping around (repeats rows when n > batch)."""
+    total = batch_size(feeds)
+    if total == 0:
+        raise DataError("the inputs have no rows; pass at least one example")
+    idx = (np.arange(n) + start) % total
+    return take(feeds, idx)
+
+
+def cast_to_specs(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> Feeds:
+    """Cast each input to the dtype its spec asks for (float64 -> float32, int32 -> int64...)."""
+    out: Feeds = {}
+    for spec in specs:
+        arr = feeds[spec.name]
+        if str(arr.dtype) != spec.dtype and spec.dtype != "object":
+            try:
+                arr = arr.astype(spec.dtype)
+            except (TypeError, ValueError) as exc:
+                raise DataError(
+                    f"input '{spec.name}' has dtype {arr.dtype}, which cannot become the "
+                    f"{spec.dtype} the model takes ({exc})"
+                ) from exc
+        out[spec.name] = np.ascontiguousarray(arr)
+    return out
+
+
+def check_shapes(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> None:
+    """Raise DataError when an input's rank or fixed dimensions disagree with its spec."""
+    for spec in specs:
+        arr = feeds[spec.name]
+        if len(spec.shape) != arr.ndim:
+            raise DataError(
+                f"input '{spec.name}' has shape {arr.shape} (rank {arr.ndim}); the model "
+                f"takes rank {len(spec.shape)} {_fmt_shape(spec.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+            if isinstance(want, int) and want > 0 and want != got and axis > 0:
+                raise DataError(
+                    f"input '{spec.name}' has shape {arr.shape}; the model takes "
+                    f"{_fmt_shape(spec.shape)} (dimension {axis} must be {want})"
+                )
+
+
+def _fmt_shape(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def load_data(path: str, target: str | None = None) -> tuple[Any, np.ndarray | None]:
+    """Read X (an array or a dict of named arrays) and optional y from .npz, .npy or .csv."""
+    import os
+
+    if not os.path.exists(path):
+        raise DataError(f"data file not found: {path}")
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        return np.load(path, allow_pickle=False), None
+    if lower.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        y = arrays.pop("y", None)
+        if "X" in arrays and len(arrays) == 1:
+            return arrays["X"], y
+        if not arrays:
+            raise DataError(f"{path} holds no input arrays; save X (and y) with np.savez")
+        return arrays, y
+    if lower.endswith(".csv"):
+        return _load_csv(path, target)
+    raise DataError(f"unknown data format for {path}: use .npz (X and y), .npy, or .csv")
+
+
+def _load_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    import csv
+
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path} is empty; it needs a header row and data rows") from None
+        body = [row for row in reader if row]
+    if target is not None and target not in header:
+        raise DataError(f"target column '{target}' is not in {path}; columns are {header}")
+    try:
+        table = np.asarray(body, dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path} must hold numbers only below its header ({exc})") from exc
+    if table.ndim != 2 or table.shape[1] != len(header):
+        raise DataError(f"{path}: every row must have {len(header)} values like the header")
+    if target is None:
+        return table.astype(np.float32), None
+    col = header.index(target)
+    y = table[:, col]
+    X = np.delete(table, col, axis=1).astype(np.float32)
+    if np.all(y == np.round(y)):
+        return X, y.astype(np.int64)
+    return X, y

@@ -1,0 +1,77 @@
+"""The one interface every framework adapter implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..inputs import Feeds, TensorSpec, as_feeds, cast_to_specs, check_shapes
+
+if TYPE_CHECKING:
+    from .onnx_model import OnnxModel
+
+
+class Model(ABC):
+    """A runnable model: named inputs in, a list of output arrays out.
+
+    ``task`` is "classification", "regression" or None (unknown: torch/ONNX models whose
+    outputs are logits or embeddings).
+    """
+
+    framework: str = "unknown"
+    task: str | None = None
+
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> list[TensorSpec]: ...
+
+    @abstractmethod
+    def run(self, feeds: Feeds) -> list[np.ndarray]:
+        """Run on feeds already cast to the input specs."""
+
+    @abstractmethod
+    def to_onnx(self, example: Feeds, path: str | Path | None = None) -> OnnxModel:
+        """Convert to ONNX (dynamic batch and sequence axes); the caller verifies."""
+
+    @abstractmethod
+    def size_bytes(self) -> int: ...
+
+    @abstractmethod
+    def num_parameters(self) -> int: ...
+
+    @abstractmethod
+    def save(self, directory: Path, stem: str) -> str:
+        """Write the model into ``directory``; return the file name used."""
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    def feeds(self, x: Any) -> Feeds:
+        """Normalise user input (array, tuple, dict, tensors) to feeds for this model."""
+        feeds = as_feeds(x, self.input_names)
+        check_shapes(feeds, self.inputs)
+        return cast_to_specs(feeds, self.inputs)
+
+    def __call__(self, x: Any) -> list[np.ndarray]:
+        return self.run(self.feeds(x))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "class": type(self).__name__,
+            "task": self.task,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+        }

@@ -1,0 +1,220 @@
+"""The .nimble package: a folder with manifest.json, the optimised model, and the baseline
+it falls back to. Checksums are verified on load; see docs/package-format.md."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MissingDependencyError, ModelLoadError, NimbleError, PackageError
+from .inputs import Feeds, TensorSpec
+from .models.base import Model
+
+SCHEMA = 1
+MANIFEST = "manifest.json"
+
+
+class FallbackWarning(RuntimeWarning):
+    """The package's optimised model cannot run here; the baseline runs instead."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _placeholder(specs: list[TensorSpec]) -> Feeds:
+    """One all-zeros row per input (symbolic dims -> 1 for batch, 8 otherwise)."""
+    feeds = {}
+    for s in specs:
+        shape = [1 if i == 0 else (d if isinstance(d, int) and d > 0 else 8) for i, d in enumerate(s.shape)]
+        dtype = np.float32 if s.dtype in ("float16", "bfloat16", "object") else s.dtype
+        arr = np.zeros(shape, dtype=dtype)
+        if "mask" in s.name.lower():
+            arr[...] = 1
+        feeds[s.name] = arr
+    return feeds
+
+
+def _open_model(path: Path, manifest: dict[str, Any]) -> Model:
+    suffix = path.suffix
+    runtime = manifest.get("runtime", {})
+    if suffix == ".onnx":
+        from .models.onnx_model import OnnxModel
+
+        model: Model = OnnxModel(path, threads=runtime.get("intra_op_num_threads"))
+    elif suffix == ".skops":
+        from .models.sklearn_model import load_skops
+
+        model = load_skops(path)
+    elif suffix == ".ts":
+        from ._deps import require
+        from .models.torch_model import TorchModel, quiet
+
+        torch = require("torch", "this package's TorchScript model")
+        specs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
+        with quiet():
+            module = torch.jit.load(str(path), map_location="cpu")
+        example = _placeholder(specs)
+        call = manifest.get("call", "positional")
+        model = TorchModel(
+            module,
+            example if call == "kwargs" else tuple(example.values()),
+            input_names=[s.name for s in specs],
+        )
+    else:
+        raise PackageError(f"{path.name}: unknown model file type '{suffix}'")
+    model.task = manifest.get("source", {}).get("task")
+    return model
+
+
+class Package:
+    """A compressed model with its proof (manifest) and its fallback (baseline)."""
+
+    def __init__(self, directory: str | Path, *, _tmp: Any = None) -> None:
+        self.directory = Path(directory)
+        self._tmp = _tmp  # keeps a TemporaryDirectory alive for unsaved packages
+        path = self.directory / MANIFEST
+        if not path.is_file():
+            raise PackageError(f"{self.directory} is not a .nimble package: no {MANIFEST}")
+        try:
+            self.manifest: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise PackageError(f"{path} is not valid JSON ({exc}); the package is damaged") from exc
+        if self.manifest.get("schema") != SCHEMA:
+            raise PackageError(
+                f"{path}: manifest schema {self.manifest.get('schema')!r} is not {SCHEMA}; "
+                "upgrade nimbleml to read it"
+            )
+        self._verify_files()
+        self.fallback_reason: str | None = None
+        self.baseline = self._open("baseline")
+        try:
+            self.model = self._open("model")
+            self.model.run(_placeholder(self.model.inputs))
+        except (NimbleError, MissingDependencyError, RuntimeError, OSError) as exc:
+            self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            warnings.warn(
+                f"the optimised model of {self.directory.name} cannot run here "
+                f"({self.fallback_reason}); using its baseline",
+                FallbackWarning,
+                stacklevel=2,
+            )
+            self.model = self.baseline
+
+    def _verify_files(self) -> None:
+        files = self.manifest.get("files")
+        if not isinstance(files, list) or not files:
+            raise PackageError(f"{self.directory}/{MANIFEST} lists no files; the package is damaged")
+        for entry in files:
+            path = self.directory / entry["path"]
+            if not path.is_file():
+                raise PackageError(f"{self.directory.name}: file '{entry['path']}' is missing")
+            if sha256(path) != entry["sha256"]:
+                raise PackageError(
+                    f"{self.directory.name}: file '{entry['path']}' was altered (its sha256 does "
+                    "not match the manifest); rebuild the package"
+                )
+
+    def _open(self, role: str) -> Model:
+        entry = self.manifest.get(role)
+        if not entry or "path" not in entry:
+            raise PackageError(f"{self.directory}/{MANIFEST} has no '{role}' entry")
+        try:
+            return _open_model(self.directory / entry["path"], self.manifest)
+        except ModelLoadError as exc:
+            if role == "baseline":
+                raise PackageError(f"{self.directory.name}: cannot load baseline: {exc}") from exc
+            raise
+
+    # -- use ---------------------------------------------------------------------------
+    @property
+    def using_baseline(self) -> bool:
+        return self.model is self.baseline or self.manifest.get("fallback") is not None
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.model.inputs
+
+    def run(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Every output, by name."""
+        return dict(zip(self.model.output_names, self.model(inputs), strict=True))
+
+    def predict(self, inputs: Any) -> np.ndarray:
+        """The first output: labels for scikit-learn classifiers, values or logits otherwise."""
+        return self.model(inputs)[0]
+
+    def size_bytes(self) -> int:
+        return int((self.directory / self.manifest["model"]["path"]).stat().st_size)
+
+    def num_parameters(self) -> int:
+        return int(self.manifest["model"].get("num_parameters") or self.model.num_parameters())
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the package to ``path`` (a folder, conventionally ending in .nimble)."""
+        target = Path(path)
+        if target.resolve() == self.directory.resolve():
+            return target
+        if target.exists():
+            if not (target / MANIFEST).is_file():
+                raise PackageError(f"{target} exists and is not a .nimble package; choose a new path")
+            shutil.rmtree(target)
+        shutil.copytree(self.directory, target)
+        self.directory, self._tmp = target, None
+        return target
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"Package({self.directory.name}: {m['source'].get('framework')} -> "
+            f"{'+'.join(s['step'] for s in m['recipe']) or 'baseline'}, fallback={m.get('fallback') is not None})"
+        )
+
+
+def load(path: str | Path) -> Package:
+    """Open a .nimble package: checksums verified, fallback to the baseline if needed."""
+    return Package(path)
+
+
+def write_package(
+    manifest: dict[str, Any], model: Model, baseline: Model, same: bool
+) -> Package:
+    """Write models + manifest into a temporary folder and open it as a Package."""
+    tmp = tempfile.TemporaryDirectory(prefix="nimble-", suffix=".nimble")
+    directory = Path(tmp.name)
+    baseline_file = baseline.save(directory, "baseline")
+    model_file = baseline_file if same else model.save(directory, "model")
+    manifest["model"] = {
+        "path": model_file,
+        "size_bytes": (directory / model_file).stat().st_size,
+        "num_parameters": model.num_parameters(),
+    }
+    manifest["baseline"] = {
+        "path": baseline_file,
+        "size_bytes": (directory / baseline_file).stat().st_size,
+        "num_parameters": baseline.num_parameters(),
+    }
+    names = sorted({model_file, baseline_file})
+    manifest["files"] = [{"path": n, "sha256": sha256(directory / n)} for n in names]
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    return Package(directory, _tmp=tmp)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
