@@ -10,9 +10,9 @@ Heavy dependencies (torch, scikit-learn, matplotlib) load only when a feature ne
 
 __version__ = "0.1.0"
 
-from .bench import BenchmarkReport, PerformanceMetrics, TimingConfig, benchmark  # noqa: E402
-from .compress import ModelCompressor, Quantization, compress, get_recipe  # noqa: E402
-from .errors import (  # noqa: E402
+from .bench import BenchmarkReport, PerformanceMetrics, TimingConfig, benchmark
+from .compress import ModelCompressor, Quantization, compress, get_recipe
+from .errors import (
     AccuracyBudgetError,
     BenchmarkError,
     ConfigError,
@@ -25,8 +25,8 @@ from .errors import (  # noqa: E402
     UnsupportedError,
     UntrustedPickleError,
 )
-from .models import Model, load_model  # noqa: E402
-from .package import Package, load  # noqa: E402
+from .models import Model, load_model
+from .package import Package, load
 
 __all__ = [
     "AccuracyBudgetError",

@@ -1,16 +1,16 @@
 """One exception tree for nimbleml. Every message names the bad value, what is allowed, and the fix.
 
-    NimbleError
-     ├── ConfigError (ValueError)          a bad argument, flag, or option value
-     ├── DataError (ValueError)            input data of the wrong shape, dtype, or file format
-     ├── MissingDependencyError (ImportError)   an optional extra is not installed
-     ├── ModelLoadError                    a model file or object nimbleml cannot (or will not) load
-     │    └── UntrustedPickleError         a pickle/joblib file without trust_pickle=True
-     ├── ConversionError                   export to ONNX failed or disagrees with the original
-     ├── UnsupportedError                  a recipe that does not apply to this model or machine
-     ├── AccuracyBudgetError               a metric cannot be computed or a budget is malformed
-     ├── PackageError                      a .nimble package is missing, altered, or malformed
-     └── BenchmarkError                    a benchmark could not be run as asked
+NimbleError
+ ├── ConfigError (ValueError)          a bad argument, flag, or option value
+ ├── DataError (ValueError)            input data of the wrong shape, dtype, or file format
+ ├── MissingDependencyError (ImportError)   an optional extra is not installed
+ ├── ModelLoadError                    a model file or object nimbleml cannot (or will not) load
+ │    └── UntrustedPickleError         a pickle/joblib file without trust_pickle=True
+ ├── ConversionError                   export to ONNX failed or disagrees with the original
+ ├── UnsupportedError                  a recipe that does not apply to this model or machine
+ ├── AccuracyBudgetError               a metric cannot be computed or a budget is malformed
+ ├── PackageError                      a .nimble package is missing, altered, or malformed
+ └── BenchmarkError                    a benchmark could not be run as asked
 """
 
 from __future__ import annotations

@@ -69,6 +69,14 @@ _BUILTIN = {
 METRIC_NAMES = tuple(_BUILTIN)
 
 
+def infer_task(task: str | None, y: object) -> str | None:
+    """The model's task, or one read from the labels: integer y -> classification."""
+    if task is not None or y is None:
+        return task
+    kind = np.asarray(y).dtype
+    return "classification" if np.issubdtype(kind, np.integer) else "regression"
+
+
 def resolve(metric: str | MetricFn | Metric | None, task: str | None) -> Metric:
     """A Metric from a name, a callable, or None (accuracy / r2 / cosine by task)."""
     if isinstance(metric, Metric):
@@ -90,7 +98,9 @@ def prediction(outputs: Sequence[np.ndarray], task: str | None, as_labels: bool)
     first = np.asarray(outputs[0])
     if as_labels:
         return labels_of(first)
-    return first.reshape(first.shape[0], -1)[:, 0] if first.ndim > 1 and first.shape[1] == 1 else first
+    return (
+        first.reshape(first.shape[0], -1)[:, 0] if first.ndim > 1 and first.shape[1] == 1 else first
+    )
 
 
 def _first_float(outputs: Sequence[np.ndarray]) -> np.ndarray:
@@ -113,7 +123,9 @@ def evaluate(
             raise AccuracyBudgetError(f"metric '{metric.name}' needs the original's outputs")
         if metric.name == "cosine":
             return cosine_rows(_first_float(reference), _first_float(outputs))
-        return float(np.mean(labels_of(np.asarray(outputs[0])) == labels_of(np.asarray(reference[0]))))
+        return float(
+            np.mean(labels_of(np.asarray(outputs[0])) == labels_of(np.asarray(reference[0])))
+        )
     if y is None:
         raise AccuracyBudgetError(
             f"metric '{metric.name}' needs labels: pass val=(X, y) with y, or use a label-free "
@@ -127,7 +139,10 @@ def evaluate(
     else:  # a callable: labels for classifiers and integer targets with score outputs
         first = np.asarray(outputs[0])
         as_labels = task == "classification" or (
-            task is None and np.issubdtype(y.dtype, np.integer) and first.ndim == 2 and first.shape[1] > 1
+            task is None
+            and np.issubdtype(y.dtype, np.integer)
+            and first.ndim == 2
+            and first.shape[1] > 1
         )
     pred = prediction(outputs, task, as_labels)
     if len(pred) != len(y):

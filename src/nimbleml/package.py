@@ -8,6 +8,7 @@ import json
 import shutil
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,10 @@ def _placeholder(specs: list[TensorSpec]) -> Feeds:
     """One all-zeros row per input (symbolic dims -> 1 for batch, 8 otherwise)."""
     feeds = {}
     for s in specs:
-        shape = [1 if i == 0 else (d if isinstance(d, int) and d > 0 else 8) for i, d in enumerate(s.shape)]
+        shape = [
+            1 if i == 0 else (d if isinstance(d, int) and d > 0 else 8)
+            for i, d in enumerate(s.shape)
+        ]
         dtype = np.float32 if s.dtype in ("float16", "bfloat16", "object") else s.dtype
         arr = np.zeros(shape, dtype=dtype)
         if "mask" in s.name.lower():
@@ -81,9 +85,9 @@ def _open_model(path: Path, manifest: dict[str, Any]) -> Model:
 class Package:
     """A compressed model with its proof (manifest) and its fallback (baseline)."""
 
-    def __init__(self, directory: str | Path, *, _tmp: Any = None) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self._tmp = _tmp  # keeps a TemporaryDirectory alive for unsaved packages
+        self._tmp: Any = None  # removes an unsaved package's temporary folder
         path = self.directory / MANIFEST
         if not path.is_file():
             raise PackageError(f"{self.directory} is not a .nimble package: no {MANIFEST}")
@@ -115,7 +119,9 @@ class Package:
     def _verify_files(self) -> None:
         files = self.manifest.get("files")
         if not isinstance(files, list) or not files:
-            raise PackageError(f"{self.directory}/{MANIFEST} lists no files; the package is damaged")
+            raise PackageError(
+                f"{self.directory}/{MANIFEST} lists no files; the package is damaged"
+            )
         for entry in files:
             path = self.directory / entry["path"]
             if not path.is_file():
@@ -167,10 +173,15 @@ class Package:
             return target
         if target.exists():
             if not (target / MANIFEST).is_file():
-                raise PackageError(f"{target} exists and is not a .nimble package; choose a new path")
+                raise PackageError(
+                    f"{target} exists and is not a .nimble package; choose a new path"
+                )
             shutil.rmtree(target)
         shutil.copytree(self.directory, target)
-        self.directory, self._tmp = target, None
+        self.directory = target
+        if self._tmp is not None:  # an unsaved package's temporary folder is no longer needed
+            self._tmp()
+            self._tmp = None
         return target
 
     def __repr__(self) -> str:
@@ -186,12 +197,9 @@ def load(path: str | Path) -> Package:
     return Package(path)
 
 
-def write_package(
-    manifest: dict[str, Any], model: Model, baseline: Model, same: bool
-) -> Package:
+def write_package(manifest: dict[str, Any], model: Model, baseline: Model, same: bool) -> Package:
     """Write models + manifest into a temporary folder and open it as a Package."""
-    tmp = tempfile.TemporaryDirectory(prefix="nimble-", suffix=".nimble")
-    directory = Path(tmp.name)
+    directory = Path(tempfile.mkdtemp(prefix="nimble-", suffix=".nimble"))
     baseline_file = baseline.save(directory, "baseline")
     model_file = baseline_file if same else model.save(directory, "model")
     manifest["model"] = {
@@ -207,7 +215,9 @@ def write_package(
     names = sorted({model_file, baseline_file})
     manifest["files"] = [{"path": n, "sha256": sha256(directory / n)} for n in names]
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
-    return Package(directory, _tmp=tmp)
+    pkg = Package(directory)
+    pkg._tmp = weakref.finalize(pkg, shutil.rmtree, directory, ignore_errors=True)
+    return pkg
 
 
 def _json_default(obj: Any) -> Any:

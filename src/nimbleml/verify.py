@@ -101,8 +101,8 @@ def variants(feeds: Feeds, max_batch: int = 16) -> list[tuple[str, Feeds]]:
     n = batch_size(feeds)
     out = [("batch=1", rows(feeds, 1))]
     if n > 1:
-        k = min(n, max_batch)
-        out.append((f"batch={k}", rows(feeds, k)))
+        big = min(n, max_batch)
+        out.append((f"batch={big}", rows(feeds, big)))
     seq = [k for k, v in feeds.items() if v.ndim >= 2 and np.issubdtype(v.dtype, np.integer)]
     lengths = {feeds[k].shape[1] for k in seq}
     if not seq or len(lengths) != 1:
@@ -111,11 +111,13 @@ def variants(feeds: Feeds, max_batch: int = 16) -> list[tuple[str, Feeds]]:
     base = rows(feeds, min(n, 4))
     if length >= 2:
         short = max(1, length // 2)
-        out.append((f"seq={short}", {k: (v[:, :short] if k in seq else v) for k, v in base.items()}))
+        out.append(
+            (f"seq={short}", {k: (v[:, :short] if k in seq else v) for k, v in base.items()})
+        )
     masks = [k for k in seq if "mask" in k.lower()]
     if masks:
         pad = max(2, length // 4)
-        padded = {}
+        padded: Feeds = {}
         for k, v in base.items():
             if k in seq:
                 widths = [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2)

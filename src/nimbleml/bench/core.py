@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..errors import BenchmarkError, ConfigError
 from ..inputs import Feeds, batch_size, rows
-from ..metrics import Metric, evaluate, resolve
+from ..metrics import Metric, evaluate, infer_task, resolve
 from ..models.base import Model
 from .report import BenchmarkReport, BenchmarkResult, PerformanceMetrics
 from .timer import TimingConfig, peak_rss_bytes, time_calls
@@ -30,7 +31,7 @@ def as_entry(obj: Any, name: str | None, example: Any) -> Entry:
     from ..models.loader import load_model
     from ..package import Package, load
 
-    if isinstance(obj, str) and obj.endswith(".nimble") or _is_package_dir(obj):
+    if (isinstance(obj, str) and obj.endswith(".nimble")) or _is_package_dir(obj):
         obj = load(obj)
     if isinstance(obj, Package):
         label = name or obj.directory.name.removesuffix(".nimble")
@@ -97,7 +98,8 @@ def benchmark(
         raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     timing = timing or TimingConfig()
     entries = [as_entry(m, names[i] if names else None, inputs) for i, m in enumerate(models)]
-    metric_obj = resolve(metric, entries[0].model.task) if val is not None else None
+    task = infer_task(entries[0].model.task, val[1]) if val is not None else None
+    metric_obj = resolve(metric, task) if val is not None else None
     results: list[BenchmarkResult] = []
     reference: list[np.ndarray] | None = None
     for entry in entries:
@@ -109,7 +111,7 @@ def benchmark(
         if val is not None and metric_obj is not None:
             outputs = run_chunked(entry.model, entry.model.feeds(val[0]))
             reference = outputs if reference is None else reference
-            metric_value = evaluate(metric_obj, outputs, val[1], reference, entry.model.task)
+            metric_value = evaluate(metric_obj, outputs, val[1], reference, task)
         for bs in sizes:
             say(f"{entry.name} batch={bs}")
             feeds = rows(feeds_all, bs)
@@ -117,8 +119,9 @@ def benchmark(
                 entry.model.run(feeds)
             except Exception as exc:
                 raise BenchmarkError(f"{entry.name} failed at batch {bs}: {exc}") from exc
-            stats = time_calls(lambda f=feeds: entry.model.run(f), timing)  # type: ignore[misc]
-            peak = peak_rss_bytes(lambda f=feeds: entry.model.run(f)) if measure_memory else 0  # type: ignore[misc]
+            call = functools.partial(entry.model.run, feeds)
+            stats = time_calls(call, timing)
+            peak = peak_rss_bytes(call) if measure_memory else 0
             total_s = stats.mean_ms * stats.n / 1e3
             perf = PerformanceMetrics(
                 total_time=total_s,

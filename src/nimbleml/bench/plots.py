@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._deps import require
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .report import BenchmarkReport
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     matplotlib = require("matplotlib", "benchmark charts")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -29,8 +29,12 @@ def latency_chart(report: BenchmarkReport, path: Path) -> Path:
         x = range(len(rs))
         p50 = [r.latency.p50_ms for r in rs]
         ax.bar(x, p50, color="#4c72b0", label="p50")
-        ax.scatter(x, [r.latency.p90_ms for r in rs], marker="_", s=300, color="#dd8452", label="p90")
-        ax.scatter(x, [r.latency.p99_ms for r in rs], marker="_", s=300, color="#c44e52", label="p99")
+        ax.scatter(
+            x, [r.latency.p90_ms for r in rs], marker="_", s=300, color="#dd8452", label="p90"
+        )
+        ax.scatter(
+            x, [r.latency.p99_ms for r in rs], marker="_", s=300, color="#c44e52", label="p99"
+        )
         ax.set_xticks(list(x), [f"{r.name}\nn={r.latency.n}" for r in rs], fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("latency (ms)")

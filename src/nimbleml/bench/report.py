@@ -118,7 +118,10 @@ class BenchmarkReport:
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        return [latency_chart(self, out / "latency.png"), comparison_chart(self, out / "comparison.png")]
+        return [
+            latency_chart(self, out / "latency.png"),
+            comparison_chart(self, out / "comparison.png"),
+        ]
 
     def save(self, directory: str | Path, plots: bool = True) -> list[Path]:
         """Write report.json, report.txt and (with matplotlib) the PNG charts."""

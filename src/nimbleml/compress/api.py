@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from ..bench.core import run_chunked
 from ..bench.machine import cpu_caps, machine_info
 from ..errors import ConfigError, ConversionError, UnsupportedError
 from ..inputs import Feeds, batch_size, rows
-from ..metrics import Metric, evaluate, resolve
+from ..metrics import Metric, evaluate, infer_task, resolve
 from ..models.base import Model
 from ..models.loader import load_model
 from ..models.onnx_model import OnnxModel
@@ -78,7 +79,7 @@ class CompressConfig:
                 self.max_drop = float(self.max_drop)
             except (TypeError, ValueError):
                 raise ConfigError(f"max_drop must be a number, got {self.max_drop!r}") from None
-            if not 0 <= self.max_drop:
+            if not self.max_drop >= 0:
                 raise ConfigError(f"max_drop must be >= 0, got {self.max_drop}")
 
 
@@ -104,16 +105,22 @@ def plan(model: Model, cfg: CompressConfig) -> tuple[list[Recipe], list[Recipe],
     if q in (Quantization.INT8, Quantization.INT16) and linear:
         source.append(get_recipe(f"coef-{q.value}"))
     elif q is Quantization.INT16:
-        raise UnsupportedError("int16 is the coefficient quantisation of scikit-learn linear models")
+        raise UnsupportedError(
+            "int16 is the coefficient quantisation of scikit-learn linear models"
+        )
     elif q in (Quantization.TORCH_INT8, Quantization.BF16):
         if model.framework != "torch":
-            raise UnsupportedError(f"quantize='{q.value}' keeps a PyTorch model in PyTorch; pass an nn.Module")
+            raise UnsupportedError(
+                f"quantize='{q.value}' keeps a PyTorch model in PyTorch; pass an nn.Module"
+            )
         torch_stage.append(get_recipe(q.value))
     elif q is Quantization.INT8:
         onnx_stage.append(get_recipe("int8", per_channel=bool(cfg.per_channel)))
     elif q is Quantization.INT8_STATIC:
         per_channel = True if cfg.per_channel is None else cfg.per_channel
-        onnx_stage.append(get_recipe("int8-static", calibration=cfg.calibration, per_channel=per_channel))
+        onnx_stage.append(
+            get_recipe("int8-static", calibration=cfg.calibration, per_channel=per_channel)
+        )
     elif q is Quantization.FP16:
         onnx_stage.append(get_recipe("fp16"))
     if not torch_stage and cfg.graph_optimize:
@@ -130,7 +137,9 @@ def _onnx_runner(model: OnnxModel) -> Callable[[Feeds], list[np.ndarray]]:
     return lambda feeds: model.run(cast_to_specs(feeds, specs))
 
 
-def convert_verified(model: Model, cases: Sequence[tuple[str, Feeds]]) -> tuple[OnnxModel, dict[str, Any]]:
+def convert_verified(
+    model: Model, cases: Sequence[tuple[str, Feeds]]
+) -> tuple[OnnxModel, dict[str, Any]]:
     """Convert to ONNX and compare with the original on every case; try the next exporter
     (torch: legacy, then dynamo; scikit-learn: float, then double) when one disagrees."""
     from ..models.sklearn_model import NoConverterError
@@ -145,7 +154,7 @@ def convert_verified(model: Model, cases: Sequence[tuple[str, Feeds]]) -> tuple[
     failures = []
     for key, value in attempts:
         try:
-            onnx_model = model.to_onnx(example, **{key: value})  # type: ignore[call-arg]
+            onnx_model = model.to_onnx(example, **{key: value})
             report = check(model.run, _onnx_runner(onnx_model), cases, what=f"ONNX ({key}={value})")
         except NoConverterError:
             raise
@@ -164,7 +173,9 @@ def _val_parts(val: Any) -> tuple[Any, Any]:
     if val is None:
         return None, None
     if not isinstance(val, tuple | list) or len(val) != 2:
-        raise ConfigError("val must be a pair (X, y); use (X, None) with metric='cosine' or 'agreement'")
+        raise ConfigError(
+            "val must be a pair (X, y); use (X, None) with metric='cosine' or 'agreement'"
+        )
     return val[0], val[1]
 
 
@@ -219,11 +230,14 @@ class ModelCompressor:
         val_x, val_y = _val_parts(val)
         if cfg.max_drop is not None and val_x is None:
             raise ConfigError("max_drop needs validation data: pass val=(X, y)")
-        example_raw = example_inputs if example_inputs is not None else (calib if calib is not None else val_x)
+        example_raw = (
+            example_inputs
+            if example_inputs is not None
+            else (calib if calib is not None else val_x)
+        )
         say("adapting the model")
         source = load_model(model, _head(example_raw), trust_pickle=trust_pickle)
-        if source.task is None and val_y is not None:
-            source.task = "classification" if np.issubdtype(np.asarray(val_y).dtype, np.integer) else "regression"
+        source.task = infer_task(source.task, val_y)
         if example_raw is None and not source.inputs:
             raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
         val_feeds = source.feeds(val_x) if val_x is not None else None
@@ -231,10 +245,16 @@ class ModelCompressor:
         base_feeds = val_feeds if val_feeds is not None else calib_feeds
         if base_feeds is None:
             if example_raw is None:
-                raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
+                raise ConfigError(
+                    "pass example_inputs=, calib= or val= so nimbleml can run the model"
+                )
             base_feeds = source.feeds(example_raw)
         cases = variants(base_feeds)
-        ctx = Context(example=rows(base_feeds, min(16, batch_size(base_feeds))), calib=calib_feeds, caps=cpu_caps())
+        ctx = Context(
+            example=rows(base_feeds, min(16, batch_size(base_feeds))),
+            calib=calib_feeds,
+            caps=cpu_caps(),
+        )
         source_steps, torch_steps, onnx_steps = plan(source, cfg)
         for step in source_steps + torch_steps + onnx_steps:
             if step.stage != "onnx":
@@ -273,12 +293,15 @@ class ModelCompressor:
 
         say("checking the result against the original")
         agreement = [
-            {"case": name, **compare_outputs(source.run(f), candidate(f)).to_dict()} for name, f in cases
+            {"case": name, **compare_outputs(source.run(f), candidate(f)).to_dict()}
+            for name, f in cases
         ]
         validation, fallback = self._validate(source, candidate, val_feeds, val_y, cfg)
         chosen = baseline if fallback else candidate
         say("timing")
-        bench = _quick_bench(source, chosen, base_feeds, self.benchmark_batch_sizes, self.benchmark_time_s)
+        bench = _quick_bench(
+            source, chosen, base_feeds, self.benchmark_batch_sizes, self.benchmark_time_s
+        )
         manifest = {
             "schema": 1,
             "nimbleml_version": __version__,
@@ -297,7 +320,12 @@ class ModelCompressor:
         return write_package(manifest, chosen, baseline, same=chosen is baseline)
 
     def _validate(
-        self, source: Model, candidate: Model, val_feeds: Feeds | None, val_y: Any, cfg: CompressConfig
+        self,
+        source: Model,
+        candidate: Model,
+        val_feeds: Feeds | None,
+        val_y: Any,
+        cfg: CompressConfig,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         if val_feeds is None:
             return {"metric": None}, None
@@ -358,9 +386,9 @@ def _quick_bench(
     out: dict[str, Any] = {}
     for bs in sizes:
         f = rows(feeds, bs)
-        entry = {}
+        entry: dict[str, Any] = {}
         for role, model in (("original", source), ("package", chosen)):
-            s = time_calls(lambda m=model: m.run(f), timing)  # type: ignore[misc]
+            s = time_calls(functools.partial(model.run, f), timing)
             entry[role] = {
                 "p50_ms": s.p50_ms,
                 "p99_ms": s.p99_ms,

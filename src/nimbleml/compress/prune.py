@@ -46,7 +46,9 @@ def _chains(gm: Any) -> list[tuple[str, list[str], str]]:
             if nxt.op == "call_module":
                 mod = modules[nxt.target]
                 if type(mod) is kind:
-                    if kind is torch.nn.Conv2d and (mod.groups != 1 or modules[node.target].groups != 1):
+                    if kind is torch.nn.Conv2d and (
+                        mod.groups != 1 or modules[node.target].groups != 1
+                    ):
                         break
                     found.append((node.target, middle, nxt.target))
                     break
@@ -54,9 +56,10 @@ def _chains(gm: Any) -> list[tuple[str, list[str], str]]:
                     middle.append(nxt.target)
                     cur = nxt
                     continue
-            elif nxt.op in ("call_function", "call_method") and getattr(
-                nxt.target, "__name__", str(nxt.target)
-            ) in _PASS_FUNCTIONS:
+            elif (
+                nxt.op in ("call_function", "call_method")
+                and getattr(nxt.target, "__name__", str(nxt.target)) in _PASS_FUNCTIONS
+            ):
                 cur = nxt
                 continue
             break

@@ -272,7 +272,9 @@ class SparseStore(Recipe):
                 continue
             values = numpy_helper.from_array(flat[nnz], init.name)
             indices = numpy_helper.from_array(nnz.astype(index_type), f"{init.name}_indices")
-            graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(arr.shape)))
+            graph.sparse_initializer.append(
+                helper.make_sparse_tensor(values, indices, list(arr.shape))
+            )
             converted += 1
         del graph.initializer[:]
         graph.initializer.extend(kept)
@@ -361,7 +363,7 @@ class BFloat16(Recipe):
 def _cast_wrapper_class() -> Any:
     torch = require("torch", "the bf16 recipe")
 
-    class CastWrapper(torch.nn.Module):
+    class CastWrapper(torch.nn.Module):  # type: ignore[name-defined]
         """Runs ``inner`` in ``dtype``: float inputs cast in, float outputs cast back."""
 
         def __init__(self, inner: Any, dtype: Any) -> None:
@@ -385,5 +387,5 @@ def _cast_wrapper_class() -> Any:
     return CastWrapper
 
 
-def _CastWrapper(inner: Any, dtype: Any) -> Any:  # noqa: N802 - behaves like a class
+def _CastWrapper(inner: Any, dtype: Any) -> Any:
     return _cast_wrapper_class()(inner, dtype)

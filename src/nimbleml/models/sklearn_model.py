@@ -134,6 +134,17 @@ class NoConverterError(ConversionError):
     """skl2onnx has no converter for this estimator; the original stays runnable."""
 
 
+# fitted attributes that are bookkeeping, not numbers used to predict
+_NOT_PARAMETERS = {
+    "classes_",
+    "n_iter_",
+    "var_",
+    "n_samples_seen_",
+    "feature_names_in_",
+    "loss_curve_",
+}
+
+
 def _count_numbers(obj: Any, depth: int) -> int:
     """Numbers a fitted estimator stores: arrays in fitted attributes, tree nodes, sub-models."""
     if depth > 6:
@@ -147,7 +158,9 @@ def _count_numbers(obj: Any, depth: int) -> int:
     for key, value in vars(obj).items():
         if not key.endswith("_") or key.startswith("_"):
             continue
-        if isinstance(value, np.ndarray) and value.dtype != object:
+        if key in _NOT_PARAMETERS:
+            continue
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
             total += int(value.size)
         elif isinstance(value, np.ndarray | list | tuple):
             total += sum(_count_numbers(v, depth + 1) for v in value if hasattr(v, "get_params"))
@@ -197,11 +210,9 @@ def load_pickle(path: str | Path, trust_pickle: bool = False) -> SklearnModel:
         import pickle
 
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)  # noqa: S301 - the user said they trust it
+            obj = pickle.load(fh)
     except Exception as exc:
         raise ModelLoadError(f"cannot unpickle {path}: {exc}") from exc
     if not is_sklearn(obj):
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a scikit-learn model")
     return SklearnModel(obj)
-
-

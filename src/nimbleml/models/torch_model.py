@@ -71,7 +71,9 @@ class TorchModel(Model):
                 "a PyTorch model needs example inputs to fix its input names and shapes: "
                 "pass example_inputs=, calib= or val="
             )
-        self.module = module.eval().to(device)
+        with contextlib.suppress(NotImplementedError):  # torch.export modules have no eval()
+            module = module.eval()
+        self.module = module.to(device)
         self.device = device
         self.by_name = isinstance(example_inputs, Mapping)
         names = input_names or self._input_names(example_inputs)
@@ -115,7 +117,9 @@ class TorchModel(Model):
 
     def _tensors(self, feeds: Feeds) -> dict[str, Any]:
         torch = _torch()
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()
+        }
 
     def _call(self, feeds: Feeds) -> Any:
         torch = _torch()
@@ -142,10 +146,13 @@ class TorchModel(Model):
     ) -> OnnxModel:
         torch = _torch()
         if exporter not in EXPORTERS:
-            raise ConfigError(f"unknown exporter '{exporter}'; choose one of: {', '.join(EXPORTERS)}")
+            raise ConfigError(
+                f"unknown exporter '{exporter}'; choose one of: {', '.join(EXPORTERS)}"
+            )
         args = tuple(self._tensors(example).values())
         dynamic_axes = {
-            s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in self._inputs
+            s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+            for s in self._inputs
         }
         dynamic_axes.update({s.name: {0: "batch"} for s in self._outputs})
         buffer = io.BytesIO()
@@ -160,7 +167,13 @@ class TorchModel(Model):
         try:
             with quiet():
                 if self.by_name:
-                    torch.onnx.export(self.module, (), buffer, kwargs=dict(zip(self.input_names, args, strict=True)), **kwargs)
+                    torch.onnx.export(
+                        self.module,
+                        (),
+                        buffer,
+                        kwargs=dict(zip(self.input_names, args, strict=True)),
+                        **kwargs,
+                    )
                 else:
                     torch.onnx.export(self.module, args, buffer, **kwargs)
         except Exception as exc:
@@ -202,7 +215,9 @@ def _count(value: Any) -> int:
     return 0
 
 
-def load_torch_file(path: str | Path, example_inputs: Any, trust_pickle: bool = False) -> TorchModel:
+def load_torch_file(
+    path: str | Path, example_inputs: Any, trust_pickle: bool = False
+) -> TorchModel:
     """Load a TorchScript file, a torch.export .pt2 file, or (trusted only) a pickled module."""
     torch = _torch()
     path = Path(path)

@@ -1,0 +1,235 @@
+"""The nimbleml command line: one verb per stage, thin over the Python API.
+
+User errors print one line (``error: ...``) and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from .errors import ConfigError, NimbleError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make trained models small and fast, and prove it.",
+)
+T = TypeVar("T")
+
+
+def _fail(message: str) -> None:
+    one_line = " | ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    typer.echo(f"error: {one_line}", err=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except NimbleError as exc:
+        _fail(str(exc))
+    except FileNotFoundError as exc:
+        _fail(f"file not found: {exc.filename}")
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner with the current step (stderr), or nothing when quiet / not a terminal."""
+    if not enabled:
+        yield lambda _msg: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("starting", total=None)
+        yield lambda msg: bar.update(task, description=msg)
+
+
+def _data(path: str | None, target: str | None) -> tuple[Any, Any]:
+    from .inputs import load_data
+
+    if path is None:
+        return None, None
+    return load_data(path, target)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--batch-size takes comma-separated integers like 1,32; got {text!r}"
+        ) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError(f"--batch-size takes positive integers like 1,32; got {text!r}")
+    return sizes
+
+
+def _show(text: str) -> None:
+    typer.echo(text)
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(
+        ..., help="model file: .onnx, .skops, TorchScript/.pt2, .pkl (trusted)"
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="where to write the .nimble package"),
+    quantize: str = typer.Option(
+        "int8", help="int8, int8-static, fp16, bf16, torch-int8, int16, none"
+    ),
+    prune: float | None = typer.Option(None, help="share of units/weights to remove, 0-1"),
+    prune_method: str = typer.Option("structured", help="structured or magnitude"),
+    calib: str | None = typer.Option(None, help="calibration data (.npz/.npy/.csv)"),
+    val: str | None = typer.Option(None, help="validation data with labels (.npz X,y or .csv)"),
+    target: str | None = typer.Option(None, help="target column of a .csv file"),
+    metric: str | None = typer.Option(None, help="accuracy, f1, mse, mae, r2, cosine, agreement"),
+    max_drop: float | None = typer.Option(None, help="largest allowed metric drop (absolute)"),
+    trust_pickle: bool = typer.Option(
+        False, "--trust-pickle", help="allow loading pickle/joblib files"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Compress a model into a verified .nimble package."""
+    from .compress import compress as run_compress
+
+    def go() -> None:
+        calib_x, _ = _data(calib, target)
+        val_x, val_y = _data(val, target)
+        if max_drop is not None and val_x is None:
+            raise ConfigError("--max-drop needs --val DATA to measure the drop")
+        with _progress(not quiet and sys.stderr.isatty()) as say:
+            pkg = run_compress(
+                model, quantize=None if quantize.lower() == "none" else quantize, prune=prune,
+                prune_method=prune_method, calib=calib_x,
+                val=(val_x, val_y) if val_x is not None else None, metric=metric,
+                max_drop=max_drop, trust_pickle=trust_pickle, progress=say,
+            )  # fmt: skip
+        pkg.save(output)
+        _show(_summary(pkg.manifest, output))
+
+    _guard(go)
+
+
+def _summary(m: dict[str, Any], where: Path | str) -> str:
+    steps = " + ".join(s["step"] for s in m["recipe"]) or "(none)"
+    lines = [f"package: {where}", f"recipe: {steps}"]
+    lines.append(f"size: {m['baseline']['size_bytes']:,} B -> {m['model']['size_bytes']:,} B "
+                 f"({m['baseline']['size_bytes'] / max(1, m['model']['size_bytes']):.2f}x smaller)")  # fmt: skip
+    v = m.get("validation", {})
+    if v.get("metric"):
+        lines.append(
+            f"{v['metric']}: baseline {v['baseline']:.4f}, package {v['package']:.4f} (drop {v['drop']:.4f})"
+        )
+    for key, b in m.get("benchmark", {}).items():
+        lines.append(
+            f"{key.replace('_', ' ')}: p50 {b['original']['p50_ms']:.3f} ms -> {b['package']['p50_ms']:.3f} ms "
+            f"({b['speedup_p50']:.2f}x faster)"
+        )
+    if m.get("fallback"):
+        lines.append(f"FALLBACK: {m['fallback']['reason']}")
+    return "\n".join(lines)
+
+
+@app.command()
+def bench(
+    models: list[str] = typer.Argument(
+        ..., help="models or .nimble packages; the first is the baseline"
+    ),
+    data: str = typer.Option(
+        ..., help="input data (.npz/.npy/.csv); with labels, the metric is reported"
+    ),
+    target: str | None = typer.Option(None, help="target column of a .csv file"),
+    batch_size: str = typer.Option("1,32", help="comma-separated batch sizes"),
+    metric: str | None = typer.Option(None, help="metric when the data has labels"),
+    time_budget: float = typer.Option(3.0, help="seconds of timing per model and batch size"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the JSON report here"),
+    report: Path | None = typer.Option(
+        None, help="write report.json, report.txt and PNG charts here"
+    ),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Benchmark models side by side on the same inputs."""
+    from .bench import TimingConfig, benchmark
+    from .models import load_model
+
+    def go() -> None:
+        X, y = _data(data, target)
+        sizes = _batch_sizes(batch_size)
+        if time_budget <= 0:
+            raise ConfigError(f"--time-budget must be > 0 seconds, got {time_budget}")
+        loaded = [
+            m if Path(m).is_dir() else load_model(m, X, trust_pickle=trust_pickle) for m in models
+        ]
+        with _progress(not quiet and sys.stderr.isatty()) as say:
+            result = benchmark(
+                loaded, X, sizes, names=[Path(m).name for m in models],
+                val=(X, y) if y is not None or metric in ("cosine", "agreement") else None,
+                metric=metric, timing=TimingConfig(time_budget_s=time_budget), progress=say,
+            )  # fmt: skip
+        _show(result.table())
+        if json_path:
+            result.to_json(json_path)
+        if report:
+            result.save(report)
+            _show(f"report written to {report}/")
+
+    _guard(go)
+
+
+@app.command()
+def inspect(package: Path = typer.Argument(..., help="a .nimble package folder")) -> None:
+    """Show what a package is, how it was made and what it gained."""
+    from .package import load
+
+    def go() -> None:
+        pkg = load(package)
+        m = pkg.manifest
+        src = m["source"]
+        _show(f"nimbleml {m['nimbleml_version']}, made {m['created_at']} on {m['machine']['cpu']}")
+        _show(f"source: {src['framework']} {src['object']} (task: {src.get('task')})")
+        for s in m["inputs"]:
+            _show(f"  input  {s['name']}: {s['dtype']} {s['shape']}")
+        for s in m["outputs"]:
+            _show(f"  output {s['name']}: {s['dtype']} {s['shape']}")
+        _show(f"conversion: {m['conversion'].get('converter')}")
+        for step in m["recipe"]:
+            _show(f"  step {step['step']} ({step['stage']}): {json.dumps(step['params'])}")
+        _show(_summary(m, package))
+        if pkg.fallback_reason:
+            _show(f"NOTE: on this machine the baseline runs ({pkg.fallback_reason})")
+
+    _guard(go)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("nimble-demo"), help="folder for packages and the report"),
+    quick: bool = typer.Option(False, help="shorter timing (for tests)"),
+) -> None:
+    """Train small models on scikit-learn's datasets, compress them, benchmark, report."""
+    from .demo import run_demo
+
+    _guard(lambda: run_demo(out, quick=quick, echo=_show))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

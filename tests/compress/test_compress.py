@@ -1,0 +1,112 @@
+"""nimbleml.compress end to end: verified, budget-checked, packaged, with fallback."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_diabetes
+from sklearn.kernel_ridge import KernelRidge
+
+import nimbleml
+from nimbleml.compress.api import ConversionWarning, ModelCompressor, Quantization
+from nimbleml.errors import AccuracyBudgetError, ConfigError, UnsupportedError
+
+FAST = {"benchmark_time_s": 0.05}
+
+
+def test_int8_mlp_package_is_smaller_and_within_budget(mlp, digits):
+    _, Xte, _, yte = digits
+    pkg = nimbleml.compress(mlp, quantize="int8", val=(Xte, yte), max_drop=0.02, **FAST)
+    m = pkg.manifest
+    assert m["fallback"] is None and not pkg.using_baseline
+    assert [s["step"] for s in m["recipe"]] == ["int8", "graph-opt"]
+    assert m["baseline"]["size_bytes"] / m["model"]["size_bytes"] > 3.2
+    assert m["validation"]["drop"] <= 0.02
+    assert m["validation"]["metric"] == "accuracy"
+    assert (pkg.predict(Xte).argmax(1) == yte).mean() == pytest.approx(m["validation"]["package"])
+    assert set(m["benchmark"]) == {"batch_1", "batch_32"}
+
+
+def test_budget_breach_falls_back_to_the_baseline(mlp, digits):
+    _, Xte, _, yte = digits
+    with pytest.warns(UserWarning, match="dropped by"):
+        pkg = nimbleml.compress(
+            mlp, quantize=None, prune=0.95, val=(Xte, yte), max_drop=0.0, **FAST
+        )
+    fb = pkg.manifest["fallback"]
+    assert fb["compressed"] < fb["baseline"]
+    assert "max_drop=0" in fb["reason"]
+    assert pkg.using_baseline
+    assert pkg.manifest["model"]["path"] == pkg.manifest["baseline"]["path"]
+    assert (pkg.predict(Xte).argmax(1) == yte).mean() == pytest.approx(fb["baseline"])
+
+
+def test_class_form_matches_function(pipeline, digits):
+    _, Xte, _, yte = digits
+    pkg = ModelCompressor(quantization=None, benchmark_time_s=0.05).compress(
+        pipeline, val=(Xte, yte)
+    )
+    assert np.array_equal(pkg.predict(Xte), pipeline.predict(Xte))
+    assert pkg.manifest["validation"]["drop"] == 0.0
+
+
+def test_sklearn_linear_int8_quantises_coefficients(pipeline, digits):
+    _, Xte, _, yte = digits
+    pkg = nimbleml.compress(pipeline, quantize="int8", val=(Xte, yte), max_drop=0.01, **FAST)
+    assert [s["step"] for s in pkg.manifest["recipe"]] == ["coef-int8", "graph-opt"]
+    assert pkg.manifest["validation"]["drop"] <= 0.01
+
+
+def test_forest_gets_convert_and_graph_optimise(forest, digits):
+    _, Xte, _, yte = digits
+    pkg = nimbleml.compress(forest, quantize=None, val=(Xte, yte), **FAST)
+    assert np.array_equal(pkg.predict(Xte), forest.predict(Xte))
+    with pytest.raises(UnsupportedError, match="quantize=None"):
+        nimbleml.compress(forest, quantize="int8", val=(Xte, yte), **FAST)
+
+
+def test_encoder_int8_with_cosine_and_no_labels(encoder, tokens):
+    pkg = nimbleml.compress(encoder, quantize="int8", val=(tokens, None), metric="cosine", **FAST)
+    v = pkg.manifest["validation"]
+    assert v["metric"] == "cosine" and v["package"] >= 0.99
+    assert pkg.manifest["call"] == "kwargs"
+    out = pkg.predict(tokens)
+    with torch.inference_mode():
+        ref = encoder(**{k: torch.from_numpy(a) for k, a in tokens.items()}).numpy()
+    assert out.shape == ref.shape
+
+
+def test_unconvertible_estimator_stays_runnable():
+    X, y = load_diabetes(return_X_y=True)
+    est = KernelRidge(alpha=1.0).fit(X, y)
+    with pytest.warns(ConversionWarning, match="no converter for KernelRidge"):
+        pkg = nimbleml.compress(est, quantize=None, val=(X, y), **FAST)
+    assert pkg.manifest["model"]["path"].endswith(".skops")
+    assert np.allclose(pkg.predict(X)[:, 0], est.predict(X), atol=1e-4)
+
+
+def test_torch_int8_stays_in_pytorch(mlp, digits, tmp_path):
+    _, Xte, _, yte = digits
+    pkg = nimbleml.compress(mlp, quantize="torch-int8", val=(Xte, yte), **FAST)
+    assert pkg.manifest["model"]["path"] == "model.ts"
+    saved = nimbleml.load(pkg.save(tmp_path / "t.nimble"))
+    assert saved.model.framework == "torch"
+    assert np.allclose(saved.predict(Xte), pkg.predict(Xte), atol=1e-5)
+
+
+def test_bad_arguments_say_what_is_allowed(mlp, digits):
+    _, Xte, _, yte = digits
+    with pytest.raises(ConfigError, match="choose one of: int8, int8-static, fp16, bf16"):
+        nimbleml.compress(mlp, quantize="int9", val=(Xte, yte))
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        nimbleml.compress(mlp, prune=1.5, val=(Xte, yte))
+    with pytest.raises(ConfigError, match="max_drop needs validation data"):
+        nimbleml.compress(mlp, max_drop=0.01, calib=Xte)
+    with pytest.raises(ConfigError, match="val must be a pair"):
+        nimbleml.compress(mlp, val=Xte)
+    with pytest.raises(ConfigError, match="example inputs"):
+        nimbleml.compress(mlp)
+    with pytest.raises(AccuracyBudgetError, match="unknown metric"):
+        nimbleml.compress(mlp, val=(Xte, yte), metric="acc", **FAST)
+    with pytest.raises(ConfigError, match="structured, magnitude"):
+        nimbleml.compress(mlp, prune=0.5, prune_method="random", val=(Xte, yte))
+    assert Quantization("fp16") is Quantization.FP16

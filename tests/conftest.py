@@ -1,0 +1,93 @@
+"""Shared fixtures: small models trained here on datasets scikit-learn ships."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nimbleml.bench.machine import has_cuda
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with onnxruntime-gpu / torch CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from nimbleml.demo import digits as split
+
+    return split()
+
+
+@pytest.fixture(scope="session")
+def mlp(digits):
+    """A 64→128→128→10 MLP trained for a few epochs (about 95% test accuracy)."""
+    from nimbleml.demo import train_mlp
+
+    Xtr, _, ytr, _ = digits
+    return train_mlp(Xtr, ytr, hidden=128, epochs=8)
+
+
+@pytest.fixture(scope="session")
+def pipeline(digits):
+    from nimbleml.demo import train_pipeline
+
+    Xtr, _, ytr, _ = digits
+    return train_pipeline(Xtr, ytr)
+
+
+@pytest.fixture(scope="session")
+def forest(digits):
+    from sklearn.ensemble import RandomForestClassifier
+
+    Xtr, _, ytr, _ = digits
+    return RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0).fit(Xtr, ytr)
+
+
+def make_encoder(vocab: int = 50, dim: int = 32, layers: int = 2, classes: int = 3):
+    """A Hugging Face-style encoder: forward(input_ids, attention_mask) with padding masks."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(vocab, dim)
+            layer = torch.nn.TransformerEncoderLayer(dim, 4, dim * 2, batch_first=True, dropout=0.0)
+            self.enc = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(dim, classes)
+
+        def forward(self, input_ids, attention_mask):
+            h = self.enc(self.emb(input_ids), src_key_padding_mask=attention_mask == 0)
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return self.head((h * m).sum(1) / m.sum(1))
+
+    torch.manual_seed(0)
+    return Encoder().eval()
+
+
+def token_batch(
+    n: int = 32, length: int = 12, vocab: int = 50, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Padded token batches: random lengths, pad id 0 where the mask is 0."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, size=(n, length)).astype(np.int64)
+    mask = np.ones_like(ids)
+    for i in range(n):
+        mask[i, rng.integers(3, length + 1) :] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    return make_encoder()
+
+
+@pytest.fixture(scope="session")
+def tokens():
+    return token_batch()
