@@ -154,11 +154,13 @@ class Package:
 
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
         """Every output, by name."""
-        return dict(zip(self.model.output_names, self.model(inputs), strict=True))
+        model = self.model
+        return dict(zip(model.output_names, model.run(model.feeds(inputs)), strict=True))
 
     def predict(self, inputs: Any) -> np.ndarray:
         """The first output: labels for scikit-learn classifiers, values or logits otherwise."""
-        return self.model(inputs)[0]
+        model = self.model
+        return model.run(model.feeds(inputs))[0]
 
     def size_bytes(self) -> int:
         return int((self.directory / self.manifest["model"]["path"]).stat().st_size)

@@ -37,3 +37,15 @@ def test_corrupt_onnx_is_a_load_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load"):
         _ = load_model(bad).inputs
+
+
+def test_fast_runner_matches_the_public_api(onnx_file, digits):
+    model = load_model(onnx_file)
+    feeds = model.feeds(digits[1])
+    public = model.session.run(None, feeds)
+    fast = model.run(feeds)
+    assert len(fast) == len(public)
+    for a, b in zip(fast, public, strict=True):
+        assert np.array_equal(a, b)
+    with pytest.raises(Exception, match="X"):  # a wrong name still fails inside ONNX Runtime
+        model.run({"not_X": feeds["X"]})
