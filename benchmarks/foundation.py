@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import json
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
