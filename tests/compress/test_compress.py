@@ -7,7 +7,8 @@ from sklearn.datasets import load_diabetes
 from sklearn.kernel_ridge import KernelRidge
 
 import nimbleml
-from nimbleml.compress.api import ConversionWarning, ModelCompressor, Quantization
+from nimbleml.compress.api import ModelCompressor, Quantization
+from nimbleml.compress.pipeline import ConversionWarning
 from nimbleml.errors import AccuracyBudgetError, ConfigError, UnsupportedError
 
 FAST = {"benchmark_time_s": 0.05}
@@ -103,8 +104,10 @@ def test_bad_arguments_say_what_is_allowed(mlp, digits):
         nimbleml.compress(mlp, max_drop=0.01, calib=Xte)
     with pytest.raises(ConfigError, match="val must be a pair"):
         nimbleml.compress(mlp, val=Xte)
-    with pytest.raises(ConfigError, match="example inputs"):
+    with pytest.raises(ConfigError, match="pass example_inputs=, calib= or val="):
         nimbleml.compress(mlp)
+    with pytest.raises(ConfigError, match="540 rows but y has 3"):
+        nimbleml.compress(mlp, val=(Xte, yte[:3]))
     with pytest.raises(AccuracyBudgetError, match="unknown metric"):
         nimbleml.compress(mlp, val=(Xte, yte), metric="acc", **FAST)
     with pytest.raises(ConfigError, match="structured, magnitude"):

@@ -6,7 +6,7 @@ import torch
 
 from nimbleml.bench.machine import CpuCaps, cpu_caps
 from nimbleml.compress import RECIPES, Context, get_recipe
-from nimbleml.compress.api import convert_verified
+from nimbleml.compress.pipeline import convert_verified
 from nimbleml.compress.quantize import bf16_support, int8_layout
 from nimbleml.errors import ConfigError, UnsupportedError
 from nimbleml.models import load_model

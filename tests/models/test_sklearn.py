@@ -6,7 +6,7 @@ import skops.io
 from sklearn.datasets import load_diabetes
 from sklearn.kernel_ridge import KernelRidge
 
-from nimbleml.compress.api import convert_verified
+from nimbleml.compress.pipeline import convert_verified
 from nimbleml.errors import ModelLoadError, UntrustedPickleError
 from nimbleml.models import load_model
 from nimbleml.models.sklearn_model import NoConverterError

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from nimbleml.compress.api import convert_verified
+from nimbleml.compress.pipeline import convert_verified
 from nimbleml.errors import ConfigError, ModelLoadError, UntrustedPickleError
 from nimbleml.models import load_model
 from nimbleml.models.torch_model import TorchModel, torch_file_kind

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-import numpy as np
-
-from .. import __version__
-from ..bench.core import run_chunked
-from ..bench.machine import cpu_caps, machine_info
-from ..errors import ConfigError, ConversionError, UnsupportedError
-from ..inputs import Feeds, batch_size, rows
-from ..metrics import Metric, evaluate, infer_task, resolve
+from ..errors import ConfigError, UnsupportedError
+from ..metrics import resolve
 from ..models.base import Model
-from ..models.loader import load_model
-from ..models.onnx_model import OnnxModel
 from ..package import Package, write_package
-from ..verify import check, compare_outputs, variants
-from .base import Context, Recipe, get_recipe
+from .base import Recipe, get_recipe
+from .pipeline import (
+    agreement,
+    build,
+    make_manifest,
+    prepare,
+    quick_bench,
+    val_parts,
+    validate,
+)
 
 
 class _Choice(str, Enum):
@@ -47,10 +44,6 @@ class Quantization(_Choice):
 class PruneMethod(_Choice):
     STRUCTURED = "structured"
     MAGNITUDE = "magnitude"
-
-
-class ConversionWarning(UserWarning):
-    """The model could not be converted to ONNX; its original form is packaged instead."""
 
 
 @dataclass
@@ -130,55 +123,6 @@ def plan(model: Model, cfg: CompressConfig) -> tuple[list[Recipe], list[Recipe],
     return source, torch_stage, onnx_stage
 
 
-def _onnx_runner(model: OnnxModel) -> Callable[[Feeds], list[np.ndarray]]:
-    from ..inputs import cast_to_specs
-
-    specs = model.inputs
-    return lambda feeds: model.run(cast_to_specs(feeds, specs))
-
-
-def convert_verified(
-    model: Model, cases: Sequence[tuple[str, Feeds]]
-) -> tuple[OnnxModel, dict[str, Any]]:
-    """Convert to ONNX and compare with the original on every case; try the next exporter
-    (torch: legacy, then dynamo; scikit-learn: float, then double) when one disagrees."""
-    from ..models.sklearn_model import NoConverterError
-
-    if isinstance(model, OnnxModel):
-        return model, {"converter": "none (already ONNX)", "cases": []}
-    attempts = {"torch": [("exporter", "legacy"), ("exporter", "dynamo")],
-                "sklearn": [("precision", "float"), ("precision", "double")]}.get(model.framework)  # fmt: skip
-    if attempts is None:
-        raise ConversionError(f"no ONNX conversion for {model.framework} models")
-    example = cases[0][1]
-    failures = []
-    for key, value in attempts:
-        try:
-            onnx_model = model.to_onnx(example, **{key: value})
-            report = check(model.run, _onnx_runner(onnx_model), cases, what=f"ONNX ({key}={value})")
-        except NoConverterError:
-            raise
-        except ConversionError as exc:
-            failures.append(str(exc))
-            continue
-        onnx_model.task = model.task
-        return onnx_model, {"converter": f"{key}={value}", "cases": report}
-    raise ConversionError(
-        "the model could not be converted to ONNX with outputs that match the original:\n"
-        + "\n".join(failures)
-    )
-
-
-def _val_parts(val: Any) -> tuple[Any, Any]:
-    if val is None:
-        return None, None
-    if not isinstance(val, tuple | list) or len(val) != 2:
-        raise ConfigError(
-            "val must be a pair (X, y); use (X, None) with metric='cosine' or 'agreement'"
-        )
-    return val[0], val[1]
-
-
 class ModelCompressor:
     """Class form of :func:`compress`: the constructor holds the configuration."""
 
@@ -227,178 +171,27 @@ class ModelCompressor:
     ) -> Package:
         say = progress or (lambda _msg: None)
         cfg = self._config
-        val_x, val_y = _val_parts(val)
-        if cfg.max_drop is not None and val_x is None:
+        if cfg.max_drop is not None and val_parts(val)[0] is None:
             raise ConfigError("max_drop needs validation data: pass val=(X, y)")
-        example_raw = (
-            example_inputs
-            if example_inputs is not None
-            else (calib if calib is not None else val_x)
-        )
-        say("adapting the model")
-        source = load_model(model, _head(example_raw), trust_pickle=trust_pickle)
-        source.task = infer_task(source.task, val_y)
-        if example_raw is None and not source.inputs:
-            raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
-        val_feeds = source.feeds(val_x) if val_x is not None else None
-        calib_feeds = source.feeds(calib) if calib is not None else None
-        base_feeds = val_feeds if val_feeds is not None else calib_feeds
-        if base_feeds is None:
-            if example_raw is None:
-                raise ConfigError(
-                    "pass example_inputs=, calib= or val= so nimbleml can run the model"
-                )
-            base_feeds = source.feeds(example_raw)
-        cases = variants(base_feeds)
-        ctx = Context(
-            example=rows(base_feeds, min(16, batch_size(base_feeds))),
-            calib=calib_feeds,
-            caps=cpu_caps(),
-        )
-        source_steps, torch_steps, onnx_steps = plan(source, cfg)
-        for step in source_steps + torch_steps + onnx_steps:
-            if step.stage != "onnx":
-                step.check(source, ctx)
-
-        say("converting to ONNX and verifying")
-        conversion: dict[str, Any]
-        try:
-            baseline, conversion = convert_verified(source, cases)
-        except ConversionError as exc:
-            from ..models.sklearn_model import NoConverterError
-
-            if not isinstance(exc, NoConverterError):
-                raise
-            warnings.warn(str(exc), ConversionWarning, stacklevel=2)
-            baseline, conversion = source, {"converter": None, "reason": str(exc), "cases": []}  # type: ignore[assignment]
-            onnx_steps = []
-
-        candidate: Model = source
-        applied: list[Recipe] = []
-        for step in source_steps:
-            say(f"applying {step.name}")
-            candidate = step.apply(candidate, ctx)
-            applied.append(step)
-        for step in torch_steps:
-            say(f"applying {step.name}")
-            candidate = step.apply(candidate, ctx)
-            applied.append(step)
-        if not torch_steps and isinstance(baseline, OnnxModel):
-            candidate = baseline if not source_steps else convert_verified(candidate, cases)[0]
-            for step in onnx_steps:
-                say(f"applying {step.name}")
-                step.check(candidate, ctx)
-                candidate = step.apply(candidate, ctx)
-                applied.append(step)
-
+        prepared = prepare(model, example_inputs, calib, val, trust_pickle=trust_pickle, say=say)
+        steps = plan(prepared.source, cfg)
+        candidate, applied = build(prepared, steps, say)
         say("checking the result against the original")
-        agreement = [
-            {"case": name, **compare_outputs(source.run(f), candidate(f)).to_dict()}
-            for name, f in cases
-        ]
-        validation, fallback = self._validate(source, candidate, val_feeds, val_y, cfg)
-        chosen = baseline if fallback else candidate
+        metric = resolve(self.metric, prepared.source.task) if prepared.val_feeds else None
+        validation, fallback = validate(prepared, candidate, metric, cfg.max_drop)
+        chosen = prepared.baseline if fallback else candidate
         say("timing")
-        bench = _quick_bench(
-            source, chosen, base_feeds, self.benchmark_batch_sizes, self.benchmark_time_s
+        bench = quick_bench(
+            prepared.source,
+            chosen,
+            prepared.base_feeds,
+            self.benchmark_batch_sizes,
+            self.benchmark_time_s,
         )
-        manifest = {
-            "schema": 1,
-            "nimbleml_version": __version__,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {**source.describe(), "object": _describe_source(model)},
-            "inputs": [s.to_dict() for s in source.inputs],
-            "outputs": [s.to_dict() for s in source.outputs],
-            "call": "kwargs" if getattr(source, "by_name", False) else "positional",
-            "recipe": [s.describe() for s in applied],
-            "conversion": conversion,
-            "validation": {**validation, "agreement": agreement},
-            "fallback": fallback,
-            "benchmark": bench,
-            "machine": machine_info().to_dict(),
-        }
-        return write_package(manifest, chosen, baseline, same=chosen is baseline)
+        validation["agreement"] = agreement(prepared, candidate)
+        manifest = make_manifest(prepared, applied, validation, fallback, bench)
+        return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
 
-    def _validate(
-        self,
-        source: Model,
-        candidate: Model,
-        val_feeds: Feeds | None,
-        val_y: Any,
-        cfg: CompressConfig,
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        if val_feeds is None:
-            return {"metric": None}, None
-        metric: Metric = resolve(self.metric, source.task)
-        ref = run_chunked(source, val_feeds)
-        out = run_chunked(candidate, val_feeds)
-        base_value = evaluate(metric, ref, val_y, ref, source.task)
-        value = evaluate(metric, out, val_y, ref, source.task)
-        drop = metric.drop(base_value, value)
-        validation = {
-            "metric": metric.name,
-            "higher_is_better": metric.higher_is_better,
-            "baseline": base_value,
-            "package": value,
-            "drop": drop,
-            "max_drop": cfg.max_drop,
-            "rows": batch_size(val_feeds),
-        }
-        if cfg.max_drop is not None and drop > cfg.max_drop:
-            reason = (
-                f"{metric.name} dropped by {drop:.4g} (baseline {base_value:.4g}, compressed "
-                f"{value:.4g}), more than max_drop={cfg.max_drop:g}; the package runs the baseline"
-            )
-            warnings.warn(reason, UserWarning, stacklevel=3)
-            validation["package"] = base_value
-            return validation, {"reason": reason, "baseline": base_value, "compressed": value}
-        return validation, None
-
-
-def _head(x: Any, n: int = 16) -> Any:
-    """The first ``n`` rows of an array, tensor, tuple or dict (for example inputs)."""
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return {k: v[:n] for k, v in x.items()}
-    if isinstance(x, tuple | list) and x and hasattr(x[0], "shape"):
-        return type(x)(v[:n] for v in x)
-    return x[:n] if hasattr(x, "shape") else x
-
-
-def _describe_source(model: Any) -> str:
-    from pathlib import Path
-
-    if isinstance(model, str | Path):
-        return str(model)
-    return f"{type(model).__module__}.{type(model).__qualname__}"
-
-
-def _quick_bench(
-    source: Model, chosen: Model, feeds: Feeds, sizes: Sequence[int], budget: float
-) -> dict[str, Any]:
-    """Latency p50/p99 and throughput at each batch size, for the manifest."""
-    from ..bench.timer import TimingConfig, time_calls
-
-    if budget <= 0:
-        return {}
-    timing = TimingConfig(warmup_s=0.05, min_samples=200, time_budget_s=budget)
-    out: dict[str, Any] = {}
-    for bs in sizes:
-        f = rows(feeds, bs)
-        entry: dict[str, Any] = {}
-        for role, model in (("original", source), ("package", chosen)):
-            s = time_calls(functools.partial(model.run, f), timing)
-            entry[role] = {
-                "p50_ms": s.p50_ms,
-                "p99_ms": s.p99_ms,
-                "n": s.n,
-                "unreliable": s.unreliable,
-                "samples_per_second": bs * 1e3 / s.mean_ms,
-            }
-        entry["speedup_p50"] = entry["original"]["p50_ms"] / entry["package"]["p50_ms"]
-        out[f"batch_{bs}"] = entry
-    return out
 
 
 def compress(

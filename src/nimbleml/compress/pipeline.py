@@ -1,0 +1,305 @@
+"""The steps compress() and optimize() share: prepare (adapt, convert, verify), build a
+candidate from recipes, check it, time it, and describe it in a manifest."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..bench.core import run_chunked
+from ..bench.machine import cpu_caps, machine_info
+from ..errors import ConfigError, ConversionError
+from ..inputs import Feeds, batch_size, cast_to_specs, rows
+from ..metrics import Metric, evaluate, infer_task
+from ..models.base import Model
+from ..models.loader import load_model
+from ..models.onnx_model import OnnxModel
+from ..verify import check, compare_outputs, variants
+from .base import Context, Recipe
+
+Say = Callable[[str], None]
+
+
+class ConversionWarning(UserWarning):
+    """The model could not be converted to ONNX; its original form is packaged instead."""
+
+
+@dataclass
+class Prepared:
+    """A model adapted, converted to a verified ONNX baseline, with its data as feeds."""
+
+    model_obj: Any
+    source: Model
+    baseline: Model
+    conversion: dict[str, Any]
+    base_feeds: Feeds
+    cases: list[tuple[str, Feeds]]
+    ctx: Context
+    val_feeds: Feeds | None = None
+    val_y: Any = None
+    _reference: list[np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def converted(self) -> bool:
+        return isinstance(self.baseline, OnnxModel)
+
+    def reference(self) -> list[np.ndarray]:
+        """The original model's outputs on the validation inputs (computed once)."""
+        if self._reference is None:
+            assert self.val_feeds is not None
+            self._reference = run_chunked(self.source, self.val_feeds)
+        return self._reference
+
+    def metric_of(self, metric: Metric, model: Model) -> float:
+        assert self.val_feeds is not None
+        outputs = self.reference() if model is self.source else run_chunked(model, self.val_feeds)
+        return evaluate(metric, outputs, self.val_y, self.reference(), self.source.task)
+
+
+def val_parts(val: Any) -> tuple[Any, Any]:
+    if val is None:
+        return None, None
+    if not isinstance(val, tuple | list) or len(val) != 2:
+        raise ConfigError(
+            "val must be a pair (X, y); use (X, None) with metric='cosine' or 'agreement'"
+        )
+    return val[0], val[1]
+
+
+def head(x: Any, n: int = 16) -> Any:
+    """The first ``n`` rows of an array, tensor, tuple or dict (for example inputs)."""
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {k: v[:n] for k, v in x.items()}
+    if isinstance(x, tuple | list) and x and hasattr(x[0], "shape"):
+        return type(x)(v[:n] for v in x)
+    return x[:n] if hasattr(x, "shape") else x
+
+
+def onnx_runner(model: OnnxModel) -> Callable[[Feeds], list[np.ndarray]]:
+    specs = model.inputs
+    return lambda feeds: model.run(cast_to_specs(feeds, specs))
+
+
+def convert_verified(
+    model: Model, cases: Sequence[tuple[str, Feeds]]
+) -> tuple[OnnxModel, dict[str, Any]]:
+    """Convert to ONNX and compare with the original on every case; try the next exporter
+    (torch: legacy, then dynamo; scikit-learn: float, then double) when one disagrees."""
+    from ..models.sklearn_model import NoConverterError
+
+    if isinstance(model, OnnxModel):
+        return model, {"converter": "none (already ONNX)", "cases": []}
+    attempts = {
+        "torch": [("exporter", "legacy"), ("exporter", "dynamo")],
+        "sklearn": [("precision", "float"), ("precision", "double")],
+    }.get(model.framework)
+    if attempts is None:
+        raise ConversionError(f"no ONNX conversion for {model.framework} models")
+    example = cases[0][1]
+    failures = []
+    for key, value in attempts:
+        try:
+            onnx_model = model.to_onnx(example, **{key: value})
+            report = check(
+                model.run, onnx_runner(onnx_model), cases, what=f"ONNX ({key}={value})"
+            )
+        except NoConverterError:
+            raise
+        except ConversionError as exc:
+            failures.append(str(exc))
+            continue
+        onnx_model.task = model.task
+        return onnx_model, {"converter": f"{key}={value}", "cases": report}
+    raise ConversionError(
+        "the model could not be converted to ONNX with outputs that match the original:\n"
+        + "\n".join(failures)
+    )
+
+
+def prepare(
+    model: Any,
+    example_inputs: Any,
+    calib: Any,
+    val: Any,
+    *,
+    trust_pickle: bool = False,
+    say: Say | None = None,
+) -> Prepared:
+    """Adapt ``model``, normalise the data, and convert it to a verified ONNX baseline."""
+    say = say or (lambda _msg: None)
+    val_x, val_y = val_parts(val)
+    example_raw = next((x for x in (example_inputs, calib, val_x) if x is not None), None)
+    if example_raw is None:
+        raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
+    say("adapting the model")
+    source = load_model(model, head(example_raw), trust_pickle=trust_pickle)
+    source.task = infer_task(source.task, val_y)
+    val_feeds = source.feeds(val_x) if val_x is not None else None
+    calib_feeds = source.feeds(calib) if calib is not None else None
+    base_feeds = next(
+        (f for f in (val_feeds, calib_feeds) if f is not None), None
+    ) or source.feeds(example_raw)
+    if val_feeds is not None and val_y is not None and len(val_y) != batch_size(val_feeds):
+        raise ConfigError(f"val X has {batch_size(val_feeds)} rows but y has {len(val_y)}")
+    cases = variants(base_feeds)
+    ctx = Context(
+        example=rows(base_feeds, min(16, batch_size(base_feeds))),
+        calib=calib_feeds,
+        caps=cpu_caps(),
+    )
+    say("converting to ONNX and verifying")
+    baseline: Model
+    try:
+        baseline, conversion = convert_verified(source, cases)
+    except ConversionError as exc:
+        from ..models.sklearn_model import NoConverterError
+
+        if not isinstance(exc, NoConverterError):
+            raise
+        warnings.warn(str(exc), ConversionWarning, stacklevel=3)
+        baseline, conversion = source, {"converter": None, "reason": str(exc), "cases": []}
+    return Prepared(
+        model_obj=model,
+        source=source,
+        baseline=baseline,
+        conversion=conversion,
+        base_feeds=base_feeds,
+        cases=cases,
+        ctx=ctx,
+        val_feeds=val_feeds,
+        val_y=val_y,
+    )
+
+
+def build(
+    p: Prepared, steps: tuple[list[Recipe], list[Recipe], list[Recipe]], say: Say | None = None
+) -> tuple[Model, list[Recipe]]:
+    """Apply (source, torch, onnx) recipes; the ONNX stage starts from the verified baseline,
+    or from a fresh verified conversion of the pruned model."""
+    say = say or (lambda _msg: None)
+    source_steps, torch_steps, onnx_steps = steps
+    for step in source_steps + torch_steps:
+        step.check(p.source, p.ctx)
+    candidate: Model = p.source
+    applied: list[Recipe] = []
+    for step in source_steps + torch_steps:
+        say(f"applying {step.name}")
+        candidate = step.apply(candidate, p.ctx)
+        applied.append(step)
+    if torch_steps or not p.converted:
+        return candidate, applied
+    candidate = p.baseline if not source_steps else convert_verified(candidate, p.cases)[0]
+    for step in onnx_steps:
+        say(f"applying {step.name}")
+        step.check(candidate, p.ctx)
+        candidate = step.apply(candidate, p.ctx)
+        applied.append(step)
+    return candidate, applied
+
+
+def agreement(p: Prepared, candidate: Model) -> list[dict[str, Any]]:
+    """How the candidate's outputs compare with the original's on every verification case."""
+    return [
+        {"case": name, **compare_outputs(p.source.run(f), candidate(f)).to_dict()}
+        for name, f in p.cases
+    ]
+
+
+def quick_bench(
+    source: Model, chosen: Model, feeds: Feeds, sizes: Sequence[int], budget: float
+) -> dict[str, Any]:
+    """Latency p50/p99 and throughput at each batch size, for the manifest."""
+    from ..bench.timer import TimingConfig, time_calls
+
+    if budget <= 0:
+        return {}
+    timing = TimingConfig(warmup_s=0.05, min_samples=200, time_budget_s=budget)
+    out: dict[str, Any] = {}
+    for bs in sizes:
+        f = rows(feeds, bs)
+        entry: dict[str, Any] = {}
+        for role, model in (("original", source), ("package", chosen)):
+            s = time_calls(functools.partial(model.run, f), timing)
+            entry[role] = {
+                "p50_ms": s.p50_ms,
+                "p99_ms": s.p99_ms,
+                "n": s.n,
+                "unreliable": s.unreliable,
+                "samples_per_second": bs * 1e3 / s.mean_ms,
+            }
+        entry["speedup_p50"] = entry["original"]["p50_ms"] / entry["package"]["p50_ms"]
+        out[f"batch_{bs}"] = entry
+    return out
+
+
+def _describe_source(model: Any) -> str:
+    from pathlib import Path
+
+    if isinstance(model, str | Path):
+        return str(model)
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def make_manifest(
+    p: Prepared,
+    applied: Sequence[Recipe],
+    validation: dict[str, Any],
+    fallback: dict[str, Any] | None,
+    bench: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    source = p.source
+    return {
+        "schema": 1,
+        "nimbleml_version": __version__,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {**source.describe(), "object": _describe_source(p.model_obj)},
+        "inputs": [s.to_dict() for s in source.inputs],
+        "outputs": [s.to_dict() for s in source.outputs],
+        "call": "kwargs" if getattr(source, "by_name", False) else "positional",
+        "recipe": [s.describe() for s in applied],
+        "conversion": p.conversion,
+        "validation": validation,
+        "fallback": fallback,
+        "benchmark": bench,
+        "machine": machine_info().to_dict(),
+        **extra,
+    }
+
+
+def validate(
+    p: Prepared, candidate: Model, metric: Metric | None, max_drop: float | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The metric before and after; a fallback record when the drop exceeds ``max_drop``."""
+    if p.val_feeds is None or metric is None:
+        return {"metric": None}, None
+    base_value = p.metric_of(metric, p.source)
+    value = p.metric_of(metric, candidate)
+    drop = metric.drop(base_value, value)
+    validation: dict[str, Any] = {
+        "metric": metric.name,
+        "higher_is_better": metric.higher_is_better,
+        "baseline": base_value,
+        "package": value,
+        "drop": drop,
+        "max_drop": max_drop,
+        "rows": batch_size(p.val_feeds),
+    }
+    if max_drop is not None and drop > max_drop:
+        reason = (
+            f"{metric.name} dropped by {drop:.4g} (baseline {base_value:.4g}, compressed "
+            f"{value:.4g}), more than max_drop={max_drop:g}; the package runs the baseline"
+        )
+        warnings.warn(reason, UserWarning, stacklevel=3)
+        validation["package"] = base_value
+        return validation, {"reason": reason, "baseline": base_value, "compressed": value}
+    return validation, None
