@@ -8,6 +8,7 @@ import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,8 @@ def prepare(
     val_x, val_y = val_parts(val)
     example_raw = next((x for x in (example_inputs, calib, val_x) if x is not None), None)
     if example_raw is None:
+        if isinstance(model, str | Path):
+            load_model(model, trust_pickle=trust_pickle)  # a missing or unreadable file first
         raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
     say("adapting the model")
     source = load_model(model, head(example_raw), trust_pickle=trust_pickle)
@@ -242,8 +245,6 @@ def quick_bench(
 
 
 def _describe_source(model: Any) -> str:
-    from pathlib import Path
-
     if isinstance(model, str | Path):
         return str(model)
     return f"{type(model).__module__}.{type(model).__qualname__}"
