@@ -193,7 +193,6 @@ class ModelCompressor:
         return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
 
 
-
 def compress(
     model: Any,
     quantize: str | None = "int8",

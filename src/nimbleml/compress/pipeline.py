@@ -110,9 +110,7 @@ def convert_verified(
     for key, value in attempts:
         try:
             onnx_model = model.to_onnx(example, **{key: value})
-            report = check(
-                model.run, onnx_runner(onnx_model), cases, what=f"ONNX ({key}={value})"
-            )
+            report = check(model.run, onnx_runner(onnx_model), cases, what=f"ONNX ({key}={value})")
         except NoConverterError:
             raise
         except ConversionError as exc:
@@ -148,9 +146,9 @@ def prepare(
     source.task = infer_task(source.task, val_y)
     val_feeds = source.feeds(val_x) if val_x is not None else None
     calib_feeds = source.feeds(calib) if calib is not None else None
-    base_feeds = next(
-        (f for f in (val_feeds, calib_feeds) if f is not None), None
-    ) or source.feeds(example_raw)
+    base_feeds = next((f for f in (val_feeds, calib_feeds) if f is not None), None) or source.feeds(
+        example_raw
+    )
     if val_feeds is not None and val_y is not None and len(val_y) != batch_size(val_feeds):
         raise ConfigError(f"val X has {batch_size(val_feeds)} rows but y has {len(val_y)}")
     cases = variants(base_feeds)

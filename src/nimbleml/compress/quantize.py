@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,18 @@ def _preprocess(src: Path, dst: Path) -> Path:
         return src
 
 
+def quantizable_nodes(model: OnnxModel, ops: Sequence[str] = DYNAMIC_OPS) -> list[str]:
+    """Names of the nodes an int8 recipe would quantise, as the quantiser sees them (after
+    the same pre-processing), in graph order: what mixed precision can keep in float."""
+    import onnx
+
+    with _workdir() as tmp:
+        (tmp / "in.onnx").write_bytes(model.data)
+        src = _preprocess(tmp / "in.onnx", tmp / "pre.onnx")
+        graph = onnx.load(str(src)).graph
+    return [n.name for n in graph.node if n.op_type in ops and n.name]
+
+
 def _require_ops(model: OnnxModel, ops: tuple[str, ...], recipe: str) -> list[str]:
     present = model.op_types()
     found = sorted({op for op in present if op in ops})
@@ -94,8 +106,17 @@ class DynamicInt8(Recipe):
     stage = "onnx"
     frameworks = ("onnx",)
 
-    def __init__(self, per_channel: bool = False) -> None:
-        super().__init__(per_channel=bool(per_channel))
+    def __init__(
+        self,
+        per_channel: bool = False,
+        exclude_nodes: Sequence[str] = (),
+        include_nodes: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            per_channel=bool(per_channel),
+            exclude_nodes=list(exclude_nodes),
+            include_nodes=None if include_nodes is None else list(include_nodes),
+        )
 
     def check(self, model: Model, ctx: Context) -> None:
         super().check(model, ctx)
@@ -118,8 +139,17 @@ class DynamicInt8(Recipe):
                 per_channel=self._params["per_channel"],
                 reduce_range=layout["reduce_range"],
                 op_types_to_quantize=list(DYNAMIC_OPS),
+                nodes_to_exclude=_with_gemm_names(self._params["exclude_nodes"]),
+                nodes_to_quantize=_with_gemm_names(self._params["include_nodes"]),
             )
             return OnnxModel((tmp / "q.onnx").read_bytes(), task=model.task)
+
+
+def _with_gemm_names(names: list[str] | None) -> list[str] | None:
+    """Dynamic quantisation rewrites Gemm node N as MatMul 'N_MatMul': name both."""
+    if names is None:
+        return None
+    return [alias for n in names for alias in (n, f"{n}_MatMul")]
 
 
 class _Calibration:
@@ -146,12 +176,23 @@ class StaticInt8(Recipe):
     stage = "onnx"
     frameworks = ("onnx",)
 
-    def __init__(self, calibration: str = "minmax", per_channel: bool = True) -> None:
+    def __init__(
+        self,
+        calibration: str = "minmax",
+        per_channel: bool = True,
+        exclude_nodes: Sequence[str] = (),
+        include_nodes: Sequence[str] | None = None,
+    ) -> None:
         if calibration not in CALIBRATION:
             raise ConfigError(
                 f"unknown calibration method '{calibration}'; choose one of: {', '.join(CALIBRATION)}"
             )
-        super().__init__(calibration=calibration, per_channel=bool(per_channel))
+        super().__init__(
+            calibration=calibration,
+            per_channel=bool(per_channel),
+            exclude_nodes=list(exclude_nodes),
+            include_nodes=None if include_nodes is None else list(include_nodes),
+        )
 
     def check(self, model: Model, ctx: Context) -> None:
         super().check(model, ctx)
@@ -188,6 +229,8 @@ class StaticInt8(Recipe):
                 weight_type=_quant_type(layout["weight"]),
                 calibrate_method=method,
                 op_types_to_quantize=list(STATIC_OPS),
+                nodes_to_exclude=self._params["exclude_nodes"],
+                nodes_to_quantize=self._params["include_nodes"],
             )
             return OnnxModel((tmp / "q.onnx").read_bytes(), task=model.task)
 

@@ -1,0 +1,165 @@
+"""What optimize() found: every candidate with its figures and fate, the Pareto front, the
+best package, and a report (JSON, text table, Pareto chart)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models.base import Model
+from ..package import Package
+
+REPORT_SCHEMA = 1
+STATUSES = ("baseline", "ok", "over-budget", "slower", "failed", "skipped", "not-packageable")
+
+
+@dataclass
+class Candidate:
+    """One candidate tried (or skipped), with why."""
+
+    name: str
+    status: str = "skipped"
+    reason: str | None = None
+    recipe: list[dict[str, Any]] = field(default_factory=list)
+    metric: float | None = None
+    drop: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    n: int = 0
+    samples_per_second: float | None = None
+    batch_size: int | None = None
+    threads: int | None = None
+    size_bytes: int | None = None
+    num_parameters: int | None = None
+    cosine: float | None = None
+    seconds: float = 0.0
+    model: Model | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
+
+    @property
+    def timed(self) -> bool:
+        return self.p50_ms is not None
+
+
+def pareto(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on all of metric drop, latency and size at once."""
+    pool = [c for c in candidates if c.timed and c.drop is not None and c.size_bytes is not None]
+
+    def key(c: Candidate) -> tuple[float, float, float]:
+        return (c.drop or 0.0, c.p50_ms or 0.0, float(c.size_bytes or 0))
+
+    front = []
+    for c in pool:
+        kc = key(c)
+        dominated = any(
+            all(a <= b for a, b in zip(key(o), kc, strict=True)) and key(o) != kc for o in pool
+        )
+        if not dominated:
+            front.append(c)
+    return sorted(front, key=lambda c: c.p50_ms or 0.0)
+
+
+@dataclass
+class OptimizationResult:
+    """``best`` is a Package; ``candidates`` holds every one tried, the baseline first."""
+
+    best: Package
+    best_name: str
+    baseline: Candidate
+    candidates: list[Candidate]
+    objective: str
+    settings: dict[str, Any]
+    seconds: float
+
+    @property
+    def pareto(self) -> list[Candidate]:
+        return pareto(self.candidates)
+
+    @property
+    def speedup(self) -> float:
+        best = next(c for c in self.candidates if c.name == self.best_name)
+        if self.objective == "throughput":
+            return (best.samples_per_second or 0) / (self.baseline.samples_per_second or 1)
+        return (self.baseline.p50_ms or 0) / (best.p50_ms or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..bench.machine import machine_info
+
+        return {
+            "schema": REPORT_SCHEMA,
+            "objective": self.objective,
+            "settings": self.settings,
+            "seconds": self.seconds,
+            "best": self.best_name,
+            "speedup": self.speedup,
+            "baseline": self.baseline.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "pareto": [c.name for c in self.pareto],
+            "machine": machine_info().to_dict(),
+        }
+
+    def table(self) -> str:
+        head = (
+            f"{'candidate':<38} {'status':<12} {'metric':>8} {'drop':>8} {'p50 ms':>9} "
+            f"{'samples/s':>10} {'bs':>4} {'thr':>4} {'size KB':>9}"
+        )
+        lines = [head, "-" * len(head)]
+        for c in self.candidates:
+            mark = "*" if c.name == self.best_name else " "
+
+            def f(v: float | None, fmt: str) -> str:
+                return "" if v is None else format(v, fmt)
+
+            lines.append(
+                f"{mark}{c.name[:37]:<37} {c.status:<12} {f(c.metric, '.4f'):>8} "
+                f"{f(c.drop, '.4f'):>8} {f(c.p50_ms, '.4f'):>9} {f(c.samples_per_second, '.0f'):>10} "
+                f"{c.batch_size or '':>4} {c.threads or 'auto':>4} "
+                f"{f((c.size_bytes or 0) / 1024 if c.size_bytes else None, '.1f'):>9}"
+            )
+            if c.reason and c.status not in ("ok", "baseline"):
+                lines.append(f"    {c.reason[:110]}")
+        lines.append(
+            f"* best: {self.best_name} ({self.speedup:.2f}x the baseline's {self.objective})"
+        )
+        return "\n".join(lines)
+
+    def report(self, directory: str | Path) -> list[Path]:
+        """Write optimization.json, optimization.txt and pareto.png into ``directory``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "optimization.json").write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        (out / "optimization.txt").write_text(self.table() + "\n")
+        return [out / "optimization.json", out / "optimization.txt", self._plot(out / "pareto.png")]
+
+    def _plot(self, path: Path) -> Path:
+        from ..bench.plots import _pyplot
+
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(8, 5))
+        timed = [c for c in self.candidates if c.timed and c.metric is not None]
+        front = {c.name for c in self.pareto}
+        for c in timed:
+            color = (
+                "#c44e52"
+                if c.name == self.best_name
+                else ("#4c72b0" if c.name in front else "#999999")
+            )
+            size = 30 + 200 * (c.size_bytes or 0) / max(x.size_bytes or 1 for x in timed)
+            ax.scatter(c.p50_ms, c.metric, s=size, color=color, alpha=0.8)
+            ax.annotate(
+                c.name, (c.p50_ms, c.metric), fontsize=7, xytext=(4, 2), textcoords="offset points"
+            )
+        line = sorted((c for c in timed if c.name in front), key=lambda c: c.p50_ms or 0)
+        ax.plot([c.p50_ms for c in line], [c.metric for c in line], color="#4c72b0", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"p50 latency at batch {self.settings.get('batch_size')} (ms, log)")
+        ax.set_ylabel(str(self.settings.get("metric")))
+        ax.set_title("candidates: Pareto front in blue, best in red, size as area")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path

@@ -1,0 +1,356 @@
+"""nimbleml.optimize: the fastest model on this machine within an accuracy budget.
+
+Every candidate is built from registered recipes, verified against the original, scored on
+the validation data and timed here with the benchmark harness. The search orders candidates
+by expected gain, stops timing one as soon as it is clearly slower than the best so far,
+skips candidates that cannot win, and stays inside the time budget.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..bench.timer import TimingConfig, time_calls
+from ..compress.pipeline import Prepared, agreement, build, make_manifest, prepare
+from ..compress.quantize import DYNAMIC_OPS, STATIC_OPS, quantizable_nodes
+from ..errors import ConfigError
+from ..inputs import rows
+from ..metrics import Metric, resolve
+from ..models.base import Model
+from ..models.onnx_model import OnnxModel
+from ..package import write_package
+from .result import Candidate, OptimizationResult
+from .space import INT8_DYN, INT8_QDQ, Spec, search_space
+
+OBJECTIVES = ("latency", "throughput")
+THROUGHPUT_SIZES = (8, 32, 128, 256)
+CLEARLY_SLOWER = 1.5  # a probe this much slower than the best stops the candidate's timing
+PROBE_CALLS = 30
+
+
+@dataclass
+class _Search:
+    p: Prepared
+    metric: Metric
+    base_value: float
+    max_drop: float
+    relative: bool
+    objective: str
+    batch_size: int
+    exhaustive: bool
+    deadline: float
+    timing_s: float
+    say: Callable[[Candidate, Candidate], None]
+    best: Candidate | None = None
+
+    # -- scoring ----------------------------------------------------------------
+    def drop_of(self, value: float) -> float:
+        drop = self.metric.drop(self.base_value, value)
+        return drop / abs(self.base_value) if self.relative and self.base_value else drop
+
+    def better(self, a: Candidate, b: Candidate | None) -> bool:
+        if b is None:
+            return True
+        if self.objective == "throughput":
+            return (a.samples_per_second or 0) > (b.samples_per_second or 0)
+        return (a.p50_ms or float("inf")) < (b.p50_ms or float("inf"))
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    # -- timing -----------------------------------------------------------------
+    def _probe(self, model: Model, bs: int, calls: int = PROBE_CALLS) -> float:
+        feeds = rows(self.p.base_feeds, bs)
+        model.run(feeds)
+        ts = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
+            model.run(feeds)
+            ts.append(time.perf_counter_ns() - t0)
+        return float(np.median(ts)) / 1e6
+
+    def time(self, c: Candidate, model: Model) -> Model:
+        """Time ``model`` for the objective, trying thread settings for ONNX models; stop
+        early when a probe shows it clearly slower than the best. Returns the model with
+        the thread setting chosen."""
+        sizes = [self.batch_size] if self.objective == "latency" else sorted(
+            {self.batch_size, *THROUGHPUT_SIZES}
+        )  # fmt: skip
+        variants: list[tuple[int | None, Model]] = [(None, model)]
+        if isinstance(model, OnnxModel):
+            variants.append((1, model.with_threads(1)))
+        probes = []
+        for threads, m in variants:
+            for bs in sizes:
+                ms = self._probe(m, bs)
+                probes.append((ms / bs if self.objective == "throughput" else ms, threads, m, bs))
+        score, threads, chosen, bs = min(probes, key=lambda t: t[0])
+        best_score = self._score_of(self.best)
+        if not self.exhaustive and best_score is not None and score > CLEARLY_SLOWER * best_score:
+            c.status = "slower"
+            c.reason = f"early stop: probe {score * 1e3:.1f} µs vs best {best_score * 1e3:.1f} µs"
+            c.p50_ms = score * (bs if self.objective == "throughput" else 1)
+            c.batch_size, c.threads = bs, threads
+            c.samples_per_second = bs * 1e3 / c.p50_ms
+            return chosen
+        stats = time_calls(
+            functools.partial(chosen.run, rows(self.p.base_feeds, bs)),
+            TimingConfig(warmup_s=0.05, min_samples=300, time_budget_s=self.timing_s),
+        )
+        c.p50_ms, c.p99_ms, c.n = stats.p50_ms, stats.p99_ms, stats.n
+        c.samples_per_second = bs * 1e3 / stats.mean_ms
+        c.batch_size, c.threads = bs, threads
+        return chosen
+
+    def _score_of(self, c: Candidate | None) -> float | None:
+        if c is None or c.p50_ms is None:
+            return None
+        return c.p50_ms / (c.batch_size or 1) if self.objective == "throughput" else c.p50_ms
+
+    # -- one candidate ----------------------------------------------------------
+    def evaluate(self, spec: Spec) -> Candidate:
+        c = Candidate(spec.name)
+        start = time.perf_counter()
+        try:
+            model, applied = build(self.p, spec.steps())
+            c.recipe = [s.describe() for s in applied]
+            c.metric = self.p.metric_of(self.metric, model)
+            c.drop = self.drop_of(c.metric)
+            c.size_bytes, c.num_parameters = model.size_bytes(), model.num_parameters()
+            c.cosine = min(a["cosine"] or 1.0 for a in agreement(self.p, model))
+            if c.drop > self.max_drop:
+                c.status = "over-budget"
+                c.reason = f"{self.metric.name} drop {c.drop:.4g} > max_drop {self.max_drop:g}"
+                self._time_quietly(c, model)
+            else:
+                c.status = "ok"
+                c.model = self.time(c, model)
+                if c.status == "ok" and self.better(c, self.best):
+                    self.best = c
+        except Exception as exc:  # a candidate that crashes is recorded, not fatal
+            c.status = "failed"
+            c.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        c.seconds = time.perf_counter() - start
+        return c
+
+    def _time_quietly(self, c: Candidate, model: Model) -> None:
+        """A short timing of an over-budget candidate, for the Pareto front."""
+        ms = self._probe(model, self.batch_size, calls=PROBE_CALLS)
+        c.p50_ms, c.n, c.batch_size = ms, PROBE_CALLS, self.batch_size
+        c.samples_per_second = self.batch_size * 1e3 / ms
+
+
+def _mixed_precision(s: _Search, spec: Spec, failed: Candidate) -> list[Candidate]:
+    """Keep the most sensitive nodes in float until the budget holds.
+
+    Sensitivity of a node = the metric drop when only that node is quantised. Nodes are then
+    kept in float most-sensitive first, one more at a time, until the drop fits.
+    """
+    step, params = spec.onnx[0]
+    ops = DYNAMIC_OPS if step == "int8" else STATIC_OPS
+    assert isinstance(s.p.baseline, OnnxModel)
+    nodes = quantizable_nodes(s.p.baseline, ops)
+    if len(nodes) < 2:
+        return []
+    sensitivity: dict[str, float] = {}
+    for node in nodes:
+        if s.out_of_time():
+            return []
+        alone = spec.with_onnx(step, f"only {node}", include_nodes=(node,))
+        model, _ = build(s.p, alone.steps())
+        sensitivity[node] = s.drop_of(s.p.metric_of(s.metric, model))
+    ranked = sorted(nodes, key=lambda n: -sensitivity[n])
+    tried = []
+    for k in range(1, len(nodes)):
+        if s.out_of_time():
+            break
+        keep = tuple(ranked[:k])
+        mixed = spec.with_onnx(step, f"mixed ({k}/{len(nodes)} float)", exclude_nodes=keep)
+        c = s.evaluate(mixed)
+        c.reason = (c.reason + "; " if c.reason else "") + (
+            f"float: {', '.join(keep)} (sensitivity {', '.join(f'{sensitivity[n]:.3g}' for n in keep)})"
+        )
+        tried.append(c)
+        if c.status in ("ok", "slower"):
+            break
+    return tried
+
+
+def optimize(
+    model: Any,
+    val: Any,
+    metric: str | Callable[..., float] | None = "accuracy",
+    max_drop: float = 0.01,
+    objective: str = "latency",
+    batch_size: int = 1,
+    time_budget_s: float | None = None,
+    example_inputs: Any = None,
+    *,
+    calib: Any = None,
+    relative: bool = False,
+    exhaustive: bool = False,
+    prune: bool = True,
+    mixed_precision: bool = True,
+    timing_s: float = 1.0,
+    trust_pickle: bool = False,
+    progress: Callable[[Candidate, Candidate], None] | None = None,
+) -> OptimizationResult:
+    """Search recipes and runtime settings; return the fastest candidate within the budget.
+
+    ``val``: (X, y), y may be None for 'cosine'/'agreement'. ``max_drop``: absolute, or a
+    share of the baseline's metric with ``relative=True``. ``objective``: 'latency' (p50 at
+    ``batch_size``) or 'throughput' (samples/s at the best batch size). ``calib``:
+    calibration inputs for static int8 (default: the validation inputs).
+    """
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    try:
+        max_drop = float(max_drop)
+    except (TypeError, ValueError):
+        raise ConfigError(f"max_drop must be a number, got {max_drop!r}") from None
+    if max_drop < 0:
+        raise ConfigError(f"max_drop must be >= 0, got {max_drop}")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise ConfigError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
+    if val is None:
+        raise ConfigError(
+            "optimize needs validation data: val=(X, y), or (X, None) with metric='cosine'"
+        )
+    started = time.perf_counter()
+    p = prepare(model, example_inputs, calib, val, trust_pickle=trust_pickle)
+    if p.ctx.calib is None:
+        p.ctx.calib = p.val_feeds
+    metric_obj = resolve(metric, p.source.task)
+    s = _Search(
+        p=p, metric=metric_obj, base_value=p.metric_of(metric_obj, p.source), max_drop=max_drop,
+        relative=relative, objective=objective, batch_size=batch_size, exhaustive=exhaustive,
+        deadline=started + (time_budget_s or float("inf")), timing_s=timing_s,
+        say=progress or (lambda _c, _b: None),
+    )  # fmt: skip
+    baseline = Candidate(
+        f"original ({p.source.framework})", status="baseline", metric=s.base_value, drop=0.0
+    )
+    baseline.size_bytes, baseline.num_parameters = p.source.size_bytes(), p.source.num_parameters()
+    baseline.cosine = 1.0
+    baseline.model = s.time(baseline, p.source)
+    s.best = baseline
+    s.say(baseline, baseline)
+    candidates = [baseline]
+    specs = search_space(p.source, p.ctx.caps, has_calib=p.ctx.calib is not None, prune=prune)
+    if not p.converted:
+        specs = [sp for sp in specs if not sp.onnx]
+    slow_classes: dict[str, str] = {}
+    broken: dict[str, float] = {}  # family -> least aggressive level that broke the budget
+    fits: dict[str, float] = {}  # family -> most aggressive level that fit it
+    for spec in specs:
+        if s.out_of_time():
+            candidates.append(Candidate(spec.name, reason="time budget spent"))
+            continue
+        if not s.exhaustive:
+            why = _cannot_win(spec, slow_classes, broken, fits)
+            if why:
+                candidates.append(Candidate(spec.name, reason=why))
+                continue
+        c = s.evaluate(spec)
+        candidates.append(c)
+        s.say(c, s.best)
+        if c.status == "slower" and spec.speed_class not in slow_classes:
+            slow_classes[spec.speed_class] = spec.name
+        if c.status == "over-budget" and spec.family:
+            broken[spec.family] = min(broken.get(spec.family, 1.0), spec.level)
+        if c.status in ("ok", "slower") and spec.family:
+            fits[spec.family] = max(fits.get(spec.family, 0.0), spec.level)
+        if (
+            c.status == "over-budget"
+            and mixed_precision
+            and spec.speed_class in (INT8_DYN, INT8_QDQ)
+            and not spec.source
+            and p.converted
+            and not any(x.status == "ok" and x.name.startswith(spec.name) for x in candidates[:-1])
+        ):
+            for m in _mixed_precision(s, spec, c):
+                candidates.append(m)
+                s.say(m, s.best)
+    best = s.best
+    assert best is not None and best.model is not None
+    return _result(s, best, baseline, candidates, started, metric_obj, max_drop)
+
+
+def _cannot_win(
+    spec: Spec, slow_classes: dict[str, str], broken: dict[str, float], fits: dict[str, float]
+) -> str | None:
+    if spec.speed_class in slow_classes:
+        return f"cannot win: runs the kernels of '{slow_classes[spec.speed_class]}', clearly slower than the best"
+    if spec.family in broken and spec.level > broken[spec.family]:
+        return f"cannot win: {spec.family} at {broken[spec.family]:g} already broke the budget"
+    if spec.family in fits and spec.level < fits[spec.family]:
+        return f"cannot win: {spec.family} at {fits[spec.family]:g} fits the budget and is smaller"
+    return None
+
+
+def _result(
+    s: _Search,
+    best: Candidate,
+    baseline: Candidate,
+    candidates: list[Candidate],
+    started: float,
+    metric: Metric,
+    max_drop: float,
+) -> OptimizationResult:
+    p = s.p
+    chosen = best.model
+    assert chosen is not None
+    if best is baseline:
+        best.reason = "no candidate within the budget beat the original on this machine"
+    validation = {
+        "metric": metric.name,
+        "higher_is_better": metric.higher_is_better,
+        "baseline": s.base_value,
+        "package": best.metric,
+        "drop": best.drop,
+        "max_drop": max_drop,
+        "relative": s.relative,
+        "agreement": agreement(p, chosen),
+    }
+    bench = {
+        "objective": s.objective,
+        "batch_size": best.batch_size,
+        "original": {"p50_ms": baseline.p50_ms, "samples_per_second": baseline.samples_per_second},
+        "package": {"p50_ms": best.p50_ms, "samples_per_second": best.samples_per_second},
+    }
+    steps = [st for spec_c in [best] for st in spec_c.recipe]
+    manifest = make_manifest(
+        p, [], validation, None, bench,
+        runtime={"intra_op_num_threads": best.threads, "batch_size": best.batch_size},
+        optimization={
+            "best": best.name, "candidates": len(candidates),
+            "seconds": time.perf_counter() - started,
+        },
+    )  # fmt: skip
+    manifest["recipe"] = steps
+    package = write_package(manifest, chosen, p.baseline, same=chosen is p.baseline)
+    for c in candidates:  # free the models; the package keeps the one that matters
+        c.model = None
+    return OptimizationResult(
+        best=package,
+        best_name=best.name,
+        baseline=baseline,
+        candidates=candidates,
+        objective=s.objective,
+        settings={
+            "metric": metric.name,
+            "max_drop": max_drop,
+            "relative": s.relative,
+            "batch_size": s.batch_size,
+            "exhaustive": s.exhaustive,
+        },  # fmt: skip
+        seconds=time.perf_counter() - started,
+    )
