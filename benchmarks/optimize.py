@@ -29,7 +29,7 @@ from _harness import side_by_side, table
 from conftest import make_encoder, token_batch
 from nimbleml.bench.machine import machine_info
 from nimbleml.demo import digits, train_mlp, train_pipeline
-from nimbleml.optimize import optimize
+from nimbleml.optimizer import optimize
 
 
 def train_cnn(X: np.ndarray, y: np.ndarray, epochs: int = 15) -> torch.nn.Module:

@@ -3,6 +3,7 @@
     import nimbleml
     pkg = nimbleml.compress(model, quantize="int8", val=(X, y), max_drop=0.01)
     pkg.save("model.nimble")
+    best = nimbleml.optimize(model, val=(X, y), max_drop=0.01).best   # searched, verified, timed
     report = nimbleml.benchmark([model, pkg], X, batch_sizes=(1, 32))
 
 Heavy dependencies (torch, scikit-learn, matplotlib) load only when a feature needs them.
@@ -26,6 +27,7 @@ from .errors import (
     UntrustedPickleError,
 )
 from .models import Model, load_model
+from .optimizer import OptimizationResult, optimize
 from .package import Package, load
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "ModelCompressor",
     "ModelLoadError",
     "NimbleError",
+    "OptimizationResult",
     "Package",
     "PackageError",
     "PerformanceMetrics",
@@ -53,4 +56,5 @@ __all__ = [
     "get_recipe",
     "load",
     "load_model",
+    "optimize",
 ]

@@ -217,6 +217,86 @@ def inspect(package: Path = typer.Argument(..., help="a .nimble package folder")
 
 
 @app.command()
+def optimize(
+    model: str = typer.Argument(
+        ..., help="model file: .onnx, .skops, TorchScript/.pt2, .pkl (trusted)"
+    ),
+    val: str = typer.Option(..., help="validation data (.npz X,y or .csv with --target)"),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="where to write the best .nimble package"
+    ),
+    target: str | None = typer.Option(None, help="target column of a .csv file"),
+    metric: str | None = typer.Option(None, help="accuracy, f1, mse, mae, r2, cosine, agreement"),
+    max_drop: float = typer.Option(0.01, help="largest allowed metric drop"),
+    relative: bool = typer.Option(False, "--relative", help="max-drop is a share of the baseline"),
+    objective: str = typer.Option("latency", help="latency or throughput"),
+    batch_size: int = typer.Option(1, help="batch size the latency objective is measured at"),
+    time_budget: float | None = typer.Option(None, help="seconds the search may take"),
+    calib: str | None = typer.Option(None, help="calibration data for static int8 (default: val)"),
+    report: Path | None = typer.Option(
+        None, help="write optimization.json/.txt and pareto.png here"
+    ),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Find the fastest model on this machine within an accuracy budget."""
+    from .optimizer import optimize as run_optimize
+
+    def go() -> None:
+        X, y = _data(val, target)
+        calib_x, _ = _data(calib, target)
+        with _live_candidates(not quiet) as show:
+            result = run_optimize(
+                model, (X, y), metric=metric or ("accuracy" if y is not None else "cosine"),
+                max_drop=max_drop, objective=objective, batch_size=batch_size,
+                time_budget_s=time_budget, calib=calib_x, relative=relative,
+                try_compile=try_compile, trust_pickle=trust_pickle, progress=show,
+            )  # fmt: skip
+        result.best.save(output)
+        _show(result.table())
+        _show(f"package: {output}")
+        if report:
+            result.report(report)
+            _show(f"report written to {report}/")
+
+    _guard(go)
+
+
+@contextmanager
+def _live_candidates(enabled: bool) -> Iterator[Callable[[Any, Any], None]]:
+    """A live table of candidates as they are measured, with the best so far (stderr)."""
+    if not enabled:
+        yield lambda _c, _b: None
+        return
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    seen: list[Any] = []
+    best_name: list[str] = [""]
+
+    def render() -> Table:
+        table = Table(title=f"best so far: {best_name[0]}", title_justify="left")
+        for col in ("candidate", "status", "metric", "drop", "p50 ms", "samples/s"):
+            table.add_column(col, justify="left" if col in ("candidate", "status") else "right")
+        for c in seen[-15:]:
+            table.add_row(
+                c.name, c.status, *(("" if v is None else f"{v:{fmt}}") for v, fmt in (
+                    (c.metric, ".4f"), (c.drop, ".4f"), (c.p50_ms, ".4f"), (c.samples_per_second, ".0f"))),
+            )  # fmt: skip
+        return table
+
+    with Live(render(), console=Console(stderr=True), transient=True, refresh_per_second=4) as live:
+
+        def show(candidate: Any, best: Any) -> None:
+            seen.append(candidate)
+            best_name[0] = best.name
+            live.update(render())
+
+        yield show
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("nimble-demo"), help="folder for packages and the report"),
     quick: bool = typer.Option(False, help="shorter timing (for tests)"),

@@ -146,13 +146,13 @@ class _Search:
         c.samples_per_second = self.batch_size * 1e3 / ms
 
 
-def _mixed_precision(s: _Search, spec: Spec, failed: Candidate) -> list[Candidate]:
+def _mixed_precision(s: _Search, spec: Spec) -> list[Candidate]:
     """Keep the most sensitive nodes in float until the budget holds.
 
     Sensitivity of a node = the metric drop when only that node is quantised. Nodes are then
     kept in float most-sensitive first, one more at a time, until the drop fits.
     """
-    step, params = spec.onnx[0]
+    step = spec.onnx[0][0]
     ops = DYNAMIC_OPS if step == "int8" else STATIC_OPS
     assert isinstance(s.p.baseline, OnnxModel)
     nodes = quantizable_nodes(s.p.baseline, ops)
@@ -198,6 +198,7 @@ def optimize(
     prune: bool = True,
     mixed_precision: bool = True,
     timing_s: float = 1.0,
+    try_compile: bool = False,
     trust_pickle: bool = False,
     progress: Callable[[Candidate, Candidate], None] | None = None,
 ) -> OptimizationResult:
@@ -206,7 +207,8 @@ def optimize(
     ``val``: (X, y), y may be None for 'cosine'/'agreement'. ``max_drop``: absolute, or a
     share of the baseline's metric with ``relative=True``. ``objective``: 'latency' (p50 at
     ``batch_size``) or 'throughput' (samples/s at the best batch size). ``calib``:
-    calibration inputs for static int8 (default: the validation inputs).
+    calibration inputs for static int8 (default: the validation inputs). ``try_compile``:
+    also measure torch.compile (costs its compile time; reported, never packaged).
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
@@ -276,12 +278,40 @@ def optimize(
             and p.converted
             and not any(x.status == "ok" and x.name.startswith(spec.name) for x in candidates[:-1])
         ):
-            for m in _mixed_precision(s, spec, c):
+            for m in _mixed_precision(s, spec):
                 candidates.append(m)
                 s.say(m, s.best)
+    if try_compile and p.source.framework == "torch" and not s.out_of_time():
+        candidates.append(_torch_compile(s))
+        s.say(candidates[-1], s.best)
     best = s.best
     assert best is not None and best.model is not None
     return _result(s, best, baseline, candidates, started, metric_obj, max_drop)
+
+
+def _torch_compile(s: _Search) -> Candidate:
+    """torch.compile of the original, measured for the record: a compiled module cannot be
+    saved, so it is reported (and would be worth a runtime flag) but never packaged."""
+    import torch
+
+    from ..models.torch_model import TorchModel
+
+    c = Candidate("torch.compile (eager runtime)", recipe=[{"step": "torch.compile"}])
+    start = time.perf_counter()
+    try:
+        assert isinstance(s.p.source, TorchModel)
+        compiled = s.p.source.with_module(torch.compile(s.p.source.module))
+        c.metric = s.p.metric_of(s.metric, compiled)
+        c.drop = s.drop_of(c.metric)
+        c.size_bytes = s.p.source.size_bytes()
+        s.time(c, compiled)
+        if c.status != "slower":
+            c.status = "not-packageable"
+            c.reason = "a compiled module cannot be saved into a package; measured for the record"
+    except Exception as exc:
+        c.status, c.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    c.seconds = time.perf_counter() - start
+    return c
 
 
 def _cannot_win(
@@ -326,7 +356,6 @@ def _result(
         "original": {"p50_ms": baseline.p50_ms, "samples_per_second": baseline.samples_per_second},
         "package": {"p50_ms": best.p50_ms, "samples_per_second": best.samples_per_second},
     }
-    steps = [st for spec_c in [best] for st in spec_c.recipe]
     manifest = make_manifest(
         p, [], validation, None, bench,
         runtime={"intra_op_num_threads": best.threads, "batch_size": best.batch_size},
@@ -335,7 +364,7 @@ def _result(
             "seconds": time.perf_counter() - started,
         },
     )  # fmt: skip
-    manifest["recipe"] = steps
+    manifest["recipe"] = best.recipe
     package = write_package(manifest, chosen, p.baseline, same=chosen is p.baseline)
     for c in candidates:  # free the models; the package keeps the one that matters
         c.model = None
@@ -351,6 +380,6 @@ def _result(
             "relative": s.relative,
             "batch_size": s.batch_size,
             "exhaustive": s.exhaustive,
-        },  # fmt: skip
+        },
         seconds=time.perf_counter() - started,
     )
