@@ -236,6 +236,7 @@ def optimize(
     report: Path | None = typer.Option(
         None, help="write optimization.json/.txt and pareto.png here"
     ),
+    try_compile: bool = typer.Option(False, "--try-compile", help="also measure torch.compile"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
