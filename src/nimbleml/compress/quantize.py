@@ -3,7 +3,9 @@ sparse storage, and the PyTorch-native paths (torch-int8, bf16)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -35,10 +37,12 @@ def _workdir() -> Iterator[Path]:
 
 @contextmanager
 def _quiet_ort() -> Iterator[None]:
+    """Mute the quantiser's log hints and the calibrators' progress prints."""
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # the quantizer logs "consider pre-processing" hints
+    logging.disable(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.disable(previous)
 

@@ -32,6 +32,8 @@ OBJECTIVES = ("latency", "throughput")
 THROUGHPUT_SIZES = (8, 32, 128, 256)
 CLEARLY_SLOWER = 1.5  # a probe this much slower than the best stops the candidate's timing
 PROBE_CALLS = 30
+PROBE_ROUNDS = 5
+TIE = 0.03  # latencies within 3% are a tie: the more accurate, then smaller, candidate wins
 
 
 @dataclass
@@ -55,11 +57,21 @@ class _Search:
         return drop / abs(self.base_value) if self.relative and self.base_value else drop
 
     def better(self, a: Candidate, b: Candidate | None) -> bool:
+        """a beats b when clearly faster, or as fast (within TIE) and more accurate or
+        smaller; nothing beats the baseline without being strictly faster."""
         if b is None:
             return True
-        if self.objective == "throughput":
-            return (a.samples_per_second or 0) > (b.samples_per_second or 0)
-        return (a.p50_ms or float("inf")) < (b.p50_ms or float("inf"))
+        sa, sb = self._score_of(a), self._score_of(b)
+        if sa is None or sb is None:
+            return sb is None
+        if b.status == "baseline" or (a.drop == b.drop and a.size_bytes == b.size_bytes):
+            return sa < sb
+        if sa < sb * (1 - TIE):
+            return True
+        return sa <= sb * (1 + TIE) and (a.drop or 0, a.size_bytes or 0) < (
+            b.drop or 0,
+            b.size_bytes or 0,
+        )
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
@@ -85,11 +97,16 @@ class _Search:
         variants: list[tuple[int | None, Model]] = [(None, model)]
         if isinstance(model, OnnxModel):
             variants.append((1, model.with_threads(1)))
+        settings = [(threads, m, bs) for threads, m in variants for bs in sizes]
+        # interleaved rounds, so that every setting sees the same machine noise
+        medians: list[list[float]] = [[] for _ in settings]
+        for _ in range(PROBE_ROUNDS):
+            for i, (_threads, m, bs) in enumerate(settings):
+                medians[i].append(self._probe(m, bs, calls=PROBE_CALLS // PROBE_ROUNDS + 1))
         probes = []
-        for threads, m in variants:
-            for bs in sizes:
-                ms = self._probe(m, bs)
-                probes.append((ms / bs if self.objective == "throughput" else ms, threads, m, bs))
+        for (threads, m, bs), ms in zip(settings, medians, strict=True):
+            value = float(np.median(ms))
+            probes.append((value / bs if self.objective == "throughput" else value, threads, m, bs))
         score, threads, chosen, bs = min(probes, key=lambda t: t[0])
         best_score = self._score_of(self.best)
         if not self.exhaustive and best_score is not None and score > CLEARLY_SLOWER * best_score:
@@ -109,9 +126,12 @@ class _Search:
         return chosen
 
     def _score_of(self, c: Candidate | None) -> float | None:
+        """Lower is better: p50 latency, or milliseconds per sample for throughput."""
         if c is None or c.p50_ms is None:
             return None
-        return c.p50_ms / (c.batch_size or 1) if self.objective == "throughput" else c.p50_ms
+        if self.objective == "throughput":
+            return 1e3 / c.samples_per_second if c.samples_per_second else None
+        return c.p50_ms
 
     # -- one candidate ----------------------------------------------------------
     def evaluate(self, spec: Spec) -> Candidate:
