@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# system packages the tests run against for real (Debian): redis-server for the Redis tier
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +22,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/nimbleml demo --out nimble-demo
 
-test: $(STAMP)
+sysdeps:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+
+test: $(STAMP) sysdeps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -32,8 +38,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) sysdeps
 	$(BIN)/python benchmarks/foundation.py
+	$(BIN)/python benchmarks/optimize.py
+	$(BIN)/python benchmarks/runtime.py
 
 clean:
 	rm -rf $(VENV) nimble-demo build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ _EXTRAS = {
     "skl2onnx": ("sklearn", "skl2onnx"),
     "skops": ("sklearn", "skops"),
     "matplotlib": ("report", "matplotlib"),
+    "redis": ("cache", "redis"),
 }
 
 

@@ -60,35 +60,27 @@ class Model(ABC):
 
     def feeds(self, x: Any) -> Feeds:
         """Normalise user input (array, tuple, dict, tensors) to feeds for this model."""
-        fast = self._fast_path()
-        if fast is not None and isinstance(x, np.ndarray):  # the common case, checked cheaply
-            name, dtype, ndim, fixed = fast
-            if (
-                x.dtype == dtype
-                and x.ndim == ndim
-                and x.flags.c_contiguous
-                and all(x.shape[axis] == size for axis, size in fixed)
-            ):
+        fast = self.__dict__.get("_fast") or self._fast_path()
+        if fast[0] is not None and isinstance(x, np.ndarray):  # the common case, checked cheaply
+            name, dtype, tail = fast
+            if x.dtype == dtype and x.shape[1:] == tail and x.flags.c_contiguous:
                 return {name: x}
         specs = self.inputs
         feeds = as_feeds(x, [s.name for s in specs])
         check_shapes(feeds, specs)
         return cast_to_specs(feeds, specs)
 
-    def _fast_path(self) -> tuple[str, np.dtype, int, list[tuple[int, int]]] | None:
-        """(name, dtype, rank, fixed dims) of a single-input model, computed once."""
-        cached = self.__dict__.get("_fast")
-        if cached is None:
-            specs = self.inputs
-            cached = (None,)
-            if len(specs) == 1 and specs[0].dtype not in ("object", "bfloat16"):
-                s = specs[0]
-                fixed = [
-                    (i, d) for i, d in enumerate(s.shape) if i and isinstance(d, int) and d > 0
-                ]
-                cached = (s.name, np.dtype(s.dtype), len(s.shape), fixed)
-            self.__dict__["_fast"] = cached
-        return None if cached[0] is None else cached  # type: ignore[return-value]
+    def _fast_path(self) -> tuple[Any, ...]:
+        """(name, dtype, dims after the batch) of a single-input model whose dims after the
+        batch are all fixed, else (None,); computed once."""
+        specs = self.inputs
+        fast: tuple[Any, ...] = (None,)
+        if len(specs) == 1 and specs[0].dtype not in ("object", "bfloat16"):
+            tail = specs[0].shape[1:]
+            if all(isinstance(d, int) and d > 0 for d in tail):
+                fast = (specs[0].name, np.dtype(specs[0].dtype), tuple(tail))
+        self.__dict__["_fast"] = fast
+        return fast
 
     def __call__(self, x: Any) -> list[np.ndarray]:
         return self.run(self.feeds(x))

@@ -1,0 +1,143 @@
+"""Figures for the predictor and its cache (issue 4), side by side in one run.
+
+    .venv/bin/python benchmarks/runtime.py [--quick]
+
+- predictor overhead over calling the ONNX Runtime session directly, one row:
+  cache miss (every call a new input) and memory-cache hit (goals: <= 10 µs and <= 5 µs);
+- cache hit latency per tier (memory, disk, Redis on a local redis-server);
+- single-flight: N concurrent identical misses -> model calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "runtime"))
+
+import nimbleml
+from _harness import side_by_side, table
+from conftest import RedisServer, free_port
+from nimbleml.demo import digits, train_pipeline
+from nimbleml.runtime import DiskTier, MemoryTier, OptimizedPredictor, RedisTier, TieredCache
+
+
+def fresh_inputs(X: np.ndarray, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(X[i % len(X)][None] + rng.random((1, X.shape[1]), dtype=np.float32)) for i in range(n)]
+
+
+def miss_overhead(pkg, X, n: int) -> dict[str, float]:
+    """Interleaved blocks: bare session vs predictor misses, each call a new input."""
+    session = pkg.model.session
+    name = session.get_inputs()[0].name
+    pred = OptimizedPredictor(pkg, cache_size_mb=64)
+    inputs = fresh_inputs(X, n * 10)
+    bare_t, miss_t = [], []
+    for block in range(10):
+        chunk = inputs[block * n : (block + 1) * n]
+        t0 = time.perf_counter_ns()
+        for x in chunk:
+            session.run(None, {name: x})
+        bare_t.append((time.perf_counter_ns() - t0) / n)
+        other = [x + 1 for x in chunk]  # new values: misses
+        t0 = time.perf_counter_ns()
+        for x in other:
+            pred.predict(x)
+        miss_t.append((time.perf_counter_ns() - t0) / n)
+    assert pred.cache is not None and pred.cache.computed >= n * 10
+    return {"bare_us": float(np.median(bare_t)) / 1e3, "miss_us": float(np.median(miss_t)) / 1e3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    Xtr, Xte, ytr, yte = digits()
+    pkg = nimbleml.compress(
+        train_pipeline(Xtr, ytr), quantize=None, val=(Xte, yte), benchmark_time_s=0.01
+    )
+    rounds = 5 if args.quick else 11
+    rows = []
+
+    m = miss_overhead(pkg, Xte, 500 if args.quick else 2000)
+    rows.append(["miss: bare session, new input (µs)", f"{m['bare_us']:.2f}", ""])
+    rows.append(["miss: predictor, new input (µs)", f"{m['miss_us']:.2f}",
+                 f"+{m['miss_us'] - m['bare_us']:.2f} µs (goal <= 10)"])  # fmt: skip
+
+    x = Xte[:1]
+    session = pkg.model.session
+    hit = OptimizedPredictor(pkg)
+    hit.predict(x)
+    t = side_by_side(
+        {"bare": partial(session.run, None, {"X": x}), "hit": partial(hit.predict, x)},
+        rounds=rounds,
+    )
+    rows.append(["hit: memory tier, predictor.predict (µs)", f"{t['hit']['p50_ms'] * 1e3:.2f}",
+                 f"{t['hit']['p50_ms'] * 1e3:.2f} µs in all (goal <= 5); bare run {t['bare']['p50_ms'] * 1e3:.2f}"])  # fmt: skip
+
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            key, value = b"k" * 16, [np.array([1]), np.zeros((1, 10), np.float32)]
+            tiers = {
+                "memory": MemoryTier(2**20),
+                "disk": DiskTier(tmp, 2**20),
+                "redis": RedisTier(server.url),
+            }
+            for tier in tiers.values():
+                tier.put(key, value)
+            t = side_by_side(
+                {n: partial(tier.get, key) for n, tier in tiers.items()}, rounds=rounds, calls=100
+            )
+            for n in tiers:
+                rows.append(
+                    [
+                        f"hit latency, {n} tier get (µs)",
+                        f"{t[n]['p50_ms'] * 1e3:.1f}",
+                        f"p99 {t[n]['p99_ms'] * 1e3:.1f} µs",
+                    ]
+                )
+
+            cache = TieredCache([MemoryTier(2**20), RedisTier(server.url)])
+            calls = []
+
+            def model_call():
+                calls.append(1)
+                time.sleep(0.05)
+                return value
+
+            n_threads = 32
+            barrier = threading.Barrier(n_threads)
+
+            def worker():
+                barrier.wait()
+                cache.get_or_compute(b"same-input-key!!", model_call)
+
+            threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            rows.append([f"single-flight: {n_threads} concurrent identical misses", f"{len(calls)} model call(s)",
+                         f"{cache.coalesced} waited for it"])  # fmt: skip
+    finally:
+        server.stop()
+    print(table(rows, ["figure", "value", "note"]))
+
+
+if __name__ == "__main__":
+    main()

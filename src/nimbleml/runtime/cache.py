@@ -1,0 +1,394 @@
+"""Cache tiers for predictions: memory (LRU, bounded in bytes), disk (bounded in bytes, TTL),
+Redis (short timeouts, survives its own outages). Write-through; concurrent identical misses
+make one model call (single-flight).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._deps import require
+from ..errors import ConfigError
+from .codec import decode, encode
+
+Outputs = list[np.ndarray]
+log = logging.getLogger("nimbleml.cache")
+
+
+@dataclass
+class TierStats:
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    evictions: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "errors": self.errors,
+            "evictions": self.evictions,
+            "hit_rate": self.hits / total if total else None,
+        }
+
+
+class Tier:
+    """One cache level: get/put of encoded outputs by key."""
+
+    name = "tier"
+
+    def __init__(self) -> None:
+        self.stats = TierStats()
+
+    def get(self, key: bytes) -> Outputs | None:
+        raise NotImplementedError
+
+    def peek(self, key: bytes) -> Outputs | None:
+        """A lookup that counts nothing and changes nothing (first tier only)."""
+        return None
+
+    def put(self, key: bytes, outputs: Outputs) -> None:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        return self.stats.to_dict()
+
+
+class MemoryTier(Tier):
+    """LRU in process memory, bounded by the bytes of the arrays it holds."""
+
+    name = "memory"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        if max_bytes <= 0:
+            raise ConfigError(f"memory cache size must be > 0 bytes, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._items: OrderedDict[bytes, tuple[Outputs, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Outputs | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.stats.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.stats.hits += 1
+            return item[0]
+
+    def peek(self, key: bytes) -> Outputs | None:
+        item = self._items.get(key)
+        return None if item is None else item[0]
+
+    def put(self, key: bytes, outputs: Outputs) -> None:
+        size = 64 + len(key)
+        for arr in outputs:  # a caller mutating a result must not change the cache
+            size += arr.nbytes
+            arr.flags.writeable = False
+        if size > self.max_bytes:
+            return
+        frozen = outputs
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._items[key] = (frozen, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.bytes -= dropped
+                self.stats.evictions += 1
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **super().info(),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "entries": len(self._items),
+        }
+
+
+class DiskTier(Tier):
+    """Files in a folder, bounded in bytes (oldest first out), entries expire after ttl_s."""
+
+    name = "disk"
+
+    def __init__(self, directory: str | Path, max_bytes: int, ttl_s: float = 86400.0) -> None:
+        super().__init__()
+        if max_bytes <= 0 or ttl_s <= 0:
+            raise ConfigError("disk cache needs max_bytes > 0 and ttl_s > 0")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes, self.ttl_s = int(max_bytes), float(ttl_s)
+        self._lock = threading.Lock()
+        self._index: OrderedDict[str, int] = OrderedDict()  # name -> size, oldest first
+        entries = sorted((p for p in self.directory.glob("*.nmc")), key=lambda p: p.stat().st_mtime)
+        for p in entries:
+            self._index[p.name] = p.stat().st_size
+        self.bytes = sum(self._index.values())
+        self._evict()
+
+    def _path(self, key: bytes) -> Path:
+        return self.directory / f"{key.hex()}.nmc"
+
+    def get(self, key: bytes) -> Outputs | None:
+        path = self._path(key)
+        try:
+            age = time.time() - path.stat().st_mtime
+            if age > self.ttl_s:
+                self._remove(path.name)
+                self.stats.misses += 1
+                return None
+            out = decode(path.read_bytes())
+        except FileNotFoundError:
+            self.stats.misses += 1
+            return None
+        except (OSError, ValueError) as exc:
+            self.stats.errors += 1
+            log.warning("disk cache entry %s unreadable (%s); dropped", path.name, exc)
+            self._remove(path.name)
+            return None
+        self.stats.hits += 1
+        return out
+
+    def put(self, key: bytes, outputs: Outputs) -> None:
+        data = encode(outputs)
+        if len(data) > self.max_bytes:
+            return
+        path = self._path(key)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # atomic: readers see the old entry or the new one
+        except OSError as exc:
+            self.stats.errors += 1
+            log.warning("disk cache write failed (%s)", exc)
+            tmp.unlink(missing_ok=True)
+            return
+        with self._lock:
+            self.bytes -= self._index.pop(path.name, 0)
+            self._index[path.name] = len(data)
+            self.bytes += len(data)
+        self._evict()
+
+    def _evict(self) -> None:
+        with self._lock:
+            while self.bytes > self.max_bytes and self._index:
+                name, size = self._index.popitem(last=False)
+                self.bytes -= size
+                self.stats.evictions += 1
+                (self.directory / name).unlink(missing_ok=True)
+
+    def _remove(self, name: str) -> None:
+        with self._lock:
+            self.bytes -= self._index.pop(name, 0)
+        (self.directory / name).unlink(missing_ok=True)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **super().info(),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "entries": len(self._index),
+        }
+
+
+class RedisTier(Tier):
+    """A shared Redis tier with short timeouts. When Redis is unreachable, calls are skipped
+    for ``retry_s`` (a counter and one warning say so), then tried again: it reconnects."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        ttl_s: float = 3600.0,
+        timeout_s: float = 0.05,
+        retry_s: float = 1.0,
+        prefix: str = "nimbleml:",
+    ) -> None:
+        super().__init__()
+        redis = require("redis", "the Redis cache tier")
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"Redis URL must start with redis://, rediss:// or unix://; got {url!r}"
+            )
+        self.url, self.ttl_s, self.retry_s, self.prefix = url, ttl_s, retry_s, prefix
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+        )
+        self._errors = (redis.exceptions.RedisError, OSError)
+        self._down_until = 0.0
+        self.outages = 0
+        self.available = True
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        if self._down_until and time.monotonic() < self._down_until:
+            self.stats.errors += 1
+            return None
+        try:
+            result = fn()
+        except self._errors as exc:
+            self.stats.errors += 1
+            if self.available:
+                self.outages += 1
+                log.warning("Redis cache at %s unreachable (%s); serving without it", self.url, exc)
+            self.available = False
+            self._down_until = time.monotonic() + self.retry_s
+            return None
+        if not self.available:
+            log.warning("Redis cache at %s is back", self.url)
+        self.available, self._down_until = True, 0.0
+        return result
+
+    def get(self, key: bytes) -> Outputs | None:
+        data = self._call(lambda: self.client.get(self.prefix.encode() + key))
+        if data is None:
+            self.stats.misses += 1
+            return None
+        try:
+            out = decode(data)
+        except ValueError:
+            self.stats.errors += 1
+            return None
+        self.stats.hits += 1
+        return out
+
+    def put(self, key: bytes, outputs: Outputs) -> None:
+        data = encode(outputs)
+        self._call(
+            lambda: self.client.set(self.prefix.encode() + key, data, px=int(self.ttl_s * 1000))
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "available": self.available, "outages": self.outages}
+
+
+class _Flight:
+    """One model call in progress; followers wait on an event made only when one arrives."""
+
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event: threading.Event | None = None
+        self.result: Outputs | None = None
+        self.error: BaseException | None = None
+
+
+class TieredCache:
+    """Tiers checked in order; a hit in a lower tier is copied to the ones above;
+    a computed value is written to every tier. ``get_or_compute`` is single-flight:
+    concurrent identical misses make one model call and all get its result (or its error)."""
+
+    def __init__(self, tiers: Sequence[Tier]) -> None:
+        if not tiers:
+            raise ConfigError("a cache needs at least one tier")
+        self.tiers = list(tiers)
+        self._inflight: dict[bytes, _Flight] = {}
+        self._lock = threading.Lock()
+        self.computed = 0
+        self.coalesced = 0
+
+    def get(self, key: bytes) -> Outputs | None:
+        for i, tier in enumerate(self.tiers):
+            out = tier.get(key)
+            if out is not None:
+                for upper in self.tiers[:i]:
+                    upper.put(key, out)
+                return out
+        return None
+
+    def put(self, key: bytes, outputs: Outputs) -> None:
+        for tier in self.tiers:
+            tier.put(key, outputs)
+
+    def get_or_compute(self, key: bytes, compute: Callable[[], Outputs]) -> Outputs:
+        first = self.tiers[0]
+        out = first.get(key)  # the common hit, without the single-flight bookkeeping
+        if out is not None:
+            return out
+        with self._lock:
+            flight = self._inflight.get(key)
+            if flight is None:
+                # a leader that finished since our first look has filled the first tier
+                out = first.peek(key)
+                if out is not None:
+                    return out
+                leader = True
+                flight = self._inflight[key] = _Flight()
+            else:
+                leader = False
+                self.coalesced += 1
+                if flight.event is None:
+                    flight.event = threading.Event()
+        if not leader:
+            assert flight.event is not None
+            flight.event.wait()
+            if flight.error is not None:
+                raise flight.error
+            assert flight.result is not None
+            return flight.result
+        try:
+            out = self._lookup_or_compute(key, compute)
+            flight.result = out
+            return out
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+                if flight.event is not None:
+                    flight.event.set()
+
+    def _lookup_or_compute(self, key: bytes, compute: Callable[[], Outputs]) -> Outputs:
+        tiers = self.tiers
+        for i in range(1, len(tiers)):
+            out = tiers[i].get(key)
+            if out is not None:
+                for upper in tiers[:i]:
+                    upper.put(key, out)
+                return out
+        out = compute()
+        self.computed += 1
+        self.put(key, out)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "tiers": {t.name: t.info() for t in self.tiers},
+            "model_calls": self.computed,
+            "coalesced": self.coalesced,
+        }
+
+
+def make_cache(
+    size_mb: float = 500,
+    disk_dir: str | Path | None = None,
+    disk_mb: float = 1024,
+    disk_ttl_s: float = 86400,
+    redis_url: str | None = None,
+    redis_ttl_s: float = 3600,
+) -> TieredCache:
+    """Memory tier always; disk and Redis tiers when given."""
+    if size_mb <= 0:
+        raise ConfigError(f"cache_size_mb must be > 0, got {size_mb}")
+    tiers: list[Tier] = [MemoryTier(int(size_mb * 2**20))]
+    if disk_dir is not None:
+        tiers.append(DiskTier(disk_dir, int(disk_mb * 2**20), disk_ttl_s))
+    if redis_url is not None:
+        tiers.append(RedisTier(redis_url, redis_ttl_s))
+    return TieredCache(tiers)
