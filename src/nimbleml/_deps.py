@@ -18,6 +18,7 @@ _EXTRAS = {
     "skops": ("sklearn", "skops"),
     "matplotlib": ("report", "matplotlib"),
     "redis": ("cache", "redis"),
+    "prometheus_client": ("monitor", "prometheus-client"),
 }
 
 

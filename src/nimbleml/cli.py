@@ -298,6 +298,27 @@ def _live_candidates(enabled: bool) -> Iterator[Callable[[Any, Any], None]]:
 
 
 @app.command()
+def report(
+    monitor: str = typer.Option(
+        ..., "--monitor", help="monitor store, e.g. sqlite:///monitor.db or a .db path"
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="folder for the charts and insights.txt"
+    ),
+) -> None:
+    """Charts (latency, throughput, accuracy, resources) and insights from a monitor store."""
+    from .monitor.report import write_report
+
+    def go() -> None:
+        url = monitor if monitor.startswith("sqlite:") else f"sqlite:///{monitor}"
+        for path in write_report(url, output):
+            _show(f"wrote {path}")
+        _show((output / "insights.txt").read_text().rstrip())
+
+    _guard(go)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("nimble-demo"), help="folder for packages and the report"),
     quick: bool = typer.Option(False, help="shorter timing (for tests)"),

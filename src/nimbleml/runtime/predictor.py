@@ -40,6 +40,14 @@ def content_hash(model: Model) -> str:
     return h.hexdigest()
 
 
+def _cache_gauges(cache: TieredCache) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for tier, info in cache.info()["tiers"].items():
+        out[f"{tier}_hits"] = info["hits"]
+        out[f"{tier}_misses"] = info["misses"]
+    return out
+
+
 def _hash_tensors(h: Any, value: Any) -> None:
     """Feed tensors (and tuples of them, as quantised modules keep) into ``h``."""
     if isinstance(value, tuple | list):
@@ -80,7 +88,8 @@ class OptimizedPredictor:
     ``predict(x)`` runs one request (any batch) through the cache; ``predict_batch(X)``
     splits X into ``batch_size`` chunks and runs them without caching. ``cache`` takes a
     TieredCache (memory, disk, Redis tiers); otherwise a memory tier of ``cache_size_mb``.
-    ``monitor``: anything with ``record(latency_ms, model=..., output=...)``.
+    ``monitor``: a ModelMonitor; every call is recorded (latency, output of a one-row
+    request, prediction id) and the cache's counters appear on its /metrics.
     """
 
     def __init__(
@@ -101,6 +110,9 @@ class OptimizedPredictor:
         self.cache = (cache or make_cache(cache_size_mb)) if use_cache else None
         self._key = KeyMaker(self.model_hash)
         self.monitor = monitor
+        if monitor is not None and self.cache is not None:
+            cache_ref = self.cache
+            monitor.add_gauges(f"cache_{self.name}", lambda: _cache_gauges(cache_ref))
         self.last_latency_ms: float | None = None
         self._latencies = np.zeros(WINDOW, dtype=np.int64)
         self._count = 0
@@ -109,7 +121,7 @@ class OptimizedPredictor:
         self._lock = threading.Lock()
 
     # -- predictions --------------------------------------------------------------------
-    def run(self, x: Any) -> list[np.ndarray]:
+    def run(self, x: Any, prediction_id: Any = None) -> list[np.ndarray]:
         """Every output for ``x`` (cached when the cache is on)."""
         t0 = time.perf_counter_ns()
         model = self.model
@@ -118,12 +130,15 @@ class OptimizedPredictor:
             out = self.cache.get_or_compute(self._key(feeds), lambda: model.run(feeds))
         else:
             out = model.run(feeds)
-        self._record(time.perf_counter_ns() - t0, len(next(iter(feeds.values()))), out)
+        self._record(
+            time.perf_counter_ns() - t0, len(next(iter(feeds.values()))), out, prediction_id
+        )
         return out
 
-    def predict(self, x: Any) -> np.ndarray:
-        """The first output: labels for scikit-learn classifiers, values or scores otherwise."""
-        return self.run(x)[0]
+    def predict(self, x: Any, prediction_id: Any = None) -> np.ndarray:
+        """The first output: labels for scikit-learn classifiers, values or scores otherwise.
+        ``prediction_id`` ties the monitor's record to ground truth that arrives later."""
+        return self.run(x, prediction_id)[0]
 
     def predict_batch(self, X: Any) -> np.ndarray:
         """Predictions for many rows, ``batch_size`` rows per model call (not cached)."""
@@ -141,7 +156,9 @@ class OptimizedPredictor:
             return np.empty((0,))
         return np.concatenate(parts)
 
-    def _record(self, elapsed_ns: int, rows: int, out: list[np.ndarray]) -> None:
+    def _record(
+        self, elapsed_ns: int, rows: int, out: list[np.ndarray], prediction_id: Any = None
+    ) -> None:
         with self._lock:
             self._latencies[self._count % WINDOW] = elapsed_ns
             self._count += 1
@@ -150,7 +167,8 @@ class OptimizedPredictor:
                 self._started = time.perf_counter() - elapsed_ns / 1e9
         self.last_latency_ms = elapsed_ns / 1e6
         if self.monitor is not None:
-            self.monitor.record(self.last_latency_ms, model=self.name, output=out[0])
+            output = out[0][0] if rows == 1 else None
+            self.monitor.record(self.last_latency_ms, prediction_id, self.name, output)
 
     # -- figures ----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,496 @@
+"""ModelMonitor: under a microsecond a prediction on the hot path; everything else off it.
+
+The hot path takes a lock, counts the request (exactly, whatever the sampling rate), decides
+whether to sample, and only then appends plain values to column lists. A background thread
+swaps the columns out every ``flush_interval_s``, aggregates them in numpy (log-bucket
+sketches per window), writes one SQLite transaction, evaluates alerts and applies retention.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .alerts import AlertEngine, AlertEvent, AlertRule
+from .sketch import LogSketch
+from .store import SqliteStore
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MIN_SAMPLES = {"p50": 20, "p95": 200, "p99": 1000}
+
+
+def parse_duration(value: str | float | None) -> float | None:
+    """'14d', '12h', '30m', '45s' or seconds -> seconds; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ConfigError(
+                f"cannot read duration {value!r}: use a number of seconds or e.g. '14d', '12h', '30m'"
+            )
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"a duration must be > 0, got {value!r}")
+    return seconds
+
+
+def _id_fraction(prediction_id: Any) -> float:
+    """A stable number in [0, 1) per id: the same ids are sampled in every process."""
+    return zlib.crc32(str(prediction_id).encode()) / 4294967296.0
+
+
+def _plain(value: Any) -> Any:
+    """A value SQLite can hold: numbers and strings as they are, arrays as their class."""
+    if value is None or isinstance(value, int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.reshape(-1)[0].item() if value.size == 1 else int(np.argmax(value))
+    return str(value)
+
+
+class _Columns:
+    __slots__ = ("err", "lat", "model", "out", "pid", "ts")
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.lat: list[float] = []
+        self.model: list[str] = []
+        self.pid: list[Any] = []
+        self.out: list[Any] = []
+        self.err: list[bool] = []
+
+
+@dataclass
+class _Window:
+    sketch: LogSketch = field(default_factory=LogSketch)
+    requests: int = 0
+    errors: int = 0
+
+
+class ModelMonitor:
+    """Monitor predictions: latency percentiles (with n), throughput, errors, accuracy against
+    ground truth that arrives later, alerts, health, retention, resources, Prometheus.
+
+    ``store``: 'sqlite:///path.db' (WAL) or 'sqlite:///:memory:'. ``retention``: how long raw
+    records are kept ('14d'); per-window summaries stay. ``task``: 'classification' or
+    'regression' for the ground-truth join (inferred from the outputs when None).
+    """
+
+    def __init__(
+        self,
+        sampling_rate: float = 1.0,
+        store: str = "sqlite:///monitor.db",
+        retention: str | float | None = "14d",
+        alerts: Sequence[AlertRule] = (),
+        callbacks: Sequence[Callable[[AlertEvent], None]] = (),
+        window_s: float = 60.0,
+        flush_interval_s: float = 1.0,
+        resources_interval_s: float | None = 10.0,
+        task: str | None = None,
+        background: bool = True,
+    ) -> None:
+        if not 0.0 < float(sampling_rate) <= 1.0:
+            raise ConfigError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
+        if window_s <= 0 or flush_interval_s <= 0:
+            raise ConfigError("window_s and flush_interval_s must be > 0 seconds")
+        if task not in (None, "classification", "regression"):
+            raise ConfigError(f"task must be 'classification', 'regression' or None, got {task!r}")
+        self.sampling_rate = float(sampling_rate)
+        self.window_s, self.flush_interval_s = float(window_s), float(flush_interval_s)
+        self.retention_s = parse_duration(retention)
+        self.resources_interval_s = resources_interval_s
+        self.task = task
+        self.store = SqliteStore(store)
+        self.engine = AlertEngine(list(alerts), list(callbacks))
+        self._lock = threading.Lock()
+        self._cols = _Columns()
+        self._labels: list[tuple[Any, Any, float]] = []
+        self._counts: dict[str, list[int]] = {}
+        self._flushed: dict[str, list[int]] = {}
+        self._windows: dict[tuple[str, float], _Window] = {}
+        self._totals: dict[str, LogSketch] = {}
+        self._latency_sum: dict[str, float] = {}
+        self._gauges: dict[str, Callable[[], dict[str, float]]] = {}
+        self.labels_unsampled = 0
+        self._rand = random.random
+        self._last_resources = 0.0
+        self._last_retention = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="nimble-monitor", daemon=True)
+            self._thread.start()
+
+    # -- hot path -------------------------------------------------------------------------
+    def record(
+        self,
+        latency_ms: float,
+        prediction_id: Any = None,
+        model: str = "default",
+        output: Any = None,
+        error: bool = False,
+    ) -> None:
+        with self._lock:
+            counts = self._counts.get(model)
+            if counts is None:
+                counts = self._counts[model] = [0, 0]
+            counts[0] += 1
+            if error:
+                counts[1] += 1
+            rate = self.sampling_rate
+            if (
+                rate < 1.0
+                and (self._rand() if prediction_id is None else _id_fraction(prediction_id)) >= rate
+            ):
+                return
+            cols = self._cols
+            cols.ts.append(time.time())
+            cols.lat.append(latency_ms)
+            cols.model.append(model)
+            cols.pid.append(prediction_id)
+            cols.out.append(output)
+            cols.err.append(error)
+
+    def record_batch(
+        self,
+        latency_ms: Any,
+        prediction_ids: Sequence[Any] | None = None,
+        model: str = "default",
+        outputs: Sequence[Any] | None = None,
+        errors: Any = None,
+    ) -> None:
+        lat = np.asarray(latency_ms, dtype=np.float64).reshape(-1)
+        n = lat.size
+        errs = (
+            np.zeros(n, dtype=bool)
+            if errors is None
+            else np.asarray(errors, dtype=bool).reshape(-1)
+        )
+        for name, seq in (
+            ("prediction_ids", prediction_ids),
+            ("outputs", outputs),
+            ("errors", errors),
+        ):
+            if seq is not None and len(seq) != n:
+                raise ConfigError(f"record_batch: {name} has {len(seq)} items for {n} latencies")
+        if self.sampling_rate < 1.0:
+            if prediction_ids is not None:
+                keep = np.array(
+                    [_id_fraction(p) < self.sampling_rate for p in prediction_ids], dtype=bool
+                )
+            else:
+                keep = np.random.random(n) < self.sampling_rate
+        else:
+            keep = np.ones(n, dtype=bool)
+        idx = np.flatnonzero(keep).tolist()
+        lat_kept = lat[keep].tolist()
+        err_kept = errs[keep].tolist()
+        now = time.time()
+        with self._lock:
+            counts = self._counts.setdefault(model, [0, 0])
+            counts[0] += n
+            counts[1] += int(errs.sum())
+            cols = self._cols
+            cols.ts.extend([now] * len(idx))
+            cols.lat.extend(lat_kept)
+            cols.model.extend([model] * len(idx))
+            cols.pid.extend(
+                [prediction_ids[i] for i in idx]
+                if prediction_ids is not None
+                else [None] * len(idx)
+            )
+            cols.out.extend([outputs[i] for i in idx] if outputs is not None else [None] * len(idx))
+            cols.err.extend(err_kept)
+
+    def record_ground_truth(self, prediction_id: Any, label: Any, ts: float | None = None) -> None:
+        """Ground truth for an earlier prediction; joined by id on the next flush."""
+        if prediction_id is None:
+            raise ConfigError(
+                "record_ground_truth needs the prediction_id the prediction was recorded with"
+            )
+        if self.sampling_rate < 1.0 and _id_fraction(prediction_id) >= self.sampling_rate:
+            self.labels_unsampled += 1  # its prediction was not sampled: nothing to join with
+            return
+        with self._lock:
+            self._labels.append((prediction_id, label, time.time() if ts is None else ts))
+
+    # -- off the hot path -------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except Exception:  # keep monitoring; the next flush retries
+                import logging
+
+                logging.getLogger("nimbleml.monitor").exception("monitor flush failed")
+
+    def flush(self, now: float | None = None) -> list[AlertEvent]:
+        """Aggregate and write what was recorded since the last flush; evaluate alerts."""
+        now = time.time() if now is None else now
+        with self._lock:
+            cols, self._cols = self._cols, _Columns()
+            labels, self._labels = self._labels, []
+            deltas = {}
+            for model, (req, err) in self._counts.items():
+                done = self._flushed.setdefault(model, [0, 0])
+                deltas[model] = (req - done[0], err - done[1])
+                done[0], done[1] = req, err
+        ts = np.asarray(cols.ts, dtype=np.float64)
+        lat = np.asarray(cols.lat, dtype=np.float64)
+        models = np.asarray(cols.model, dtype=object)
+        starts = np.floor(ts / self.window_s) * self.window_s
+        current = float(np.floor(now / self.window_s) * self.window_s)
+        touched: dict[tuple[str, float], tuple[int, int, LogSketch]] = {}
+        for model in set(cols.model) | set(deltas):
+            mask = models == model
+            for start in np.unique(starts[mask]).tolist():
+                sk = LogSketch()
+                sk.add(lat[mask & (starts == start)])
+                touched[(model, start)] = (0, 0, sk)
+            req, err = deltas.get(model, (0, 0))
+            if req or err:
+                old = touched.get((model, current), (0, 0, LogSketch()))
+                touched[(model, current)] = (old[0] + req, old[1] + err, old[2])
+        for (model, start), (req, err, sk) in touched.items():
+            window = self._windows.setdefault((model, start), _Window())
+            window.sketch.merge(sk)
+            window.requests += req
+            window.errors += err
+            self._totals.setdefault(model, LogSketch()).merge(sk)
+            self._latency_sum[model] = self._latency_sum.get(model, 0.0) + float(
+                lat[(models == model) & (starts == start)].sum()
+            )
+        if self.task is None:
+            self.task = next((_task_of(o) for o in cols.out if o is not None), None)
+        resources = self._sample_resources(now)
+        rows = [
+            (t, m, None if p is None else str(p), la, int(e), _plain(o))
+            for t, m, p, la, e, o in zip(
+                cols.ts, cols.model, cols.pid, cols.lat, cols.err, cols.out, strict=True
+            )
+        ]
+        windows = [
+            (m, s, self.window_s, req, err, sk.n, _merger(sk))
+            for (m, s), (req, err, sk) in touched.items()
+        ]
+        self.store.write(
+            rows, [(str(p), _plain(label), t) for p, label, t in labels], windows, resources
+        )
+        events: list[AlertEvent] = []  # evaluated after the write, so the join sees this batch
+        for model in list(self._counts):
+            value_of = functools.partial(self._rule_value, model=model, now=now)
+            events += self.engine.evaluate(model, value_of, now)
+        if events:
+            alerts = [
+                (e.at, e.model, e.rule, e.state, e.value, e.threshold, e.severity) for e in events
+            ]
+            self.store.write([], [], [], alerts=alerts)
+        self._forget_old_windows(now)
+        if self.retention_s and now - self._last_retention > 60:
+            self._last_retention = now
+            self.apply_retention(now)
+        return events
+
+    def _forget_old_windows(self, now: float) -> None:
+        horizon = now - max(86400.0, max((r.window_s for r in self.engine.rules), default=0) * 3)
+        for key in [k for k in self._windows if k[1] < horizon]:
+            del self._windows[key]
+
+    def _sample_resources(self, now: float) -> list[tuple[Any, ...]]:
+        if (
+            self.resources_interval_s is None
+            or now - self._last_resources < self.resources_interval_s
+        ):
+            return []
+        self._last_resources = now
+        from .resources import sample
+
+        return [(now, *sample())]
+
+    def apply_retention(self, now: float | None = None) -> int:
+        """Delete raw records older than the retention period; summaries stay."""
+        if self.retention_s is None:
+            return 0
+        now = time.time() if now is None else now
+        return self.store.delete_before(now - self.retention_s)
+
+    def close(self) -> None:
+        """Stop the background thread and write what is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.flush()
+        self.store.close()
+
+    def __enter__(self) -> ModelMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- questions --------------------------------------------------------------------------
+    def counts(self, model: str = "default") -> dict[str, int]:
+        """Exact request and error counts (never sampled)."""
+        with self._lock:
+            req, err = self._counts.get(model, [0, 0])
+        return {"requests": req, "errors": err}
+
+    def _merged(self, model: str, since: float | None) -> tuple[LogSketch, int, int]:
+        sk, req, err = LogSketch(), 0, 0
+        for (m, start), w in list(self._windows.items()):
+            if m == model and (since is None or start + self.window_s > since):
+                sk.merge(w.sketch)
+                req += w.requests
+                err += w.errors
+        return sk, req, err
+
+    def latency(self, model: str = "default", last_s: float | None = None) -> dict[str, Any]:
+        """p50/p95/p99 (ms, 1% relative error) with n; percentiles with too few samples are
+        listed in 'unreliable'. Covers what was flushed (call flush() first for the latest)."""
+        since = None if last_s is None else time.time() - last_s
+        sk, _, _ = self._merged(model, since)
+        out: dict[str, Any] = {
+            "n": sk.n,
+            "unreliable": [k for k, need in MIN_SAMPLES.items() if sk.n < need],
+        }
+        for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            out[f"{name}_ms"] = sk.quantile(q)
+        return out
+
+    def _rule_value(self, rule: AlertRule, model: str, now: float) -> tuple[float | None, int]:
+        since = now - rule.window_s
+        if rule.metric in ("accuracy", "mae"):
+            acc = self.accuracy(model, since=since)
+            key = "accuracy" if rule.metric == "accuracy" else "mae"
+            return acc.get(key), acc["labeled"]
+        sk, req, err = self._merged(model, since)
+        if rule.metric.startswith("latency_"):
+            return sk.quantile(float(rule.metric[-2:]) / 100), sk.n
+        if rule.metric == "error_rate":
+            return (err / req if req else None), req
+        rate = req / rule.window_s
+        if rule.metric == "throughput":
+            return rate, req
+        _, before, _ = self._merged(model, since - rule.window_s)
+        previous = (before - req) / rule.window_s
+        return (1 - rate / previous if previous > 0 else None), before - req
+
+    def accuracy(self, model: str = "default", since: float | None = None) -> dict[str, Any]:
+        """Join predictions with ground truth by id: accuracy (classification) or MAE
+        (regression) over labeled predictions since ``since``, with counts."""
+        rows = self.store.query(
+            "SELECT p.output, l.label FROM predictions p JOIN labels l ON p.prediction_id = l.prediction_id "
+            "WHERE p.model = ? AND p.ts >= ?",
+            (model, since or 0.0),
+        )
+        out: dict[str, Any] = {"labeled": len(rows)}
+        if not rows:
+            return out
+        if self.task == "regression":
+            out["mae"] = float(np.mean([abs(float(a) - float(b)) for a, b in rows]))
+        else:
+            out["accuracy"] = float(np.mean([str(a) == str(b) for a, b in rows]))
+        return out
+
+    def accuracy_by_window(self, model: str = "default") -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT CAST(p.ts / ? AS INTEGER) * ?, p.output, l.label FROM predictions p "
+            "JOIN labels l ON p.prediction_id = l.prediction_id WHERE p.model = ? ORDER BY p.ts",
+            (self.window_s, self.window_s, model),
+        )
+        out: dict[float, list[bool | float]] = {}
+        for start, a, b in rows:
+            value = abs(float(a) - float(b)) if self.task == "regression" else str(a) == str(b)
+            out.setdefault(float(start), []).append(value)
+        key = "mae" if self.task == "regression" else "accuracy"
+        return [
+            {"start": s, key: float(np.mean(v)), "labeled": len(v)} for s, v in sorted(out.items())
+        ]
+
+    def labels_report(self, model: str = "default") -> dict[str, Any]:
+        """Coverage (labeled / predictions with an id), orphan labels, label delay percentiles."""
+        with_id = self.store.query(
+            "SELECT COUNT(*) FROM predictions WHERE model = ? AND prediction_id IS NOT NULL",
+            (model,),
+        )[0][0]
+        delays = [
+            r[0]
+            for r in self.store.query(
+                "SELECT l.ts - p.ts FROM labels l JOIN predictions p ON p.prediction_id = l.prediction_id "
+                "WHERE p.model = ?",
+                (model,),
+            )
+        ]
+        orphans = self.store.query(
+            "SELECT COUNT(*) FROM labels WHERE prediction_id NOT IN "
+            "(SELECT prediction_id FROM predictions WHERE prediction_id IS NOT NULL)"
+        )[0][0]
+        d = np.asarray(delays, dtype=np.float64)
+        return {
+            "predictions_with_id": int(with_id),
+            "labeled": int(d.size),
+            "coverage": d.size / with_id if with_id else None,
+            "orphan_labels": int(orphans),
+            "unsampled_labels": self.labels_unsampled,
+            "delay_s": {f"p{q}": float(np.percentile(d, q)) for q in (50, 95, 99)}
+            if d.size
+            else None,
+        }
+
+    def health(self, model: str = "default") -> dict[str, Any]:
+        """healthy / degraded (a warning alert is active) / failing (a critical one is)."""
+        active = self.engine.active(model)
+        reasons = [
+            f"{rule.name}: {rule.metric} {state.value:.4g} {rule.op} {rule.threshold:g}"
+            for rule, state, _ in active
+        ]
+        status = "healthy"
+        if any(rule.severity == "critical" for rule, _, _ in active):
+            status = "failing"
+        elif active:
+            status = "degraded"
+        return {"model": model, "status": status, "reasons": reasons}
+
+    def models(self) -> list[str]:
+        with self._lock:
+            return sorted(self._counts)
+
+    def add_gauges(self, name: str, read: Callable[[], dict[str, float]]) -> None:
+        """Expose extra gauges (a cache's hit counts, a queue's depth) on /metrics; ``read``
+        is called at scrape time only."""
+        self._gauges[name] = read
+
+
+def _task_of(output: Any) -> str:
+    value = _plain(output)
+    return (
+        "regression"
+        if isinstance(value, float) and not float(value).is_integer()
+        else "classification"
+    )
+
+
+def _merger(sketch: LogSketch) -> Callable[[bytes | None], bytes]:
+    def merge(existing: bytes | None) -> bytes:
+        if existing is None:
+            return sketch.to_bytes()
+        return LogSketch.from_bytes(existing).merge(sketch).to_bytes()
+
+    return merge

@@ -1,0 +1,87 @@
+"""Prometheus exposition: computed at scrape time from the monitor's aggregates, so nothing
+(no label lookup, no histogram update) is added to the prediction hot path."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._deps import require
+from .sketch import GAMMA, OFFSET
+
+if TYPE_CHECKING:
+    from .core import ModelMonitor
+
+BOUNDS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def _collector(monitor: ModelMonitor) -> Any:
+    require("prometheus_client", "Prometheus metrics")
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    class MonitorCollector:
+        def collect(self) -> Any:
+            requests = CounterMetricFamily(
+                "nimbleml_predictions", "Predictions recorded (exact)", labels=["model"]
+            )
+            errors = CounterMetricFamily(
+                "nimbleml_prediction_errors", "Failed predictions (exact)", labels=["model"]
+            )
+            hist = HistogramMetricFamily(
+                "nimbleml_latency_ms", "Prediction latency (sampled records, ms)", labels=["model"]
+            )
+            quantiles = GaugeMetricFamily(
+                "nimbleml_latency_quantile_ms",
+                "Latency percentiles from the sketch (ms)",
+                labels=["model", "quantile"],
+            )
+            for model in monitor.models():
+                c = monitor.counts(model)
+                requests.add_metric([model], c["requests"])
+                errors.add_metric([model], c["errors"])
+                sketch = monitor._totals.get(model)
+                if sketch is None or sketch.n == 0:
+                    continue
+                upper = 2 * GAMMA ** (np.arange(sketch.counts.size) + OFFSET) / (GAMMA + 1)
+                cumulative = np.cumsum(sketch.counts)
+                positions = np.searchsorted(upper, np.asarray(BOUNDS_MS), side="right") - 1
+                buckets = [
+                    (str(b), float(cumulative[p]) if p >= 0 else 0.0)
+                    for b, p in zip(BOUNDS_MS, positions.tolist(), strict=True)
+                ]
+                buckets.append(("+Inf", float(sketch.n)))
+                hist.add_metric([model], buckets, sum_value=monitor._latency_sum.get(model, 0.0))
+                for q in (0.5, 0.95, 0.99):
+                    quantiles.add_metric([model, str(q)], sketch.quantile(q) or 0.0)
+            yield requests
+            yield errors
+            yield hist
+            yield quantiles
+            for name, read in monitor._gauges.items():
+                values = read()
+                gauge = GaugeMetricFamily(
+                    f"nimbleml_{name}", f"{name} (read at scrape time)", labels=["key"]
+                )
+                for key, value in values.items():
+                    gauge.add_metric([key], float(value))
+                yield gauge
+
+    return MonitorCollector()
+
+
+def registry(monitor: ModelMonitor) -> Any:
+    """A prometheus_client registry holding the monitor's metrics."""
+    require("prometheus_client", "Prometheus metrics")
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry()
+    reg.register(_collector(monitor))
+    return reg
+
+
+def metrics_text(monitor: ModelMonitor) -> str:
+    """The Prometheus text exposition format, as served on /metrics."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry(monitor)).decode()

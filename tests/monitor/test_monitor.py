@@ -1,0 +1,286 @@
+"""ModelMonitor against a real SQLite file: sketch accuracy, exact counts, ground truth,
+alerts with hysteresis, retention, crash safety, Prometheus, the report."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nimbleml.cli import app
+from nimbleml.errors import ConfigError
+from nimbleml.monitor import AlertRule, LogSketch, ModelMonitor, metrics_text, parse_duration
+
+
+def monitor(tmp_path, **kw):
+    kw.setdefault("background", False)
+    kw.setdefault("resources_interval_s", None)
+    return ModelMonitor(store=f"sqlite:///{tmp_path / 'm.db'}", **kw)
+
+
+def test_sketch_is_within_one_percent_and_mergeable():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(0.0, 1.5, 100_000)
+    sk = LogSketch()
+    sk.add(values)
+    ordered = np.sort(values)
+    for q in (0.5, 0.9, 0.95, 0.99, 0.999):
+        exact = ordered[int(q * (len(values) - 1))]
+        assert abs(sk.quantile(q) - exact) / exact <= 0.01
+    a, b = LogSketch(), LogSketch()
+    a.add(values[:40_000])
+    b.add(values[40_000:])
+    merged = a.merge(b)
+    assert np.array_equal(merged.counts, sk.counts) and merged.n == sk.n
+    back = LogSketch.from_bytes(sk.to_bytes())
+    assert np.array_equal(back.counts, sk.counts) and back.quantile(0.99) == sk.quantile(0.99)
+    assert LogSketch().quantile(0.5) is None
+
+
+def test_counts_are_exact_whatever_the_sampling(tmp_path):
+    m = monitor(tmp_path, sampling_rate=0.2)
+    for i in range(10_000):
+        m.record(1.0, error=i % 100 == 0)
+    m.record_batch(np.full(5_000, 2.0), errors=np.arange(5_000) % 50 == 0)
+    m.flush()
+    assert m.counts() == {"requests": 15_000, "errors": 200}
+    lat = m.latency()
+    assert 2_400 < lat["n"] < 3_600  # about 20% of 15,000 sampled
+    assert lat["unreliable"] == []
+    stored = m.store.query("SELECT COUNT(*) FROM predictions")[0][0]
+    assert stored == lat["n"]
+    assert m.store.query("SELECT SUM(requests), SUM(errors) FROM windows")[0] == (15_000, 200)
+    m.close()
+
+
+def test_few_samples_are_marked(tmp_path):
+    m = monitor(tmp_path)
+    for _ in range(100):
+        m.record(1.0)
+    m.flush()
+    assert m.latency()["unreliable"] == ["p95", "p99"]
+    m.close()
+
+
+def test_ground_truth_joins_by_id(tmp_path):
+    m = monitor(tmp_path)
+    for i in range(300):
+        m.record(1.0, prediction_id=f"req-{i}", output=np.int64(i % 3))
+    m.flush()
+    for i in range(0, 300, 3):  # a third of the labels arrive, 10% of them disagree
+        m.record_ground_truth(f"req-{i}", (i % 3) if i % 30 else 1)
+    m.record_ground_truth("never-predicted", 1)
+    m.flush()
+    acc = m.accuracy()
+    assert acc["labeled"] == 100 and acc["accuracy"] == pytest.approx(0.9)
+    report = m.labels_report()
+    assert report["coverage"] == pytest.approx(100 / 300)
+    assert report["orphan_labels"] == 1
+    assert report["delay_s"]["p50"] >= 0
+    assert m.accuracy_by_window()[0]["labeled"] == 100
+    with pytest.raises(ConfigError, match="prediction_id"):
+        m.record_ground_truth(None, 1)
+    m.close()
+
+
+def test_sampled_ids_are_consistent_for_labels(tmp_path):
+    m = monitor(tmp_path, sampling_rate=0.3)
+    for i in range(2000):
+        m.record(1.0, prediction_id=i, output=1)
+    m.flush()
+    for i in range(2000):
+        m.record_ground_truth(i, 1)
+    m.flush()
+    report = m.labels_report()
+    assert report["orphan_labels"] == 0  # labels of unsampled predictions are not orphans
+    assert report["coverage"] == 1.0
+    assert report["labeled"] + report["unsampled_labels"] == 2000
+    m.close()
+
+
+def test_regression_error(tmp_path):
+    m = monitor(tmp_path, task="regression")
+    for i in range(50):
+        m.record(1.0, prediction_id=i, output=float(i) + 0.5)
+        m.record_ground_truth(i, float(i))
+    m.flush()
+    assert m.accuracy()["mae"] == pytest.approx(0.5)
+    m.close()
+
+
+def test_alerts_need_evidence_persistence_and_respect_cooldown(tmp_path):
+    events = []
+    rule = AlertRule("slow", "latency_p99", threshold=10.0, min_samples=50, for_windows=2,
+                     clear_windows=2, cooldown_s=100, window_s=60, severity="critical")  # fmt: skip
+    m = monitor(tmp_path, alerts=[rule], callbacks=[events.append])
+    now = time.time()
+    for _ in range(20):
+        m.record(50.0)
+    assert m.flush(now) == []  # 20 samples < min_samples: no verdict
+    for _ in range(100):
+        m.record(50.0)
+    assert m.flush(now + 1) == []  # first breach: hysteresis waits for a second one
+    fired = m.flush(now + 2)
+    assert [e.state for e in fired] == ["firing"] and events == fired
+    assert m.health() == {
+        "model": "default",
+        "status": "failing",
+        "reasons": [m.health()["reasons"][0]],
+    }
+    assert "slow" in m.health()["reasons"][0]
+    m._windows.clear()  # the slow period ends: new windows are fast
+    for _ in range(200):
+        m.record(1.0)
+    assert m.flush(now + 3) == []
+    resolved = m.flush(now + 4)
+    assert [e.state for e in resolved] == ["resolved"] and m.health()["status"] == "healthy"
+    m._windows.clear()
+    for _ in range(200):
+        m.record(50.0)
+    m.flush(now + 5)
+    assert m.flush(now + 6) == []  # within the cooldown: no new alert
+    stored = m.store.query("SELECT rule, state FROM alerts ORDER BY ts")
+    assert stored == [("slow", "firing"), ("slow", "resolved")]
+    m.close()
+
+
+def test_error_rate_and_accuracy_alerts(tmp_path):
+    rules = [AlertRule("errors", "error_rate", 0.1, min_samples=10, for_windows=1),
+             AlertRule("wrong", "accuracy", 0.8, op="<", min_samples=10, for_windows=1)]  # fmt: skip
+    m = monitor(tmp_path, alerts=rules)
+    for i in range(100):
+        m.record(1.0, prediction_id=i, output=1, error=i % 4 == 0)
+        m.record_ground_truth(i, 1 if i % 2 else 0)
+    events = m.flush()
+    names = {e.rule for e in events}
+    assert names == {"errors", "wrong"}
+    assert m.health()["status"] == "degraded"
+    m.close()
+
+
+def test_retention_keeps_summaries(tmp_path):
+    m = monitor(tmp_path, retention="1h")
+    for i in range(1000):
+        m.record(1.0, prediction_id=i, output=0)
+    m.flush()
+    assert m.apply_retention(now=time.time() + 2 * 3600) == 1000
+    assert m.store.query("SELECT COUNT(*) FROM predictions")[0][0] == 0
+    assert m.store.query("SELECT SUM(requests) FROM windows")[0][0] == 1000
+    m.close()
+
+
+def test_sigkill_loses_at_most_the_last_interval(tmp_path):
+    db = tmp_path / "crash.db"
+    script = textwrap.dedent(f"""
+        import time
+        from nimbleml.monitor import ModelMonitor
+        m = ModelMonitor(store="sqlite:///{db}", flush_interval_s=0.05, resources_interval_s=None)
+        i = 0
+        while True:
+            m.record(1.0, prediction_id=i, output=i % 2)
+            i += 1
+            if i % 1000 == 0:
+                time.sleep(0.001)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        rows = 0
+        while time.monotonic() < deadline and rows < 20_000:
+            time.sleep(0.2)
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=1) as c:
+                        rows = c.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+                except sqlite3.OperationalError:
+                    rows = 0
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    assert rows >= 20_000
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        after = c.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        assert after >= rows
+        ids = [
+            r[0]
+            for r in c.execute("SELECT CAST(prediction_id AS INTEGER) FROM predictions ORDER BY 1")
+        ]
+    assert ids == list(range(len(ids)))  # a prefix: nothing lost in the middle
+
+
+def test_prometheus_and_cache_gauges(tmp_path, pipeline, digits):
+    from nimbleml.runtime import OptimizedPredictor
+
+    m = monitor(tmp_path)
+    p = OptimizedPredictor(pipeline, monitor=m)
+    for i in range(5):
+        p.predict(digits[1][:1], prediction_id=i)
+    m.flush()
+    text = metrics_text(m)
+    name = p.name
+    assert f'nimbleml_predictions_total{{model="{name}"}} 5.0' in text
+    assert f'nimbleml_latency_ms_bucket{{le="+Inf",model="{name}"}} 5.0' in text
+    assert f'nimbleml_cache_{name}{{key="memory_hits"}} 4.0' in text
+    assert m.store.query("SELECT COUNT(*) FROM predictions WHERE output IS NOT NULL")[0][0] == 5
+    m.close()
+
+
+def test_report_cli(tmp_path):
+    m = monitor(
+        tmp_path,
+        resources_interval_s=0.0,
+        alerts=[AlertRule("slow", "latency_p50", 0.5, min_samples=5, for_windows=1)],
+    )
+    for i in range(200):
+        m.record(float(1 + i % 5), prediction_id=i, output=i % 2)
+        m.record_ground_truth(i, 1)
+    m.flush()
+    m.close()
+    out = tmp_path / "report"
+    res = CliRunner().invoke(app, ["report", "--monitor", str(tmp_path / "m.db"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in ("latency_throughput.png", "accuracy.png", "resources.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    text = (out / "insights.txt").read_text()
+    assert "200 predictions" in text and "alert slow firing" in text
+    bad = CliRunner().invoke(
+        app, ["report", "--monitor", str(tmp_path / "none.db"), "-o", str(out)]
+    )
+    assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_background_thread_flushes(tmp_path):
+    m = ModelMonitor(
+        store=f"sqlite:///{tmp_path / 'bg.db'}", flush_interval_s=0.05, resources_interval_s=0.05
+    )
+    for _ in range(100):
+        m.record(1.0)
+    time.sleep(0.4)
+    assert m.latency()["n"] == 100
+    assert m.store.query("SELECT COUNT(*) FROM resources")[0][0] >= 1
+    m.close()
+
+
+def test_bad_settings():
+    with pytest.raises(ConfigError, match="sampling_rate"):
+        ModelMonitor(sampling_rate=0, store="sqlite:///:memory:", background=False)
+    with pytest.raises(ConfigError, match="sqlite:///monitor.db"):
+        ModelMonitor(store="mysql://x", background=False)
+    with pytest.raises(ConfigError, match="14d"):
+        parse_duration("two weeks")
+    assert parse_duration("14d") == 14 * 86400 and parse_duration(30) == 30
+    with pytest.raises(ConfigError, match="unknown metric"):
+        AlertRule("x", "latency_p42", 1.0)
+    with pytest.raises(ConfigError, match="unique"):
+        ModelMonitor(store="sqlite:///:memory:", background=False,
+                     alerts=[AlertRule("a", "error_rate", 0.1), AlertRule("a", "throughput", 1)])  # fmt: skip
+    m = ModelMonitor(store="sqlite:///:memory:", background=False)
+    with pytest.raises(ConfigError, match="3 items for 2 latencies"):
+        m.record_batch([1.0, 2.0], prediction_ids=[1, 2, 3])
