@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import table  # noqa: E402
-
-from nimbleml.monitor import LogSketch, ModelMonitor  # noqa: E402
+from _harness import table
+from nimbleml.monitor import LogSketch, ModelMonitor
 
 
 def per_record_us(m: ModelMonitor, n: int, **kw: object) -> float:
