@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
-# system packages the tests run against for real (Debian): redis-server for the Redis tier
+# system packages the tests run against for real (Debian): redis-server for the Redis cache
+# tier, postgresql for the monitor's fleet store
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck bench clean sysdeps
@@ -23,8 +24,9 @@ demo: $(STAMP)
 	$(BIN)/nimbleml demo --out nimble-demo
 
 sysdeps:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server postgresql >/dev/null; fi
 
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check src tests benchmarks

@@ -19,6 +19,7 @@ _EXTRAS = {
     "matplotlib": ("report", "matplotlib"),
     "redis": ("cache", "redis"),
     "prometheus_client": ("monitor", "prometheus-client"),
+    "psycopg": ("monitor", "psycopg[binary]"),
 }
 
 

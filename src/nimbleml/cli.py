@@ -310,7 +310,7 @@ def report(
     from .monitor.report import write_report
 
     def go() -> None:
-        url = monitor if monitor.startswith("sqlite:") else f"sqlite:///{monitor}"
+        url = monitor if "://" in monitor else f"sqlite:///{monitor}"
         for path in write_report(url, output):
             _show(f"wrote {path}")
         _show((output / "insights.txt").read_text().rstrip())

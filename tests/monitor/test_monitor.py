@@ -164,6 +164,21 @@ def test_error_rate_and_accuracy_alerts(tmp_path):
     m.close()
 
 
+def test_throughput_drop_alert(tmp_path):
+    rule = AlertRule("drop", "throughput_drop", 0.5, window_s=10, min_samples=10, for_windows=1)
+    m = monitor(tmp_path, alerts=[rule], window_s=10)
+    t0 = (time.time() // 10) * 10
+    for _ in range(200):
+        m.record(1.0)
+    assert m.flush(t0 + 1) == []  # no earlier window to compare with
+    for _ in range(20):
+        m.record(1.0)
+    events = m.flush(t0 + 11)
+    assert [(e.rule, e.state) for e in events] == [("drop", "firing")]
+    assert events[0].value == pytest.approx(0.9)
+    m.close()
+
+
 def test_retention_keeps_summaries(tmp_path):
     m = monitor(tmp_path, retention="1h")
     for i in range(1000):

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ConfigError
 from .alerts import AlertEngine, AlertEvent, AlertRule
 from .sketch import LogSketch
-from .store import SqliteStore
+from .store import open_store
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -118,7 +118,7 @@ class ModelMonitor:
         self.retention_s = parse_duration(retention)
         self.resources_interval_s = resources_interval_s
         self.task = task
-        self.store = SqliteStore(store)
+        self.store = open_store(store)
         self.engine = AlertEngine(list(alerts), list(callbacks))
         self._lock = threading.Lock()
         self._cols = _Columns()
@@ -361,7 +361,7 @@ class ModelMonitor:
     def _merged(self, model: str, since: float | None) -> tuple[LogSketch, int, int]:
         sk, req, err = LogSketch(), 0, 0
         for (m, start), w in list(self._windows.items()):
-            if m == model and (since is None or start + self.window_s > since):
+            if m == model and (since is None or start >= since):
                 sk.merge(w.sketch)
                 req += w.requests
                 err += w.errors
@@ -412,18 +412,18 @@ class ModelMonitor:
         if self.task == "regression":
             out["mae"] = float(np.mean([abs(float(a) - float(b)) for a, b in rows]))
         else:
-            out["accuracy"] = float(np.mean([str(a) == str(b) for a, b in rows]))
+            out["accuracy"] = float(np.mean([same_label(a, b) for a, b in rows]))
         return out
 
     def accuracy_by_window(self, model: str = "default") -> list[dict[str, Any]]:
         rows = self.store.query(
-            "SELECT CAST(p.ts / ? AS INTEGER) * ?, p.output, l.label FROM predictions p "
+            f"SELECT {self.store.window_start('p.ts')}, p.output, l.label FROM predictions p "
             "JOIN labels l ON p.prediction_id = l.prediction_id WHERE p.model = ? ORDER BY p.ts",
             (self.window_s, self.window_s, model),
         )
         out: dict[float, list[bool | float]] = {}
         for start, a, b in rows:
-            value = abs(float(a) - float(b)) if self.task == "regression" else str(a) == str(b)
+            value = abs(float(a) - float(b)) if self.task == "regression" else same_label(a, b)
             out.setdefault(float(start), []).append(value)
         key = "mae" if self.task == "regression" else "accuracy"
         return [
@@ -481,6 +481,14 @@ class ModelMonitor:
         """Expose extra gauges (a cache's hit counts, a queue's depth) on /metrics; ``read``
         is called at scrape time only."""
         self._gauges[name] = read
+
+
+def same_label(a: Any, b: Any) -> bool:
+    """Labels compare as numbers when both are numbers (1 == 1.0 == '1'), else as text."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 def _value(counter: Any) -> int:

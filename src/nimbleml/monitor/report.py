@@ -10,11 +10,12 @@ import numpy as np
 
 from ..bench.plots import _pyplot
 from ..errors import ConfigError
+from .core import same_label
 from .sketch import LogSketch
-from .store import SqliteStore, sqlite_path
+from .store import Store, open_store, sqlite_path
 
 
-def _windows(store: SqliteStore) -> dict[str, list[dict[str, Any]]]:
+def _windows(store: Store) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for model, start, seconds, requests, errors, sampled, blob in store.query(
         "SELECT model, start, seconds, requests, errors, sampled, sketch FROM windows ORDER BY start"
@@ -27,15 +28,15 @@ def _windows(store: SqliteStore) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _accuracy(store: SqliteStore, window_s: float) -> dict[str, list[tuple[float, float, int]]]:
+def _accuracy(store: Store, window_s: float) -> dict[str, list[tuple[float, float, int]]]:
     rows = store.query(
-        "SELECT p.model, CAST(p.ts / ? AS INTEGER) * ?, p.output, l.label FROM predictions p "
+        f"SELECT p.model, {store.window_start('p.ts')}, p.output, l.label FROM predictions p "
         "JOIN labels l ON p.prediction_id = l.prediction_id",
         (window_s, window_s),
     )
     acc: dict[tuple[str, float], list[bool]] = {}
     for model, start, out, label in rows:
-        acc.setdefault((model, float(start)), []).append(str(out) == str(label))
+        acc.setdefault((model, float(start)), []).append(same_label(out, label))
     result: dict[str, list[tuple[float, float, int]]] = {}
     for (model, start), hits in sorted(acc.items(), key=lambda kv: kv[0][1]):
         result.setdefault(model, []).append((start, float(np.mean(hits)), len(hits)))
@@ -48,10 +49,11 @@ def _times(starts: list[float]) -> list[_dt.datetime]:
 
 def write_report(store_url: str, out_dir: str | Path) -> list[Path]:
     """PNG charts (latency, throughput, accuracy, resources) and insights.txt."""
-    path = sqlite_path(store_url)
-    if path != ":memory:" and not Path(path).is_file():
-        raise ConfigError(f"monitor store not found: {path}")
-    store = SqliteStore(store_url)
+    if store_url.startswith("sqlite:///"):
+        path = sqlite_path(store_url)
+        if path != ":memory:" and not Path(path).is_file():
+            raise ConfigError(f"monitor store not found: {path}")
+    store = open_store(store_url)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
@@ -114,7 +116,7 @@ def write_report(store_url: str, out_dir: str | Path) -> list[Path]:
 def insights(
     windows: dict[str, list[dict[str, Any]]],
     accuracy: dict[str, list[tuple[float, float, int]]],
-    store: SqliteStore,
+    store: Store,
 ) -> list[str]:
     """Plain sentences: totals, what changed between the first and second half, what alerted."""
     lines = []

@@ -1,106 +1,243 @@
-"""Where monitoring records live: SQLite in WAL mode, written in batches by one thread."""
+"""Where monitoring records live: SQLite in WAL mode (one machine) or PostgreSQL (a fleet),
+written in batches by the monitor's background thread, one transaction a batch."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._deps import require
 from ..errors import ConfigError
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS predictions (
-    ts REAL NOT NULL, model TEXT NOT NULL, prediction_id TEXT,
-    latency_ms REAL NOT NULL, error INTEGER NOT NULL, output);
+    ts {real} NOT NULL, model TEXT NOT NULL, prediction_id TEXT,
+    latency_ms {real} NOT NULL, error INTEGER NOT NULL, output {any});
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions(ts);
 CREATE INDEX IF NOT EXISTS predictions_pid ON predictions(prediction_id);
-CREATE TABLE IF NOT EXISTS labels (prediction_id TEXT PRIMARY KEY, label, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (prediction_id TEXT PRIMARY KEY, label {any}, ts {real} NOT NULL);
 CREATE INDEX IF NOT EXISTS labels_ts ON labels(ts);
 CREATE TABLE IF NOT EXISTS windows (
-    model TEXT NOT NULL, start REAL NOT NULL, seconds REAL NOT NULL, requests INTEGER NOT NULL,
-    errors INTEGER NOT NULL, sampled INTEGER NOT NULL, sketch BLOB, PRIMARY KEY (model, start));
+    model TEXT NOT NULL, start {real} NOT NULL, seconds {real} NOT NULL, requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL, sampled BIGINT NOT NULL, sketch {blob}, PRIMARY KEY (model, start));
 CREATE TABLE IF NOT EXISTS resources (
-    ts REAL NOT NULL, cpu_percent REAL, rss_mb REAL, gpu_memory_mb REAL, gpu_utilization REAL);
+    ts {real} NOT NULL, cpu_percent {real}, rss_mb {real}, gpu_memory_mb {real}, gpu_utilization {real});
 CREATE TABLE IF NOT EXISTS alerts (
-    ts REAL NOT NULL, model TEXT, rule TEXT, state TEXT, value REAL, threshold REAL, severity TEXT);
+    ts {real} NOT NULL, model TEXT, rule TEXT, state TEXT, value {real}, threshold {real}, severity TEXT);
 """
+UPSERT_WINDOW = (
+    "INSERT INTO windows VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, start) DO UPDATE SET "
+    "requests = windows.requests + excluded.requests, errors = windows.errors + excluded.errors, "
+    "sampled = windows.sampled + excluded.sampled, sketch = excluded.sketch"
+)
+WindowRow = tuple[str, float, float, int, int, int, Callable[[bytes | None], bytes]]
 
 
-def sqlite_path(url: str) -> str:
-    """'sqlite:///relative.db', 'sqlite:////abs/path.db' or 'sqlite:///:memory:' -> path."""
-    if not url.startswith("sqlite:///"):
-        if url.startswith(("postgres://", "postgresql://")):
-            raise ConfigError(
-                "PostgreSQL stores are not supported in this version; use store='sqlite:///monitor.db'"
-            )
-        raise ConfigError(f"store must be a URL like 'sqlite:///monitor.db', got {url!r}")
-    return url[len("sqlite:///") :]
+def open_store(url: str) -> Store:
+    """'sqlite:///path.db', 'sqlite:///:memory:' or 'postgresql://user@host:port/db'."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ConfigError(
+        f"store must be a URL like 'sqlite:///monitor.db' or 'postgresql://user@host/db', got {url!r}"
+    )
 
 
-class SqliteStore:
-    """One connection, guarded by a lock; every write is one transaction."""
+class Store:
+    """SQL shared by both databases; subclasses connect and translate placeholders."""
+
+    dialect = "sql"
 
     def __init__(self, url: str) -> None:
-        path = sqlite_path(url)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self._lock = threading.Lock()
-        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(
-            "PRAGMA synchronous=NORMAL"
-        )  # WAL + NORMAL: a killed process loses nothing committed
-        self.conn.executescript(SCHEMA)
+
+    # subclass hooks
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def _begin(self) -> None: ...
+    def _commit(self) -> None: ...
+    def _rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+    def window_start(self, column: str) -> str:
+        """SQL for the start of the window holding ``column`` (two parameters: seconds)."""
+        return f"CAST({column} / ? AS INTEGER) * ?"
 
     def write(
         self,
         predictions: Sequence[tuple[Any, ...]],
         labels: Sequence[tuple[Any, ...]],
-        windows: Iterable[tuple[Any, ...]],
+        windows: Iterable[WindowRow],
         resources: Sequence[tuple[Any, ...]] = (),
         alerts: Sequence[tuple[Any, ...]] = (),
     ) -> None:
         with self._lock:
-            c = self.conn
-            c.execute("BEGIN")
+            self._begin()
             try:
-                c.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)", predictions)
-                c.executemany("INSERT OR REPLACE INTO labels VALUES (?, ?, ?)", labels)
-                for model, start, seconds, requests, errors, sampled, sketch_fn in windows:
-                    row = c.execute(
-                        "SELECT sketch FROM windows WHERE model=? AND start=?", (model, start)
-                    ).fetchone()
-                    blob = sketch_fn(row[0] if row else None)
-                    c.execute(
-                        "INSERT INTO windows VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model, start) DO UPDATE SET "
-                        "requests=requests+excluded.requests, errors=errors+excluded.errors, "
-                        "sampled=sampled+excluded.sampled, sketch=excluded.sketch",
-                        (model, start, seconds, requests, errors, sampled, blob),
+                if predictions:
+                    self._executemany(
+                        "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)", predictions
                     )
-                c.executemany("INSERT INTO resources VALUES (?, ?, ?, ?, ?)", resources)
-                c.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)", alerts)
-                c.execute("COMMIT")
+                if labels:
+                    self._executemany(
+                        "INSERT INTO labels VALUES (?, ?, ?) ON CONFLICT (prediction_id) DO UPDATE SET "
+                        "label = excluded.label, ts = excluded.ts",
+                        labels,
+                    )
+                for model, start, seconds, requests, errors, sampled, merge in windows:
+                    row = self._execute(
+                        "SELECT sketch FROM windows WHERE model = ? AND start = ?", (model, start)
+                    ).fetchone()
+                    blob = merge(bytes(row[0]) if row and row[0] is not None else None)
+                    self._execute(
+                        UPSERT_WINDOW, (model, start, seconds, requests, errors, sampled, blob)
+                    )
+                if resources:
+                    self._executemany("INSERT INTO resources VALUES (?, ?, ?, ?, ?)", resources)
+                if alerts:
+                    self._executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)", alerts)
+                self._commit()
             except BaseException:
-                c.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+            self._begin()
+            try:
+                rows = [tuple(r) for r in self._execute(sql, params).fetchall()]
+            finally:
+                self._commit()
+            return rows
 
     def delete_before(self, cutoff: float) -> int:
-        """Delete raw predictions and labels older than ``cutoff``; windows stay."""
+        """Delete raw predictions, labels and resource samples older than ``cutoff``;
+        the per-window summaries stay."""
         with self._lock:
-            self.conn.execute("BEGIN")
-            deleted = self.conn.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,)).rowcount
-            self.conn.execute("DELETE FROM labels WHERE ts < ?", (cutoff,))
-            self.conn.execute("DELETE FROM resources WHERE ts < ?", (cutoff,))
-            self.conn.execute("COMMIT")
+            self._begin()
+            try:
+                deleted = self._execute("DELETE FROM predictions WHERE ts < ?", (cutoff,)).rowcount
+                self._execute("DELETE FROM labels WHERE ts < ?", (cutoff,))
+                self._execute("DELETE FROM resources WHERE ts < ?", (cutoff,))
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
             return int(deleted)
+
+
+def sqlite_path(url: str) -> str:
+    """'sqlite:///relative.db', 'sqlite:////abs/path.db' or 'sqlite:///:memory:' -> path."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(f"not a SQLite URL: {url!r}; use sqlite:///path.db")
+    return url[len("sqlite:///") :]
+
+
+class SqliteStore(Store):
+    """One connection in WAL mode: a killed process loses nothing it committed."""
+
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        path = sqlite_path(url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(TABLES.format(real="REAL", any="", blob="BLOB"))
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params)
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def _begin(self) -> None:
+        self.conn.execute("BEGIN")
+
+    def _commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+
+class PostgresStore(Store):
+    """PostgreSQL for several processes or machines writing to one place (psycopg 3)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        psycopg = require("psycopg", "the PostgreSQL monitor store")
+        try:
+            self.conn = psycopg.connect(url, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise ConfigError(
+                f"cannot connect to the PostgreSQL store {url}: {str(exc).strip()}"
+            ) from exc
+        with self.conn.transaction():
+            for statement in TABLES.format(real="DOUBLE PRECISION", any="TEXT", blob="BYTEA").split(
+                ";"
+            ):
+                if statement.strip():
+                    self.conn.execute(statement)
+        self._tx: Any = None
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def window_start(self, column: str) -> str:
+        return f"FLOOR({column} / %s) * %s"
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self._sql(sql), params)
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(self._sql(sql), rows)
+
+    def write(
+        self,
+        predictions: Sequence[tuple[Any, ...]],
+        labels: Sequence[tuple[Any, ...]],
+        windows: Iterable[WindowRow],
+        resources: Sequence[tuple[Any, ...]] = (),
+        alerts: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
+        """Outputs and labels are TEXT columns here: numbers are written as their text."""
+        predictions = [(*row[:5], _text(row[5])) for row in predictions]
+        labels = [(row[0], _text(row[1]), row[2]) for row in labels]
+        super().write(predictions, labels, windows, resources, alerts)
+
+    def _begin(self) -> None:
+        self._tx = self.conn.transaction()
+        self._tx.__enter__()
+
+    def _commit(self) -> None:
+        self._tx.__exit__(None, None, None)
+
+    def _rollback(self) -> None:
+        import sys
+
+        self._tx.__exit__(*sys.exc_info())
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
