@@ -13,6 +13,7 @@ import nimbleml
 from nimbleml.cli import app
 from nimbleml.errors import ConfigError
 from nimbleml.optimizer.result import STATUSES, pareto
+from nimbleml.optimizer.search import TIE
 
 FAST = {"timing_s": 0.2}
 
@@ -31,7 +32,8 @@ def test_best_is_within_budget_and_not_slower_than_the_baseline(result, digits):
     assert best.drop <= 0.01
     assert best.p50_ms <= result.baseline.p50_ms
     ok = [c for c in result.candidates if c.status == "ok"]
-    assert all(best.p50_ms <= c.p50_ms for c in ok)
+    # the fastest, or within the 3% tie margin of it and more accurate or smaller
+    assert all(best.p50_ms <= c.p50_ms * (1 + TIE) for c in ok)
     acc = (result.best.predict(Xte).argmax(1) == yte).mean()
     assert acc == pytest.approx(best.metric)
     assert result.best.manifest["optimization"]["best"] == result.best_name
