@@ -104,6 +104,7 @@ def main() -> None:
             t = side_by_side(
                 {n: partial(tier.get, key) for n, tier in tiers.items()}, rounds=rounds, calls=100
             )
+            tiers["redis"].close()
             for n in tiers:
                 rows.append(
                     [
@@ -135,6 +136,7 @@ def main() -> None:
                 th.join()
             rows.append([f"single-flight: {n_threads} concurrent identical misses", f"{len(calls)} model call(s)",
                          f"{cache.coalesced} waited for it"])  # fmt: skip
+            cache.close()
     finally:
         server.stop()
     rows += ensemble_rows(Xtr, ytr, Xte, yte, rounds)

@@ -149,6 +149,8 @@ def test_redis_tier_is_shared_between_caches(redis_server):
     got = b.get_or_compute(b"r" * 16, lambda: pytest.fail("should come from Redis"))
     assert got[1][0, 0] == 4.0
     assert b.tiers[1].stats.hits == 1 and b.computed == 0
+    a.close()
+    b.close()
 
 
 def test_redis_outage_degrades_and_recovers(redis_server, caplog):
@@ -169,6 +171,7 @@ def test_redis_outage_degrades_and_recovers(redis_server, caplog):
     cache.get_or_compute(b"after" * 3 + b"!", lambda: outs(3.0))
     assert tier.available is True
     assert tier.client.get(b"nimbleml:" + b"after" * 3 + b"!") is not None
+    cache.close()
 
 
 def test_bad_cache_settings():

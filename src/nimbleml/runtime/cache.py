@@ -64,6 +64,9 @@ class Tier:
     def info(self) -> dict[str, Any]:
         return self.stats.to_dict()
 
+    def close(self) -> None:
+        """Release connections or files (nothing to do for most tiers)."""
+
 
 class MemoryTier(Tier):
     """LRU in process memory, bounded by the bytes of the arrays it holds."""
@@ -97,19 +100,17 @@ class MemoryTier(Tier):
         size = 64 + len(key)
         for arr in outputs:  # a caller mutating a result must not change the cache
             size += arr.nbytes
-            arr.flags.writeable = False
+            arr.setflags(write=False)
         if size > self.max_bytes:
             return
-        frozen = outputs
+        items = self._items
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.bytes -= old[1]
-            self._items[key] = (frozen, size)
+            if key in items:
+                self.bytes -= items.pop(key)[1]
+            items[key] = (outputs, size)
             self.bytes += size
             while self.bytes > self.max_bytes:
-                _, (_, dropped) = self._items.popitem(last=False)
-                self.bytes -= dropped
+                self.bytes -= items.popitem(last=False)[1][1]
                 self.stats.evictions += 1
 
     def info(self) -> dict[str, Any]:
@@ -276,14 +277,18 @@ class RedisTier(Tier):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "available": self.available, "outages": self.outages}
 
+    def close(self) -> None:
+        self.client.close()
+
 
 class _Flight:
     """One model call in progress; followers wait on an event made only when one arrives."""
 
-    __slots__ = ("error", "event", "result")
+    __slots__ = ("error", "event", "finished", "result")
 
     def __init__(self) -> None:
         self.event: threading.Event | None = None
+        self.finished = False
         self.result: Outputs | None = None
         self.error: BaseException | None = None
 
@@ -320,39 +325,45 @@ class TieredCache:
         out = first.get(key)  # the common hit, without the single-flight bookkeeping
         if out is not None:
             return out
-        with self._lock:
-            flight = self._inflight.get(key)
-            if flight is None:
-                # a leader that finished since our first look has filled the first tier
-                out = first.peek(key)
-                if out is not None:
-                    return out
-                leader = True
-                flight = self._inflight[key] = _Flight()
-            else:
-                leader = False
-                self.coalesced += 1
-                if flight.event is None:
-                    flight.event = threading.Event()
-        if not leader:
-            assert flight.event is not None
-            flight.event.wait()
-            if flight.error is not None:
-                raise flight.error
-            assert flight.result is not None
-            return flight.result
+        mine = _Flight()
+        flight = self._inflight.setdefault(key, mine)  # atomic: exactly one caller leads
+        if flight is not mine:
+            return self._follow(flight)
         try:
-            out = self._lookup_or_compute(key, compute)
-            flight.result = out
+            # a leader that finished just before we registered has filled the first tier
+            out = first.peek(key)
+            if out is None:
+                if len(self.tiers) == 1:  # the common setup: memory only
+                    out = compute()
+                    self.computed += 1
+                    first.put(key, out)
+                else:
+                    out = self._lookup_or_compute(key, compute)
+            mine.result = out
             return out
         except BaseException as exc:
-            flight.error = exc
+            mine.error = exc
             raise
         finally:
             with self._lock:
-                self._inflight.pop(key, None)
-                if flight.event is not None:
-                    flight.event.set()
+                mine.finished = True
+                del self._inflight[key]
+                event = mine.event
+            if event is not None:
+                event.set()
+
+    def _follow(self, flight: _Flight) -> Outputs:
+        with self._lock:
+            self.coalesced += 1
+            if not flight.finished and flight.event is None:
+                flight.event = threading.Event()
+            event = None if flight.finished else flight.event
+        if event is not None:
+            event.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None
+        return flight.result
 
     def _lookup_or_compute(self, key: bytes, compute: Callable[[], Outputs]) -> Outputs:
         tiers = self.tiers
@@ -366,6 +377,10 @@ class TieredCache:
         self.computed += 1
         self.put(key, out)
         return out
+
+    def close(self) -> None:
+        for tier in self.tiers:
+            tier.close()
 
     def info(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ _MAGIC = b"NMC1"
 
 def canonical(arr: np.ndarray) -> np.ndarray:
     """The array as contiguous little-endian bytes, so equal values give equal keys."""
-    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and np.little_endian is False):
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return np.ascontiguousarray(arr)
 

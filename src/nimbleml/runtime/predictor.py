@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ class OptimizedPredictor:
             cache_ref = self.cache
             monitor.add_gauges(f"cache_{self.name}", lambda: _cache_gauges(cache_ref))
         self.last_latency_ms: float | None = None
-        self._latencies = np.zeros(WINDOW, dtype=np.int64)
+        self._latencies: list[int] = []  # a ring of the last WINDOW latencies (ns)
         self._count = 0
         self._samples = 0
         self._started: float | None = None
@@ -126,10 +127,12 @@ class OptimizedPredictor:
         t0 = time.perf_counter_ns()
         model = self.model
         feeds = model.feeds(x)
-        if self.cache is not None:
-            out = self.cache.get_or_compute(self._key(feeds), lambda: model.run(feeds))
-        else:
-            out = model.run(feeds)
+        cache = self.cache
+        out = (
+            model.run(feeds)
+            if cache is None
+            else cache.get_or_compute(self._key(feeds), partial(model.run, feeds))
+        )
         self._record(
             time.perf_counter_ns() - t0, len(next(iter(feeds.values()))), out, prediction_id
         )
@@ -160,11 +163,15 @@ class OptimizedPredictor:
         self, elapsed_ns: int, rows: int, out: list[np.ndarray], prediction_id: Any = None
     ) -> None:
         with self._lock:
-            self._latencies[self._count % WINDOW] = elapsed_ns
-            self._count += 1
+            count = self._count
+            if count < WINDOW:
+                self._latencies.append(elapsed_ns)
+                if not count:
+                    self._started = time.perf_counter() - elapsed_ns / 1e9
+            else:
+                self._latencies[count % WINDOW] = elapsed_ns
+            self._count = count + 1
             self._samples += rows
-            if self._started is None:
-                self._started = time.perf_counter() - elapsed_ns / 1e9
         self.last_latency_ms = elapsed_ns / 1e6
         if self.monitor is not None:
             output = out[0][0] if rows == 1 else None
@@ -175,7 +182,7 @@ class OptimizedPredictor:
         """Latency percentiles (with n), throughput, and per-tier cache figures."""
         with self._lock:
             n = min(self._count, WINDOW)
-            samples = self._latencies[:n].copy()
+            samples = np.asarray(self._latencies, dtype=np.int64)
             calls, rows, started = self._count, self._samples, self._started
         elapsed = time.perf_counter() - started if started else 0.0
         return {
