@@ -8,7 +8,6 @@ sketches per window), writes one SQLite transaction, evaluates alerts and applie
 
 from __future__ import annotations
 
-import collections
 import functools
 import itertools
 import random
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .._counters import advance, peek
 from ..errors import ConfigError
 from .alerts import AlertEngine, AlertEvent, AlertRule
 from .sketch import LogSketch
@@ -208,8 +208,8 @@ class ModelMonitor:
         now = time.time()
         counters = self._counters.get(model) or self._add_model(model)
         with self._lock:
-            _advance(counters[0], n)
-            _advance(counters[1], int(errs.sum()))
+            advance(counters[0], n)
+            advance(counters[1], int(errs.sum()))
             cols = self._cols
             cols.ts.extend([now] * len(idx))
             cols.lat.extend(lat_kept)
@@ -252,7 +252,7 @@ class ModelMonitor:
             labels, self._labels = self._labels, []
             deltas = {}
             for model, pair in list(self._counters.items()):
-                req, err = _value(pair[0]), _value(pair[1])
+                req, err = peek(pair[0]), peek(pair[1])
                 done = self._flushed.setdefault(model, [0, 0])
                 deltas[model] = (req - done[0], err - done[1])
                 done[0], done[1] = req, err
@@ -356,7 +356,7 @@ class ModelMonitor:
         pair = self._counters.get(model)
         if pair is None:
             return {"requests": 0, "errors": 0}
-        return {"requests": _value(pair[0]), "errors": _value(pair[1])}
+        return {"requests": peek(pair[0]), "errors": peek(pair[1])}
 
     def _merged(self, model: str, since: float | None) -> tuple[LogSketch, int, int]:
         sk, req, err = LogSketch(), 0, 0
@@ -489,16 +489,6 @@ def same_label(a: Any, b: Any) -> bool:
         return float(a) == float(b)
     except (TypeError, ValueError):
         return str(a) == str(b)
-
-
-def _value(counter: Any) -> int:
-    """The next number an itertools.count would give, without consuming it ('count(5)')."""
-    return int(repr(counter)[6:-1])
-
-
-def _advance(counter: Any, n: int) -> None:
-    """Consume ``n`` numbers at C speed."""
-    collections.deque(itertools.islice(counter, n), maxlen=0)
 
 
 def _task_of(output: Any) -> str:

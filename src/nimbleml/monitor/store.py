@@ -68,6 +68,12 @@ class Store:
         """SQL for the start of the window holding ``column`` (two parameters: seconds)."""
         return f"CAST({column} / ? AS INTEGER) * ?"
 
+    def _rows(
+        self, predictions: Sequence[tuple[Any, ...]], labels: Sequence[tuple[Any, ...]]
+    ) -> tuple[Sequence[tuple[Any, ...]], Sequence[tuple[Any, ...]]]:
+        """Rows as this database takes them (as they are, unless a subclass says)."""
+        return predictions, labels
+
     def write(
         self,
         predictions: Sequence[tuple[Any, ...]],
@@ -76,6 +82,7 @@ class Store:
         resources: Sequence[tuple[Any, ...]] = (),
         alerts: Sequence[tuple[Any, ...]] = (),
     ) -> None:
+        predictions, labels = self._rows(predictions, labels)
         with self._lock:
             self._begin()
             try:
@@ -209,18 +216,14 @@ class PostgresStore(Store):
         with self.conn.cursor() as cur:
             cur.executemany(self._sql(sql), rows)
 
-    def write(
-        self,
-        predictions: Sequence[tuple[Any, ...]],
-        labels: Sequence[tuple[Any, ...]],
-        windows: Iterable[WindowRow],
-        resources: Sequence[tuple[Any, ...]] = (),
-        alerts: Sequence[tuple[Any, ...]] = (),
-    ) -> None:
+    def _rows(
+        self, predictions: Sequence[tuple[Any, ...]], labels: Sequence[tuple[Any, ...]]
+    ) -> tuple[Sequence[tuple[Any, ...]], Sequence[tuple[Any, ...]]]:
         """Outputs and labels are TEXT columns here: numbers are written as their text."""
-        predictions = [(*row[:5], _text(row[5])) for row in predictions]
-        labels = [(row[0], _text(row[1]), row[2]) for row in labels]
-        super().write(predictions, labels, windows, resources, alerts)
+        return (
+            [(*row[:5], _text(row[5])) for row in predictions],
+            [(row[0], _text(row[1]), row[2]) for row in labels],
+        )
 
     def _begin(self) -> None:
         self._tx = self.conn.transaction()

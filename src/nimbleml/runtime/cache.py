@@ -5,6 +5,8 @@ make one model call (single-flight).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._counters import peek
 from .._deps import require
 from ..errors import ConfigError
 from .codec import decode, encode
@@ -81,16 +84,27 @@ class MemoryTier(Tier):
         self.bytes = 0
         self._items: OrderedDict[bytes, tuple[Outputs, int]] = OrderedDict()
         self._lock = threading.Lock()
+        # counters that are exact without a lock (itertools.count is atomic under the GIL)
+        self._hits, self._misses = itertools.count(), itertools.count()
+        self._evictions = 0
+
+    @property
+    def stats(self) -> TierStats:
+        return TierStats(peek(self._hits), peek(self._misses), 0, self._evictions)
+
+    @stats.setter
+    def stats(self, value: TierStats) -> None:  # Tier.__init__ assigns one; counters rule here
+        pass
 
     def get(self, key: bytes) -> Outputs | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                self.stats.misses += 1
-                return None
+        item = self._items.get(key)  # one C call: safe without the lock
+        if item is None:
+            next(self._misses)
+            return None
+        with contextlib.suppress(KeyError):  # evicted meanwhile: still a valid answer
             self._items.move_to_end(key)
-            self.stats.hits += 1
-            return item[0]
+        next(self._hits)
+        return item[0]
 
     def peek(self, key: bytes) -> Outputs | None:
         item = self._items.get(key)
@@ -111,7 +125,7 @@ class MemoryTier(Tier):
             self.bytes += size
             while self.bytes > self.max_bytes:
                 self.bytes -= items.popitem(last=False)[1][1]
-                self.stats.evictions += 1
+                self._evictions += 1
 
     def info(self) -> dict[str, Any]:
         return {
