@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import threading
+import itertools
 import time
 from functools import partial
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._counters import advance, peek
 from ..bench.stats import summarize
 from ..errors import ConfigError
 from ..inputs import batch_size as rows_in
@@ -116,10 +117,9 @@ class OptimizedPredictor:
             monitor.add_gauges(f"cache_{self.name}", lambda: _cache_gauges(cache_ref))
         self.last_latency_ms: float | None = None
         self._latencies: list[int] = []  # a ring of the last WINDOW latencies (ns)
-        self._count = 0
-        self._samples = 0
+        self._calls = itertools.count()  # exact without a lock (atomic under the GIL)
+        self._rows = itertools.count()
         self._started: float | None = None
-        self._lock = threading.Lock()
 
     # -- predictions --------------------------------------------------------------------
     def run(self, x: Any, prediction_id: Any = None) -> list[np.ndarray]:
@@ -162,16 +162,20 @@ class OptimizedPredictor:
     def _record(
         self, elapsed_ns: int, rows: int, out: list[np.ndarray], prediction_id: Any = None
     ) -> None:
-        with self._lock:
-            count = self._count
-            if count < WINDOW:
+        i = next(self._calls)
+        if i < WINDOW:
+            self._latencies.append(elapsed_ns)
+            if i == 0:
+                self._started = time.perf_counter() - elapsed_ns / 1e9
+        else:
+            try:
+                self._latencies[i % WINDOW] = elapsed_ns
+            except IndexError:  # another thread's append is still on its way
                 self._latencies.append(elapsed_ns)
-                if not count:
-                    self._started = time.perf_counter() - elapsed_ns / 1e9
-            else:
-                self._latencies[count % WINDOW] = elapsed_ns
-            self._count = count + 1
-            self._samples += rows
+        if rows == 1:
+            next(self._rows)
+        else:
+            advance(self._rows, rows)
         self.last_latency_ms = elapsed_ns / 1e6
         if self.monitor is not None:
             output = out[0][0] if rows == 1 else None
@@ -180,10 +184,9 @@ class OptimizedPredictor:
     # -- figures ----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Latency percentiles (with n), throughput, and per-tier cache figures."""
-        with self._lock:
-            n = min(self._count, WINDOW)
-            samples = np.asarray(self._latencies, dtype=np.int64)
-            calls, rows, started = self._count, self._samples, self._started
+        samples = np.asarray(self._latencies[:WINDOW], dtype=np.int64)
+        n = samples.size
+        calls, rows, started = peek(self._calls), peek(self._rows), self._started
         elapsed = time.perf_counter() - started if started else 0.0
         return {
             "calls": calls,
