@@ -334,7 +334,9 @@ class TieredCache:
         for tier in self.tiers:
             tier.put(key, outputs)
 
-    def get_or_compute(self, key: bytes, compute: Callable[[], Outputs]) -> Outputs:
+    def get_or_compute(self, key: bytes, compute: Callable[..., Outputs], *args: Any) -> Outputs:
+        """The cached outputs for ``key``, or ``compute(*args)`` run once for every
+        concurrent caller with that key."""
         first = self.tiers[0]
         out = first.get(key)  # the common hit, without the single-flight bookkeeping
         if out is not None:
@@ -348,11 +350,11 @@ class TieredCache:
             out = first.peek(key)
             if out is None:
                 if len(self.tiers) == 1:  # the common setup: memory only
-                    out = compute()
+                    out = compute(*args)
                     self.computed += 1
                     first.put(key, out)
                 else:
-                    out = self._lookup_or_compute(key, compute)
+                    out = self._lookup_or_compute(key, compute, args)
             mine.result = out
             return out
         except BaseException as exc:
@@ -379,7 +381,9 @@ class TieredCache:
         assert flight.result is not None
         return flight.result
 
-    def _lookup_or_compute(self, key: bytes, compute: Callable[[], Outputs]) -> Outputs:
+    def _lookup_or_compute(
+        self, key: bytes, compute: Callable[..., Outputs], args: tuple[Any, ...]
+    ) -> Outputs:
         tiers = self.tiers
         for i in range(1, len(tiers)):
             out = tiers[i].get(key)
@@ -387,7 +391,7 @@ class TieredCache:
                 for upper in tiers[:i]:
                     upper.put(key, out)
                 return out
-        out = compute()
+        out = compute(*args)
         self.computed += 1
         self.put(key, out)
         return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +130,7 @@ class OptimizedPredictor:
         out = (
             model.run(feeds)
             if cache is None
-            else cache.get_or_compute(self._key(feeds), partial(model.run, feeds))
+            else cache.get_or_compute(self._key(feeds), model.run, feeds)
         )
         self._record(
             time.perf_counter_ns() - t0, len(next(iter(feeds.values()))), out, prediction_id
