@@ -82,7 +82,7 @@ class MemoryTier(Tier):
             raise ConfigError(f"memory cache size must be > 0 bytes, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self._items: OrderedDict[bytes, tuple[Outputs, int]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[tuple[np.ndarray, ...], int]] = OrderedDict()
         self._lock = threading.Lock()
         # counters that are exact without a lock (itertools.count is atomic under the GIL)
         self._hits, self._misses = itertools.count(), itertools.count()
@@ -104,11 +104,11 @@ class MemoryTier(Tier):
         with contextlib.suppress(KeyError):  # evicted meanwhile: still a valid answer
             self._items.move_to_end(key)
         next(self._hits)
-        return item[0]
+        return list(item[0])
 
     def peek(self, key: bytes) -> Outputs | None:
         item = self._items.get(key)
-        return None if item is None else item[0]
+        return None if item is None else list(item[0])
 
     def put(self, key: bytes, outputs: Outputs) -> None:
         size = 64 + len(key)
@@ -121,7 +121,9 @@ class MemoryTier(Tier):
         with self._lock:
             if key in items:
                 self.bytes -= items.pop(key)[1]
-            items[key] = (outputs, size)
+            # tuples of arrays drop out of the garbage collector's sight: a big cache
+            # then costs the collector nothing
+            items[key] = (tuple(outputs), size)
             self.bytes += size
             while self.bytes > self.max_bytes:
                 self.bytes -= items.popitem(last=False)[1][1]
