@@ -23,6 +23,7 @@ from .errors import (
     ModelLoadError,
     NimbleError,
     PackageError,
+    ServingError,
     UnsupportedError,
     UntrustedPickleError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "PackageError",
     "PerformanceMetrics",
     "Quantization",
+    "ServingError",
     "TimingConfig",
     "UnsupportedError",
     "UntrustedPickleError",

@@ -20,6 +20,8 @@ _EXTRAS = {
     "redis": ("cache", "redis"),
     "prometheus_client": ("monitor", "prometheus-client"),
     "psycopg": ("monitor", "psycopg[binary]"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
 }
 
 

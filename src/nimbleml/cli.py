@@ -319,6 +319,49 @@ def report(
 
 
 @app.command()
+def serve(
+    packages: list[str] = typer.Argument(
+        ..., help=".nimble packages; NAME=PATH to choose the model name"
+    ),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
+    port: int = typer.Option(8000),
+    max_batch_size: int = typer.Option(32, help="samples per batch"),
+    max_wait_ms: float = typer.Option(
+        2.0, help="batching window, anchored on the first queued request"
+    ),
+    max_queue: int = typer.Option(
+        1024, help="samples that may wait; beyond that 503 + Retry-After"
+    ),
+    timeout_ms: float = typer.Option(10_000, help="a request that runs over gets 504"),
+    cache_mb: float = typer.Option(256, help="memory cache in front of the batcher (0: none)"),
+    api_key: str | None = typer.Option(None, help="require 'Authorization: Bearer KEY'"),
+    monitor_store: str = typer.Option("sqlite:///:memory:", help="monitor store URL"),
+) -> None:
+    """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
+    from .monitor import ModelMonitor
+    from .serve import ServeConfig, create_app
+
+    def go() -> None:
+        import uvicorn
+
+        models = {}
+        for item in packages:
+            name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+            name = name or Path(path).name.removesuffix(".nimble")
+            if name in models:
+                raise ConfigError(
+                    f"two packages are named '{name}'; use NAME=PATH to tell them apart"
+                )
+            models[name] = path
+        config = ServeConfig(max_batch_size, max_wait_ms, max_queue, timeout_ms, cache_mb, api_key)
+        app = create_app(models, config, ModelMonitor(store=monitor_store))
+        _show(f"serving {', '.join(models)} on http://{host}:{port}")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    _guard(go)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("nimble-demo"), help="folder for packages and the report"),
     quick: bool = typer.Option(False, help="shorter timing (for tests)"),

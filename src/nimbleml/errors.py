@@ -25,6 +25,7 @@ __all__ = [
     "ModelLoadError",
     "NimbleError",
     "PackageError",
+    "ServingError",
     "UnsupportedError",
     "UntrustedPickleError",
 ]
@@ -72,3 +73,7 @@ class PackageError(NimbleError):
 
 class BenchmarkError(NimbleError):
     """A benchmark that cannot be run as asked."""
+
+
+class ServingError(NimbleError):
+    """The model server cannot take or answer a request (queue full, shutting down...)."""

@@ -1,0 +1,52 @@
+"""A real uvicorn server on 127.0.0.1 in a thread, and a real HTTP client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def digits_package(tmp_path_factory, mlp, digits):
+    import nimbleml
+
+    _, Xte, _, yte = digits
+    # fp32: dynamic int8 scales activations per batch, so batched rows would differ slightly
+    pkg = nimbleml.compress(mlp, quantize=None, val=(Xte, yte), benchmark_time_s=0.01)
+    return pkg.save(tmp_path_factory.mktemp("serve") / "digits.nimble")

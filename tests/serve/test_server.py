@@ -1,0 +1,280 @@
+"""nimbleml serve over real sockets with a real HTTP client."""
+
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+import nimbleml
+from nimbleml.monitor import ModelMonitor
+from nimbleml.serve import ServeConfig, create_app
+
+from .conftest import ServerThread
+
+
+def v2_body(x: np.ndarray, **extra) -> dict:
+    return {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.reshape(-1).tolist(),
+            }
+        ],
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(digits_package):
+    monitor = ModelMonitor(
+        store="sqlite:///:memory:", resources_interval_s=None, flush_interval_s=0.1
+    )
+    app = create_app(
+        {"digits": digits_package}, ServeConfig(max_batch_size=32, max_wait_ms=2), monitor
+    )
+    with ServerThread(app) as s:
+        s.monitor = monitor
+        yield s
+    monitor.close()
+
+
+def test_health_metadata_and_v2_infer(server, digits_package, digits):
+    Xte = digits[1]
+    with httpx.Client(base_url=server.url) as c:
+        assert c.get("/v2/health/live").json() == {"live": True}
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.get("/v2/models/digits/ready").json()["ready"] is True
+        meta = c.get("/v2/models/digits").json()
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+        r = c.post("/v2/models/digits/infer", json=v2_body(Xte[:3], id="req-1"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "req-1" and r.headers["x-prediction-id"] == "req-1"
+    out = body["outputs"][0]
+    assert out["shape"] == [3, 10] and out["datatype"] == "FP32"
+    expected = nimbleml.load(digits_package).predict(Xte[:3])
+    assert np.allclose(np.asarray(out["data"]).reshape(3, 10), expected, atol=1e-5)
+
+
+def test_v1_predict_and_feedback(server, digits):
+    Xte, yte = digits[1], digits[3]
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post("/v1/models/digits:predict", json={"instances": Xte[:2].tolist(), "id": "v1-a"})
+        assert r.status_code == 200, r.text
+        assert np.asarray(r.json()["predictions"]).shape == (2, 10)
+        r1 = c.post("/v2/models/digits/infer", json=v2_body(Xte[5:6], id="fb-1"))
+        assert r1.status_code == 200
+        assert c.post(
+            "/v2/models/digits/feedback", json={"id": "fb-1", "label": int(yte[5])}
+        ).json() == {"accepted": True}
+        bad = c.post("/v2/models/digits/feedback", json={"label": 1})
+        assert bad.status_code == 400 and "'id'" in bad.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"inputs": []}, 400, "non-empty list"),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP99", "data": [0] * 64}]},
+            400,
+            "datatype",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0] * 64}]},
+            400,
+            "does not fit shape",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 2],
+                        "datatype": "FP32",
+                        "data": [float("nan"), 1],
+                    }
+                ]
+            },
+            400,
+            "NaN",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]},
+            422,
+            "dimension 1 must be 64",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}
+                ]
+            },
+            422,
+            "missing ['input']",
+        ),
+    ],
+)
+def test_bad_requests_name_the_field(server, body, status, message):
+    import json
+
+    raw = json.dumps(body).encode()  # allows the NaN literal that some clients send
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post(
+            "/v2/models/digits/infer", content=raw, headers={"content-type": "application/json"}
+        )
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+
+
+def test_unknown_model_bad_json_and_big_body(server):
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post("/v2/models/nope/infer", json={"inputs": []})
+        assert r.status_code == 404 and "digits" in r.json()["error"]
+        r = c.post(
+            "/v2/models/digits/infer",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+        r = c.post(
+            "/v2/models/digits/infer",
+            content=b"x" * (17 * 2**20),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 413
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server, digits_package, digits):
+    Xte = digits[1]
+    expected = nimbleml.load(digits_package).predict(Xte[:64])
+    results: dict[int, np.ndarray] = {}
+    errors = []
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for k in range(i, 64, 16):
+                r = c.post(
+                    "/v2/models/digits/infer", json=v2_body(Xte[k : k + 1] + 1e-3 * k)
+                )  # distinct: no cache hits
+                if r.status_code != 200:
+                    errors.append(r.text)
+                    continue
+                results[k] = np.asarray(r.json()["outputs"][0]["data"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 64
+    for k, got in results.items():
+        ref = nimbleml.load(digits_package).predict(Xte[k : k + 1] + 1e-3 * k)[0]
+        assert np.allclose(got, ref, atol=1e-4)
+    with httpx.Client(base_url=server.url) as c:
+        text = c.get("/metrics").text
+    assert "nimbleml_server_digits" in text and 'nimbleml_predictions_total{model="digits"}' in text
+    sizes = [
+        line
+        for line in text.splitlines()
+        if line.startswith('nimbleml_server_digits{key="batch_size_')
+    ]
+    assert sizes  # a batch-size histogram, with the reasons beside it
+    assert 'key="batches_idle"' in text
+    del expected
+
+
+def test_full_queue_answers_503_at_once_and_loses_nothing(digits_package, digits):
+    Xte = digits[1]
+    app = create_app(
+        {"digits": digits_package}, ServeConfig(max_batch_size=1, max_queue=1, cache_mb=0)
+    )
+    statuses: list[int] = []
+    retry = []
+    with ServerThread(app) as s:
+
+        def client(i: int) -> None:
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                for k in range(10):
+                    r = c.post("/v2/models/digits/infer", json=v2_body(Xte[k : k + 1] * (i + 1)))
+                    statuses.append(r.status_code)
+                    if r.status_code == 503:
+                        retry.append(r.headers.get("retry-after"))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(statuses) == 120  # every request got an answer
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) > 0 and statuses.count(200) > 0
+    assert set(retry) == {"1"}
+
+
+def test_api_key(digits_package, digits):
+    app = create_app({"digits": digits_package}, ServeConfig(api_key="s3cret"))
+    with ServerThread(app) as s, httpx.Client(base_url=s.url) as c:
+        body = v2_body(digits[1][:1])
+        assert c.post("/v2/models/digits/infer", json=body).status_code == 401
+        ok = c.post(
+            "/v2/models/digits/infer", json=body, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert ok.status_code == 200
+
+
+def test_cli_serves_and_stops_on_sigterm(digits_package, digits, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from .conftest import free_port
+
+    port = free_port()
+    exe = str(Path(sys.executable).with_name("nimbleml"))
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([exe, "serve", f"digits={digits_package}", "--port", str(port), "--max-wait-ms", "1"],
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, (
+                tmp_path / "serve.log"
+            ).read_text()
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/v2/models/digits/infer", json=v2_body(digits[1][:1]))
+        assert r.status_code == 200
+        os.kill(proc.pid, signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal: exit by SIGTERM, no traceback
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_bad_server_settings(digits_package):
+    from nimbleml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        ServeConfig(max_batch_size=0)
+    from typer.testing import CliRunner
+
+    from nimbleml.cli import app
+
+    res = CliRunner().invoke(app, ["serve", f"a={digits_package}", f"a={digits_package}"])
+    assert res.exit_code == 2 and "two packages are named 'a'" in res.output
