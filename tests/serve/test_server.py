@@ -278,3 +278,61 @@ def test_bad_server_settings(digits_package):
 
     res = CliRunner().invoke(app, ["serve", f"a={digits_package}", f"a={digits_package}"])
     assert res.exit_code == 2 and "two packages are named 'a'" in res.output
+
+
+def test_hot_reload_under_load_fails_nothing(tmp_path, digits_package, digits):
+    import shutil
+    import time
+
+    from nimbleml.demo import train_mlp
+
+    Xtr, Xte, ytr, yte = digits
+    new_pkg = nimbleml.compress(train_mlp(Xtr, ytr, hidden=32, epochs=3, seed=7), quantize=None,
+                                val=(Xte, yte), benchmark_time_s=0.01).save(tmp_path / "v2.nimble")  # fmt: skip
+    broken = shutil.copytree(new_pkg, tmp_path / "broken.nimble")
+    with open(broken / "model.onnx", "ab") as fh:
+        fh.write(b"tampered")
+    old_ref = nimbleml.load(digits_package).predict(Xte[:1])
+    new_ref = nimbleml.load(new_pkg).predict(Xte[:1])
+    app = create_app({"digits": digits_package}, ServeConfig(cache_mb=0))
+    statuses: list[int] = []
+    stop = False
+    with ServerThread(app) as s:
+
+        def load_client() -> None:
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                while not stop:
+                    statuses.append(
+                        c.post("/v2/models/digits/infer", json=v2_body(Xte[:1])).status_code
+                    )
+
+        threads = [threading.Thread(target=load_client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            refused = c.post(
+                "/v2/repository/models/digits/load", json={"parameters": {"path": str(broken)}}
+            )
+            assert refused.status_code == 409 and "keeps serving" in refused.json()["error"]
+            before = np.asarray(
+                c.post("/v2/models/digits/infer", json=v2_body(Xte[:1])).json()["outputs"][0][
+                    "data"
+                ]
+            )
+            ok = c.post(
+                "/v2/repository/models/digits/load", json={"parameters": {"path": str(new_pkg)}}
+            )
+            assert ok.status_code == 200, ok.text
+            time.sleep(0.3)
+            after = np.asarray(
+                c.post("/v2/models/digits/infer", json=v2_body(Xte[:1])).json()["outputs"][0][
+                    "data"
+                ]
+            )
+        stop = True
+        for t in threads:
+            t.join()
+    assert np.allclose(before, old_ref[0], atol=1e-4)
+    assert np.allclose(after, new_ref[0], atol=1e-4)
+    assert len(statuses) > 20 and set(statuses) == {200}  # zero failed requests across the swap

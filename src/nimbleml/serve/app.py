@@ -159,8 +159,11 @@ def create_app(
 
     config = config or ServeConfig()
     monitor = monitor or ModelMonitor(store="sqlite:///:memory:", resources_interval_s=None)
-    entries: dict[str, ModelEntry] = {}
-    for name, obj in models.items():
+    sources: dict[str, Any] = dict(models)
+    draining: set[asyncio.Task[None]] = set()
+
+    def build_entry(name: str, obj: Any) -> ModelEntry:
+        """Open (and checksum) a package; raises NimbleError for a broken one."""
         pkg = obj if isinstance(obj, Package) else load(obj)
         entry_file = (
             pkg.manifest["model"]["path"]
@@ -169,19 +172,26 @@ def create_app(
         )
         digest = next(f["sha256"] for f in pkg.manifest["files"] if f["path"] == entry_file)
         model = pkg.model
-        entries[name] = ModelEntry(
+        return ModelEntry(
             name=name, model=model, version=pkg.manifest.get("created_at", "1"), content_hash=digest,
             batcher=DynamicBatcher(model.run, config.max_batch_size, config.max_wait_ms, config.max_queue),
             cache=make_cache(config.cache_mb) if config.cache_mb > 0 else None, keys=KeyMaker(digest),
         )  # fmt: skip
-        monitor.add_gauges(f"server_{name}", _gauges(entries[name]))
+
+    async def start_entry(entry: ModelEntry) -> None:
+        """Start its batcher and run one real inference: ready only after that."""
+        entry.batcher.start()
+        await entry.batcher.submit(_placeholder(entry.model.inputs))
+        entry.ready = True
+
+    entries: dict[str, ModelEntry] = {name: build_entry(name, obj) for name, obj in models.items()}
+    for name, entry in entries.items():
+        monitor.add_gauges(f"server_{name}", _gauges(entry))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         for entry in entries.values():
-            entry.batcher.start()
-            await entry.batcher.submit(_placeholder(entry.model.inputs))  # a real inference first
-            entry.ready = True
+            await start_entry(entry)
         yield
         for entry in entries.values():
             entry.ready = False
@@ -336,6 +346,35 @@ def create_app(
             raise HttpError(400, "feedback needs 'id' (the prediction id) and 'label'")
         monitor.record_ground_truth(str(body["id"]), body["label"])
         return {"accepted": True}
+
+    @app.post("/v2/repository/models/{name}/load")
+    async def load_model(name: str, request: Request) -> dict[str, Any]:
+        """Hot reload: open the new version, warm it up, then swap it in atomically; the
+        old version answers what it already accepted. A broken version is refused."""
+        body = await body_of(request) if int(request.headers.get("content-length") or 0) else {}
+        params = body.get("parameters") or {}
+        source = params.get("path") or sources.get(name)
+        if source is None:
+            raise HttpError(400, f"model '{name}' is new here: give parameters.path to its package")
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, build_entry, name, source)
+            await start_entry(new)
+        except Exception as exc:
+            detail = str(exc).splitlines()[0][:300]
+            raise HttpError(
+                409, f"new version of '{name}' refused, the old one keeps serving: {detail}"
+            ) from exc
+        old = entries.get(name)
+        entries[name] = new  # one assignment on the event loop: requests see old or new
+        sources[name] = source
+        monitor.add_gauges(f"server_{name}", _gauges(new))
+        if old is not None:
+            old.ready = False
+            task = loop.create_task(old.batcher.drain())
+            draining.add(task)  # keep a reference until it is done
+            task.add_done_callback(draining.discard)
+        return {"name": name, "version": new.version, "loaded": True}
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
