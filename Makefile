@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 # system packages the tests run against for real (Debian): redis-server for the Redis cache
-# tier, postgresql for the monitor's fleet store
+# tier, postgresql for the monitor's fleet store, chromium + chromium-driver for the dashboard
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck bench clean sysdeps
@@ -24,9 +24,11 @@ demo: $(STAMP)
 	$(BIN)/nimbleml demo --out nimble-demo
 
 sysdeps:
-	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if ! command -v redis-server >/dev/null || ! command -v chromedriver >/dev/null || \
+		! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server postgresql >/dev/null; fi
+		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server postgresql \
+			chromium chromium-driver >/dev/null; fi
 
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check src tests benchmarks

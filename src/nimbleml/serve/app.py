@@ -152,7 +152,7 @@ def create_app(
     """A FastAPI app serving ``models`` (name -> Package or package path)."""
     require("fastapi", "nimbleml serve")
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
     from ..monitor import ModelMonitor, metrics_text
     from ..package import Package, _placeholder, load
@@ -375,6 +375,18 @@ def create_app(
             draining.add(task)  # keep a reference until it is done
             task.add_done_callback(draining.discard)
         return {"name": name, "version": new.version, "loaded": True}
+
+    @app.get("/dashboard")
+    async def dashboard() -> HTMLResponse:
+        from .dashboard import PAGE
+
+        return HTMLResponse(PAGE)
+
+    @app.get("/dashboard/data")
+    async def dashboard_json() -> dict[str, Any]:
+        from .dashboard import dashboard_data
+
+        return dashboard_data(entries, monitor)
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
