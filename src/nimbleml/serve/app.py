@@ -84,7 +84,8 @@ class ModelEntry:
             future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
             self.inflight[key] = future
         try:
-            out = await asyncio.wait_for(self.batcher.submit(feeds), timeout_s)
+            # queued synchronously: no reload or drain can slip in between lookup and queue
+            out = await asyncio.wait_for(self.batcher.enqueue(feeds), timeout_s)
         except TimeoutError:
             err = HttpError(504, f"inference ran over the {timeout_s * 1e3:.0f} ms timeout")
             if key is not None:
@@ -290,8 +291,8 @@ def create_app(
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> JSONResponse:
-        entry = entry_for(name)
         body = await body_of(request)
+        entry = entry_for(name)  # after the last await before submit: a reload cannot slip between
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise HttpError(400, "'inputs' must be a non-empty list of tensors")
@@ -310,8 +311,8 @@ def create_app(
 
     @app.post("/v1/models/{name}:predict")
     async def predict_v1(name: str, request: Request) -> JSONResponse:
-        entry = entry_for(name)
         body = await body_of(request)
+        entry = entry_for(name)
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
             raise HttpError(400, "'instances' must be a non-empty list")
@@ -340,8 +341,8 @@ def create_app(
 
     @app.post("/v2/models/{name}/feedback")
     async def feedback(name: str, request: Request) -> dict[str, Any]:
-        entry_for(name)
         body = await body_of(request)
+        entry_for(name)
         if "id" not in body or "label" not in body:
             raise HttpError(400, "feedback needs 'id' (the prediction id) and 'label'")
         monitor.record_ground_truth(str(body["id"]), body["label"])

@@ -87,8 +87,12 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, feeds: Feeds) -> list[np.ndarray]:
-        """Queue one request (any number of rows); raises QueueFull at once when it does
-        not fit, ServingError when the batcher is shutting down."""
+        """Queue one request and wait for its outputs."""
+        return await self.enqueue(feeds)
+
+    def enqueue(self, feeds: Feeds) -> asyncio.Future[list[np.ndarray]]:
+        """Queue one request (any number of rows) now, without yielding to the event loop;
+        raises QueueFull at once when it does not fit or the batcher is shutting down."""
         if self._closing:
             raise QueueFull("the server is shutting down")
         first = next(iter(feeds.values()))
@@ -103,7 +107,7 @@ class DynamicBatcher:
         self._queued_rows += rows
         assert self._wakeup is not None
         self._wakeup.set()
-        return await request.future
+        return request.future
 
     async def _next_batch(self) -> tuple[list[_Request], str]:
         assert self._wakeup is not None
@@ -112,6 +116,7 @@ class DynamicBatcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         first = self._queue.popleft()
+        self._busy = True  # a batch in hand counts as work: drain() must wait for it
         batch, rows = [first], first.rows
         self._take_matching(batch, first, rows)
         rows = sum(r.rows for r in batch)
@@ -154,7 +159,6 @@ class DynamicBatcher:
             for r in batch:
                 self.stats.queue_wait_s += started - r.enqueued
             feeds = {k: np.concatenate([r.feeds[k] for r in batch]) for k in batch[0].feeds}
-            self._busy = True
             try:
                 outputs = await loop.run_in_executor(self._executor, self.run, feeds)
                 bad = [o.shape[0] for o in outputs if np.ndim(o) == 0 or o.shape[0] != rows]
@@ -179,11 +183,16 @@ class DynamicBatcher:
                 offset += r.rows
 
     async def drain(self, timeout_s: float = 30.0) -> None:
-        """Refuse new requests, then wait until everything accepted has been answered."""
+        """Refuse new requests, then wait until everything accepted has been answered;
+        anything still waiting after ``timeout_s`` gets an error, never silence."""
         self._closing = True
         deadline = time.perf_counter() + timeout_s
         while (self._queue or self._busy) and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()
+        for r in self._queue:
+            if not r.future.done():
+                r.future.set_exception(ServingError("the server shut down before this request ran"))
+        self._queue.clear()
         self._executor.shutdown(wait=False)
