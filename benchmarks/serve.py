@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,14 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tests._net import free_port
+
 import nimbleml
 from _harness import table
 from nimbleml.demo import digits, train_mlp
 
 EXE = str(Path(sys.executable).with_name("nimbleml"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
