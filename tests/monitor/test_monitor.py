@@ -119,7 +119,7 @@ def test_alerts_need_evidence_persistence_and_respect_cooldown(tmp_path):
     rule = AlertRule("slow", "latency_p99", threshold=10.0, min_samples=50, for_windows=2,
                      clear_windows=2, cooldown_s=100, window_s=60, severity="critical")  # fmt: skip
     m = monitor(tmp_path, alerts=[rule], callbacks=[events.append])
-    now = time.time()
+    now = (time.time() // 60) * 60 + 1  # evaluations stay inside the records' window
     for _ in range(20):
         m.record(50.0)
     assert m.flush(now) == []  # 20 samples < min_samples: no verdict
