@@ -3,7 +3,9 @@ ratio see the same machine noise; medians of per-round medians."""
 
 from __future__ import annotations
 
+import argparse
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -50,3 +52,14 @@ def table(rows: list[list[object]], header: list[str]) -> str:
     ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def quick_args(doc: str | None) -> argparse.Namespace:
+    """The benchmarks' shared command line: --quick for fewer rounds; warnings muted."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter runs")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    return args

@@ -12,22 +12,21 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # for tests._net
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "runtime"))
 
 import nimbleml
-from _harness import side_by_side, table
+from _harness import quick_args, side_by_side, table
 from conftest import RedisServer, free_port
 from nimbleml.demo import digits, train_pipeline
 from nimbleml.runtime import DiskTier, MemoryTier, OptimizedPredictor, RedisTier, TieredCache
@@ -65,12 +64,7 @@ def miss_overhead(pkg, X, n: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
+    args = quick_args(__doc__)
     Xtr, Xte, ytr, yte = digits()
     pkg = nimbleml.compress(
         train_pipeline(Xtr, ytr), quantize=None, val=(Xte, yte), benchmark_time_s=0.01

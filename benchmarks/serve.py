@@ -9,14 +9,12 @@ share this machine's cores, so the generator's own cost is part of every figure.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import httpx
@@ -25,10 +23,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tests._net import free_port
+from tests._net import free_port, v2_body
 
 import nimbleml
-from _harness import table
+from _harness import quick_args, table
 from nimbleml.demo import digits, train_mlp
 
 EXE = str(Path(sys.executable).with_name("nimbleml"))
@@ -57,19 +55,6 @@ class Server:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def body(x: np.ndarray) -> dict:
-    return {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(x.shape),
-                "datatype": "FP32",
-                "data": x.reshape(-1).tolist(),
-            }
-        ]
-    }
 
 
 async def open_loop(url: str, bodies: list[dict], rate: float, duration_s: float) -> dict:
@@ -144,19 +129,14 @@ def sequential(url: str, bodies: list[dict], n: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    warnings.simplefilter("ignore")
+    args = quick_args(__doc__)
     dur = 2.0 if args.quick else 4.0
     Xtr, Xte, ytr, yte = digits()
     tmp = Path(tempfile.mkdtemp())
     mlp_pkg = nimbleml.compress(
         train_mlp(Xtr, ytr, hidden=512, epochs=5), quantize=None, val=(Xte, yte)
     ).save(tmp / "mlp.nimble")
-    bodies = [body(Xte[i : i + 1]) for i in range(200)]
+    bodies = [v2_body(Xte[i : i + 1]) for i in range(200)]
     rows = []
 
     # 1. overhead at concurrency 1: HTTP + nimbleml vs calling the model in process

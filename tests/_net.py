@@ -10,3 +10,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def v2_body(x, **extra) -> dict:  # type: ignore[no-untyped-def]
+    """An Open Inference Protocol request for one FP32 input named 'input'."""
+    return {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.reshape(-1).tolist(),
+            }
+        ],
+        **extra,
+    }

@@ -9,22 +9,9 @@ import pytest
 import nimbleml
 from nimbleml.monitor import ModelMonitor
 from nimbleml.serve import ServeConfig, create_app
+from tests._net import v2_body
 
 from .conftest import ServerThread
-
-
-def v2_body(x: np.ndarray, **extra) -> dict:
-    return {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(x.shape),
-                "datatype": "FP32",
-                "data": x.reshape(-1).tolist(),
-            }
-        ],
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")
