@@ -29,17 +29,24 @@ def test_codec_roundtrip_numbers_and_strings():
         decode(b"garbage!")
 
 
-def test_keys_depend_on_values_dtype_shape_and_model_only():
-    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+@pytest.mark.parametrize("rows", [2, 200], ids=["exact-key", "hashed-key"])
+def test_keys_depend_on_values_dtype_shape_and_model_only(rows):
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
     key = cache_key("model-a", {"X": x})
     assert key == cache_key("model-a", {"X": x.copy()})
     assert key == cache_key("model-a", {"X": x.astype(">f4")})  # byte order is canonicalised
     assert key == cache_key("model-a", {"X": np.asfortranarray(x)})
     assert key != cache_key("model-b", {"X": x})
     assert key != cache_key("model-a", {"X": x.astype(np.float64)})
-    assert key != cache_key("model-a", {"X": x.reshape(4, 2)})
+    assert key != cache_key("model-a", {"X": x.reshape(-1, 2)})
+    assert key != cache_key("model-a", {"Y": x})
+    changed = x.copy()
+    changed[-1, -1] += 1
+    assert key != cache_key("model-a", {"X": changed})
     maker = KeyMaker("model-a")
     assert maker({"X": x}) == key
+    assert maker({"X": x[:1]}) != key and maker({"X": x}) == key  # the spec switches back
+    assert maker({"X": x.astype(">f4")}) == key
     with pytest.raises(DataError, match="Python objects"):
         maker({"X": np.array([["a"]], dtype=object)})
 
@@ -79,6 +86,10 @@ def test_disk_tier_persists_expires_and_stays_bounded(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nimbleml.cache"):
         assert small.get(key) is None
     assert "unreadable" in caplog.text and not bad.exists()
+    long_key = KeyMaker("m")({"X": np.arange(64, dtype=np.float32)[None]})  # exact: 272 bytes
+    assert len(long_key) > 255
+    tier.put(long_key, outs(5.0))
+    assert tier.get(long_key)[1][0, 0] == 5.0  # the file name is a digest of the key
 
 
 def test_lower_tier_hits_are_promoted(tmp_path):

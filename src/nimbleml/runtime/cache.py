@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 from .._counters import peek
 from .._deps import require
 from ..errors import ConfigError
-from .codec import decode, encode
+from .codec import decode, encode, short_key
 
 Outputs = list[np.ndarray]
 log = logging.getLogger("nimbleml.cache")
@@ -159,7 +160,7 @@ class DiskTier(Tier):
         self._evict()
 
     def _path(self, key: bytes) -> Path:
-        return self.directory / f"{key.hex()}.nmc"
+        return self.directory / f"{short_key(key).hex()}.nmc"
 
     def get(self, key: bytes) -> Outputs | None:
         path = self._path(key)
@@ -272,7 +273,8 @@ class RedisTier(Tier):
         return result
 
     def get(self, key: bytes) -> Outputs | None:
-        data = self._call(lambda: self.client.get(self.prefix.encode() + key))
+        name = self.prefix.encode() + short_key(key)
+        data = self._call(lambda: self.client.get(name))
         if data is None:
             self.stats.misses += 1
             return None
@@ -285,10 +287,8 @@ class RedisTier(Tier):
         return out
 
     def put(self, key: bytes, outputs: Outputs) -> None:
-        data = encode(outputs)
-        self._call(
-            lambda: self.client.set(self.prefix.encode() + key, data, px=int(self.ttl_s * 1000))
-        )
+        data, name = encode(outputs), self.prefix.encode() + short_key(key)
+        self._call(lambda: self.client.set(name, data, px=int(self.ttl_s * 1000)))
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "available": self.available, "outages": self.outages}
@@ -298,13 +298,14 @@ class RedisTier(Tier):
 
 
 class _Flight:
-    """One model call in progress; followers wait on an event made only when one arrives."""
+    """One model call in progress. Its lock is held by the leader until the result (or the
+    error) is set; followers wait by acquiring it: no event, no shared lock."""
 
-    __slots__ = ("error", "event", "finished", "result")
+    __slots__ = ("error", "lock", "result")
 
     def __init__(self) -> None:
-        self.event: threading.Event | None = None
-        self.finished = False
+        self.lock = _allocate_lock()
+        self.lock.acquire()
         self.result: Outputs | None = None
         self.error: BaseException | None = None
 
@@ -319,9 +320,19 @@ class TieredCache:
             raise ConfigError("a cache needs at least one tier")
         self.tiers = list(tiers)
         self._inflight: dict[bytes, _Flight] = {}
-        self._lock = threading.Lock()
-        self.computed = 0
-        self.coalesced = 0
+        self._single = len(self.tiers) == 1
+        # exact without a lock (itertools.count is atomic under the GIL)
+        self._computed, self._coalesced = itertools.count(), itertools.count()
+
+    @property
+    def computed(self) -> int:
+        """Model calls made through get_or_compute."""
+        return peek(self._computed)
+
+    @property
+    def coalesced(self) -> int:
+        """Callers that waited for another's identical model call instead of making one."""
+        return peek(self._coalesced)
 
     def get(self, key: bytes) -> Outputs | None:
         for i, tier in enumerate(self.tiers):
@@ -351,9 +362,9 @@ class TieredCache:
             # a leader that finished just before we registered has filled the first tier
             out = first.peek(key)
             if out is None:
-                if len(self.tiers) == 1:  # the common setup: memory only
+                if self._single:  # the common setup: memory only
                     out = compute(*args)
-                    self.computed += 1
+                    next(self._computed)
                     first.put(key, out)
                 else:
                     out = self._lookup_or_compute(key, compute, args)
@@ -363,21 +374,13 @@ class TieredCache:
             mine.error = exc
             raise
         finally:
-            with self._lock:
-                mine.finished = True
-                del self._inflight[key]
-                event = mine.event
-            if event is not None:
-                event.set()
+            del self._inflight[key]
+            mine.lock.release()
 
     def _follow(self, flight: _Flight) -> Outputs:
-        with self._lock:
-            self.coalesced += 1
-            if not flight.finished and flight.event is None:
-                flight.event = threading.Event()
-            event = None if flight.finished else flight.event
-        if event is not None:
-            event.wait()
+        next(self._coalesced)
+        flight.lock.acquire()  # returns once the leader is done
+        flight.lock.release()
         if flight.error is not None:
             raise flight.error
         assert flight.result is not None
@@ -394,7 +397,7 @@ class TieredCache:
                     upper.put(key, out)
                 return out
         out = compute(*args)
-        self.computed += 1
+        next(self._computed)
         self.put(key, out)
         return out
 

@@ -22,50 +22,74 @@ def canonical(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class KeyMaker:
-    """Cache keys for one model: keyed blake2b whose key is derived from the model's content
-    hash and each input's name, dtype (byte order canonical) and shape, over the input's
-    bytes; one C call for a single-input model. Nothing request-specific goes in."""
+SMALL_INPUT_BYTES = 256  # one-input requests up to this size are their own key
 
-    __slots__ = ("_hash", "_keys")
+
+class KeyMaker:
+    """Cache keys for one model. Each input's name, dtype (byte order canonical) and shape,
+    with the model's content hash, give a per-spec prefix; then the input's canonical bytes.
+    A one-input request of at most SMALL_INPUT_BYTES is keyed by prefix + its bytes (exact:
+    no hash to compute, no collision possible); larger or several inputs by keyed blake2b.
+    Nothing request-specific goes in. Lower tiers shorten long keys (see ``short_key``)."""
+
+    __slots__ = ("_hash", "_last", "_specs")
 
     def __init__(self, model_hash: str) -> None:
         self._hash = model_hash.encode()
-        self._keys: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+        self._specs: dict[tuple[str, np.dtype, tuple[int, ...]], _Spec] = {}
+        self._last: _Spec = ("", None, None, b"", b"", None)  # one-input fast path
 
-    def _key_for(self, name: str, arr: np.ndarray) -> bytes:
-        spec = (name, arr.dtype, arr.shape)
-        key = self._keys.get(spec)
-        if key is None:
+    def _spec(self, name: str, arr: np.ndarray) -> _Spec:
+        key = (name, arr.dtype, arr.shape)
+        spec = self._specs.get(key)
+        if spec is None:
             if arr.dtype.hasobject:
                 raise DataError(
                     f"input '{name}' holds Python objects; cache keys need numeric arrays"
                 )
-            header = f"{name}|{canonical(arr[:0]).dtype.str}|{arr.shape}".encode()
-            key = hashlib.blake2b(self._hash + b"\0" + header, digest_size=64).digest()
-            if len(self._keys) < 4096:
-                self._keys[spec] = key
-        return key
+            little = canonical(arr[:0]).dtype
+            header = f"{name}|{little.str}|{arr.shape}".encode()
+            secret = hashlib.blake2b(self._hash + b"\0" + header, digest_size=64).digest()
+            prefix = hashlib.blake2b(secret, digest_size=16, person=b"exact").digest()
+            swap = little if little != arr.dtype else None
+            spec = (name, arr.dtype, arr.shape, secret, prefix, swap)
+            if len(self._specs) < 4096:
+                self._specs[key] = spec
+        return spec
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> bytes:
         if len(feeds) == 1:
             for name, arr in feeds.items():
-                return hashlib.blake2b(
-                    _data(arr), digest_size=16, key=self._key_for(name, arr)
-                ).digest()
+                spec = self._last
+                if arr.dtype is not spec[1] or arr.shape != spec[2] or name != spec[0]:
+                    spec = self._last = self._spec(name, arr)
+                if spec[5] is not None:
+                    arr = arr.astype(spec[5])
+                if arr.nbytes <= SMALL_INPUT_BYTES:
+                    return spec[4] + arr.tobytes()  # tobytes is C order for any layout
+                return hashlib.blake2b(_data(arr), digest_size=16, key=spec[3]).digest()
         h = hashlib.blake2b(self._hash, digest_size=16)
         for name in sorted(feeds):
             arr = feeds[name]
-            h.update(self._key_for(name, arr))
+            h.update(self._spec(name, arr)[3])
             h.update(_data(arr))
         return h.digest()
+
+
+# (name, dtype, shape, 64-byte hash key, 16-byte exact-key prefix, little-endian dtype or None)
+_Spec = tuple[str, Any, Any, bytes, bytes, Any]
+
+
+def short_key(key: bytes) -> bytes:
+    """A key of at most 32 bytes for tiers outside the process (file names, Redis)."""
+    return key if len(key) <= 32 else hashlib.blake2b(key, digest_size=32).digest()
 
 
 def _data(arr: np.ndarray) -> Any:
     """The bytes to hash: the array's own buffer when it is little-endian and contiguous."""
     if arr.dtype.byteorder == ">" or not arr.flags.c_contiguous:
         arr = canonical(arr)
-    return arr.data
+    return arr
 
 
 def cache_key(model_hash: str, feeds: Mapping[str, np.ndarray]) -> bytes:
