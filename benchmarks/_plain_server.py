@@ -1,4 +1,9 @@
-"""A plain FastAPI endpoint calling the same model, for the side-by-side comparison."""
+"""A plain FastAPI endpoint calling the same model, for the side-by-side comparison: what
+a team would write by hand (one JSON route, the model called in the handler, no batching,
+no cache, no queue limit). Same uvicorn (with uvloop and httptools) as nimbleml serve.
+
+    python benchmarks/_plain_server.py PACKAGE --port PORT
+"""
 
 import sys
 
@@ -14,12 +19,18 @@ name = model.input_names[0]
 app = FastAPI()
 
 
+@app.get("/health")
+async def health() -> dict:
+    return {"ok": True}
+
+
 @app.post("/predict")
 async def predict(request: Request) -> dict:
     body = await request.json()
-    x = np.asarray(body["inputs"][0]["data"], dtype=np.float32).reshape(body["inputs"][0]["shape"])
+    tensor = body["inputs"][0]
+    x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
     out = model.run({name: x})
     return {"outputs": [{"data": np.asarray(out[0]).reshape(-1).tolist()}]}
 
 
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")

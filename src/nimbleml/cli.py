@@ -321,42 +321,51 @@ def report(
 @app.command()
 def serve(
     packages: list[str] = typer.Argument(
-        ..., help=".nimble packages; NAME=PATH to choose the model name"
+        None, help=".nimble packages; NAME=PATH to choose the model name"
     ),
-    host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
-    port: int = typer.Option(8000),
-    max_batch_size: int = typer.Option(32, help="samples per batch"),
-    max_wait_ms: float = typer.Option(
-        2.0, help="batching window, anchored on the first queued request"
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file with these settings (and 'models'); flags win"
     ),
-    max_queue: int = typer.Option(
-        1024, help="samples that may wait; beyond that 503 + Retry-After"
+    host: str | None = typer.Option(None, help="address to listen on [127.0.0.1]"),
+    port: int | None = typer.Option(None, help="[8000]"),
+    max_batch_size: int | None = typer.Option(None, help="samples per batch [32]"),
+    max_wait_ms: float | None = typer.Option(
+        None, help="batching window, anchored on the first queued request [2]"
     ),
-    timeout_ms: float = typer.Option(10_000, help="a request that runs over gets 504"),
-    cache_mb: float = typer.Option(256, help="memory cache in front of the batcher (0: none)"),
+    max_queue: int | None = typer.Option(
+        None, help="samples that may wait; beyond that 503 + Retry-After [1024]"
+    ),
+    timeout_ms: float | None = typer.Option(None, help="a request that runs over gets 504 [10000]"),
+    cache_mb: float | None = typer.Option(
+        None, help="memory cache in front of the batcher, 0 for none [256]"
+    ),
+    redis: str | None = typer.Option(
+        None, help="redis:// URL of a cache tier shared by workers and servers"
+    ),
+    monitor_store: str | None = typer.Option(
+        None, help="monitor store URL (sqlite:///file.db, postgresql://...) [in memory]"
+    ),
     api_key: str | None = typer.Option(None, help="require 'Authorization: Bearer KEY'"),
-    monitor_store: str = typer.Option("sqlite:///:memory:", help="monitor store URL"),
+    workers: int | None = typer.Option(None, help="worker processes sharing the port [1]"),
+    watch: bool | None = typer.Option(
+        None, "--watch/--no-watch", help="reload a model when its package folder changes"
+    ),
 ) -> None:
     """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
-    from .monitor import ModelMonitor
-    from .serve import ServeConfig, create_app
+    from .serve.launch import make_spec, run
 
     def go() -> None:
-        import uvicorn
-
-        models = {}
-        for item in packages:
-            name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
-            name = name or Path(path).name.removesuffix(".nimble")
-            if name in models:
-                raise ConfigError(
-                    f"two packages are named '{name}'; use NAME=PATH to tell them apart"
-                )
-            models[name] = path
-        config = ServeConfig(max_batch_size, max_wait_ms, max_queue, timeout_ms, cache_mb, api_key)
-        app = create_app(models, config, ModelMonitor(store=monitor_store))
-        _show(f"serving {', '.join(models)} on http://{host}:{port}")
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        given = {"models": packages or None, "host": host, "port": port,
+                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+                 "max_queue": max_queue, "timeout_ms": timeout_ms, "cache_mb": cache_mb,
+                 "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
+                 "workers": workers, "watch": watch}  # fmt: skip
+        spec = make_spec(given, config)
+        _show(
+            f"serving {', '.join(spec['models'])} on http://{spec['host']}:{spec['port']}"
+            + (f" with {spec['workers']} workers" if spec["workers"] > 1 else "")
+        )
+        run(spec)
 
     _guard(go)
 

@@ -45,3 +45,47 @@ def digits_package(tmp_path_factory, mlp, digits):
     # fp32: dynamic int8 scales activations per batch, so batched rows would differ slightly
     pkg = nimbleml.compress(mlp, quantize=None, val=(Xte, yte), benchmark_time_s=0.01)
     return pkg.save(tmp_path_factory.mktemp("serve") / "digits.nimble")
+
+
+class ServeProcess:
+    """`nimbleml serve ARGS` in its own process, ready when /v2/health/ready answers 200."""
+
+    def __init__(self, args: list[str], log_path) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        exe = str(Path(sys.executable).with_name("nimbleml"))
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([exe, "serve", *args, "--port", str(self.port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def __enter__(self) -> ServeProcess:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"serve did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

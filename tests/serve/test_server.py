@@ -216,42 +216,17 @@ def test_api_key(digits_package, digits):
 def test_cli_serves_and_stops_on_sigterm(digits_package, digits, tmp_path):
     import os
     import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
-    from .conftest import free_port
+    from .conftest import ServeProcess
 
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("nimbleml"))
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([exe, "serve", f"digits={digits_package}", "--port", str(port), "--max-wait-ms", "1"],
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, (
-                tmp_path / "serve.log"
-            ).read_text()
-            time.sleep(0.1)
-        r = httpx.post(f"{url}/v2/models/digits/infer", json=v2_body(digits[1][:1]))
+    args = [f"digits={digits_package}", "--max-wait-ms", "1"]
+    with ServeProcess(args, tmp_path / "serve.log") as s:
+        r = httpx.post(f"{s.url}/v2/models/digits/infer", json=v2_body(digits[1][:1]))
         assert r.status_code == 200
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(s.proc.pid, signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal: exit by SIGTERM, no traceback
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
-        assert "Traceback" not in (tmp_path / "serve.log").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        assert s.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in s.log()
 
 
 def test_bad_server_settings(digits_package):

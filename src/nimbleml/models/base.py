@@ -61,10 +61,18 @@ class Model(ABC):
     def feeds(self, x: Any) -> Feeds:
         """Normalise user input (array, tuple, dict, tensors) to feeds for this model."""
         fast = self.__dict__.get("_fast") or self._fast_path()
-        if fast[0] is not None and isinstance(x, np.ndarray):  # the common case, checked cheaply
+        if fast[0] is not None:  # the common cases, checked cheaply
             name, dtype, tail = fast
-            if x.dtype == dtype and x.shape[1:] == tail and x.flags.c_contiguous:
-                return {name: x}
+            arr = x if isinstance(x, np.ndarray) else None
+            if arr is None and type(x) is dict and len(x) == 1:
+                arr = x.get(name)
+            if (
+                isinstance(arr, np.ndarray)
+                and arr.dtype == dtype
+                and arr.shape[1:] == tail
+                and arr.flags.c_contiguous
+            ):
+                return {name: arr}
         specs = self.inputs
         feeds = as_feeds(x, [s.name for s in specs])
         check_shapes(feeds, specs)

@@ -343,8 +343,9 @@ class TieredCache:
                 return out
         return None
 
-    def put(self, key: bytes, outputs: Outputs) -> None:
-        for tier in self.tiers:
+    def put(self, key: bytes, outputs: Outputs, first: int = 0) -> None:
+        """Write to every tier (from index ``first``: 1 writes the tiers below memory)."""
+        for tier in self.tiers[first:]:
             tier.put(key, outputs)
 
     def get_or_compute(self, key: bytes, compute: Callable[..., Outputs], *args: Any) -> Outputs:

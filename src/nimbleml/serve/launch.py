@@ -1,0 +1,129 @@
+"""Starting a server: settings from the command line and/or a YAML file, one process or
+several worker processes (uvicorn's supervisor; they share the port and the Redis tier).
+
+A YAML file takes the command line's keys (dashes or underscores) and ``models``:
+
+    models: {digits: digits.nimble, iris: iris.nimble}   # or a list of paths / NAME=PATH
+    port: 8000
+    max-batch-size: 32
+    redis: redis://127.0.0.1:6379/0
+    workers: 2
+
+A flag given on the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .app import ServeConfig, create_app
+
+SPEC_ENV = "NIMBLEML_SERVE_SPEC"  # how the parent hands the settings to worker processes
+SERVER_KEYS = {"host": "127.0.0.1", "port": 8000, "workers": 1, "monitor_store": None,
+               "watch": False}  # fmt: skip
+CONFIG_KEYS = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The settings in a YAML file, keys normalised to underscores; unknown keys refused."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = {"models", *SERVER_KEYS, *CONFIG_KEYS}
+    unknown = sorted(set(out) - known)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return out
+
+
+def model_map(items: Any) -> dict[str, str]:
+    """{name: path} from NAME=PATH strings, plain paths (named after the folder) or a map."""
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    if isinstance(items, str):
+        items = [items]
+    models: dict[str, str] = {}
+    for item in items or []:
+        item = str(item)
+        name, _, path = item.partition("=") if "=" in item else ("", "", item)
+        name = name or Path(path).name.removesuffix(".nimble")
+        if name in models:
+            raise ConfigError(f"two packages are named '{name}'; use NAME=PATH to tell them apart")
+        models[name] = path
+    return models
+
+
+def make_spec(cli: dict[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:
+    """Everything a server process needs, as plain JSON-able values: command-line values
+    that were given (not None) over the file's, over the defaults; checked here."""
+    from_file = read_config(config_file) if config_file else {}
+    spec: dict[str, Any] = {**SERVER_KEYS, **CONFIG_KEYS}
+    for key in spec:
+        if cli.get(key) is not None:
+            spec[key] = cli[key]
+        elif key in from_file:
+            spec[key] = from_file[key]
+    models = model_map(cli.get("models") or from_file.get("models"))
+    if not models:
+        raise ConfigError("no packages to serve: give PACKAGE arguments or 'models' in --config")
+    for name, path in models.items():
+        if not (Path(path) / "manifest.json").is_file():
+            raise ConfigError(f"model '{name}': {path} is not a .nimble package (no manifest.json)")
+    spec["models"] = models
+    if not isinstance(spec["workers"], int) or spec["workers"] < 1:
+        raise ConfigError(f"workers must be a positive integer, got {spec['workers']!r}")
+    if spec["workers"] > 1 and spec["watch"]:
+        raise ConfigError("--watch reloads one process; use it with --workers 1")
+    server_config(spec)  # fails here, in the parent, rather than in every worker
+    return spec
+
+
+def server_config(spec: dict[str, Any]) -> ServeConfig:
+    try:
+        return ServeConfig(**{k: spec[k] for k in CONFIG_KEYS})
+    except TypeError as exc:
+        raise ConfigError(f"bad server setting: {exc}") from exc
+
+
+def build_app(spec: dict[str, Any]) -> Any:
+    from ..monitor import ModelMonitor
+
+    store = spec.get("monitor_store") or "sqlite:///:memory:"
+    monitor = ModelMonitor(store=store)
+    return create_app(spec["models"], server_config(spec), monitor, watch=bool(spec["watch"]))
+
+
+def worker_app() -> Any:
+    """uvicorn's factory in each worker process: the settings come from the parent."""
+    return build_app(json.loads(os.environ[SPEC_ENV]))
+
+
+def run(spec: dict[str, Any]) -> None:
+    import uvicorn
+
+    common = {"host": spec["host"], "port": spec["port"], "log_level": "warning",
+              "access_log": False}  # fmt: skip
+    if spec["workers"] == 1:
+        uvicorn.run(build_app(spec), **common)
+        return
+    os.environ[SPEC_ENV] = json.dumps(spec)
+    uvicorn.run("nimbleml.serve.launch:worker_app", factory=True, workers=spec["workers"], **common)

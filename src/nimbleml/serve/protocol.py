@@ -1,0 +1,196 @@
+"""Open Inference Protocol (KServe v2) tensors: JSON bodies and the binary tensor extension.
+
+Binary extension (the one Triton and tritonclient speak): the request body is a JSON header
+followed by raw tensor bytes; the header's length is in ``Inference-Header-Content-Length``;
+each binary input carries ``parameters.binary_data_size``; BYTES elements are a 4-byte
+little-endian length then the bytes. A client asks for binary outputs with
+``parameters.binary_data_output`` (all) or per output with ``parameters.binary_data``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+V2_TYPES = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+    "FP32": "float32", "FP64": "float64", "BYTES": "object",
+}  # fmt: skip
+NP_TO_V2 = {v: k for k, v in V2_TYPES.items()}
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class ProtocolError(DataError):
+    """A request that does not follow the protocol: answered 400 with this message."""
+
+
+def loads(raw: bytes | memoryview) -> Any:
+    import orjson
+
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:  # Python's json also reads the NaN / Infinity literals some clients send;
+            return json.loads(bytes(raw))  # the finite-values check then names the input
+        except ValueError:
+            raise ProtocolError(f"the body is not valid JSON ({exc})") from exc
+
+
+def dumps(obj: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def split_body(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """(JSON header, binary tail) of a v2 request; the tail is empty for plain JSON."""
+    if header_length is None:
+        body, tail = loads(raw), memoryview(b"")
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= len(raw):
+            raise ProtocolError(
+                f"Inference-Header-Content-Length {header_length!r} is not a length within "
+                f"the {len(raw)}-byte body"
+            )
+        view = memoryview(raw)
+        body, tail = loads(view[:n]), view[n:]
+    if not isinstance(body, dict):
+        raise ProtocolError("the body must be a JSON object")
+    return body, tail
+
+
+def input_tensors(body: dict[str, Any], tail: memoryview) -> dict[str, np.ndarray]:
+    """The request's inputs as arrays, checked (name, datatype, shape, size, finite)."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError("'inputs' must be a non-empty list of tensors")
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, item in enumerate(inputs):
+        name, arr, used = _tensor(item, i, tail, offset)
+        offset += used
+        if name in feeds:
+            raise ProtocolError(f"inputs[{i}]: input '{name}' is given twice")
+        feeds[name] = arr
+    if offset != len(tail):
+        raise ProtocolError(
+            f"the binary part holds {len(tail)} bytes but the inputs' binary_data_size "
+            f"add up to {offset}"
+        )
+    return feeds
+
+
+def _tensor(item: Any, index: int, tail: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+    where = f"inputs[{index}]"
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{where} must be an object with name, shape, datatype and data")
+    name = item.get("name")
+    if not isinstance(name, str):
+        raise ProtocolError(f"{where}.name is missing or not a string")
+    datatype = item.get("datatype")
+    if datatype not in V2_TYPES:
+        raise ProtocolError(f"{where}.datatype {datatype!r} is not one of {', '.join(V2_TYPES)}")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ProtocolError(f"{where}.shape must be a list of non-negative integers, got {shape!r}")
+    size = (item.get("parameters") or {}).get("binary_data_size")
+    used = 0
+    try:
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+                raise ProtocolError(
+                    f"{where} ('{name}'): binary_data_size {size!r} runs past the body's "
+                    f"{len(tail)} binary bytes"
+                )
+            chunk, used = tail[offset : offset + size], size
+            arr = _from_binary(chunk, datatype, shape)
+        elif "data" in item:
+            arr = np.asarray(item["data"], dtype=V2_TYPES[datatype]).reshape(shape)
+        else:
+            raise ProtocolError(f"{where}.data is missing (or parameters.binary_data_size)")
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(
+            f"{where} ('{name}'): data does not fit shape {shape} as {datatype} ({exc})"
+        ) from exc
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(f"{where} ('{name}') holds NaN or infinite values")
+    return name, arr, used
+
+
+def _from_binary(chunk: memoryview, datatype: str, shape: list[int]) -> np.ndarray:
+    if datatype == "BYTES":
+        items, pos, raw = [], 0, bytes(chunk)
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise ValueError("a BYTES element's 4-byte length is cut off")
+            (n,) = struct.unpack_from("<I", raw, pos)
+            items.append(raw[pos + 4 : pos + 4 + n].decode("utf-8", "replace"))
+            pos += 4 + n
+        return np.array(items, dtype=object).reshape(shape)
+    dtype = np.dtype(V2_TYPES[datatype]).newbyteorder("<")
+    count = int(np.prod(shape)) if shape else 1
+    if count * dtype.itemsize != len(chunk):
+        raise ValueError(f"{len(chunk)} bytes for {count} elements of {dtype.itemsize} bytes")
+    # a copy: the request's buffer goes away, and the batcher may concatenate it
+    return np.frombuffer(chunk, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape)
+
+
+_V2_OF_DTYPE = {np.dtype(v): k for k, v in V2_TYPES.items()}  # str(dtype) is slow
+
+
+def v2_datatype(arr: np.ndarray) -> str:
+    kind = _V2_OF_DTYPE.get(arr.dtype)
+    if kind is None:
+        kind = "BYTES" if arr.dtype.kind in "OUS" else "FP32"
+    return kind
+
+
+def output_tensors(
+    names: list[str], outputs: list[np.ndarray], body: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """(output objects, binary chunks) for a response: the requested outputs only, binary
+    where the request asked for it."""
+    wanted = {o.get("name"): o for o in body.get("outputs") or [] if isinstance(o, dict)}
+    all_binary = bool((body.get("parameters") or {}).get("binary_data_output"))
+    out, chunks = [], []
+    for name, arr in zip(names, outputs, strict=True):
+        if wanted and name not in wanted:
+            continue
+        arr = np.asarray(arr)
+        kind = v2_datatype(arr)
+        item: dict[str, Any] = {"name": name, "datatype": kind, "shape": list(arr.shape)}
+        asked = (wanted.get(name) or {}).get("parameters") or {}
+        if asked.get("binary_data", all_binary):
+            data = _to_binary(arr, kind)
+            item["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        elif kind == "BYTES":
+            item["data"] = arr.astype(str).reshape(-1).tolist()
+        elif kind == "FP16":
+            item["data"] = arr.astype(np.float32).reshape(-1)
+        else:
+            item["data"] = np.ascontiguousarray(arr).reshape(-1)
+        out.append(item)
+    return out, chunks
+
+
+def _to_binary(arr: np.ndarray, kind: str) -> bytes:
+    if kind == "BYTES":
+        parts = []
+        for v in arr.reshape(-1).tolist():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(struct.pack("<I", len(b)) + b)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
