@@ -300,6 +300,17 @@ class Server:
                     except HttpError as exc:
                         log.warning("%s", exc.message)
 
+    def check_room(self, name: str) -> None:
+        entry = self.entries.get(name)
+        if entry is not None and entry.batcher.queued_samples >= self.config.max_queue:
+            entry.batcher.stats.shed += 1
+            raise HttpError(
+                503,
+                f"queue full ({entry.batcher.queued_samples} of {self.config.max_queue} "
+                "samples waiting)",
+                {"Retry-After": "1"},
+            )
+
     def check_key(self, authorization: str | None) -> None:
         key = self.config.api_key
         if key is not None and authorization != f"Bearer {key}":
@@ -361,6 +372,7 @@ class HotPath:
             server.check_key(auth)
             if length is not None:
                 server.check_size(int(length))
+            server.check_room(name)  # a full queue answers before the body is parsed
             raw = await _read_body(receive, server.config.max_body_bytes)
             chunks: list[bytes] = []
             if v2:
