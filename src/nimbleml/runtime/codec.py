@@ -128,7 +128,3 @@ def decode(data: bytes) -> list[np.ndarray]:
         out.append(arr.reshape(item["shape"]))
         offset += n
     return out
-
-
-def nbytes(outputs: Sequence[np.ndarray]) -> int:
-    return sum(np.asarray(o).nbytes for o in outputs) + 64

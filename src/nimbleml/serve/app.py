@@ -366,7 +366,7 @@ class HotPath:
                 length = value
             elif key == b"authorization":
                 auth = value.decode("latin-1")
-            elif key == b"inference-header-content-length":
+            elif key == protocol.HEADER_LENGTH:
                 header_length = value.decode("latin-1")
         try:
             server.check_key(auth)
@@ -383,7 +383,7 @@ class HotPath:
             headers.append((b"x-prediction-id", pid.encode()))
             if chunks:
                 headers[0] = (b"content-type", b"application/octet-stream")
-                headers.append((b"inference-header-content-length", str(len(body)).encode()))
+                headers.append((protocol.HEADER_LENGTH, str(len(body)).encode()))
                 body = b"".join([body, *chunks])
             status = 200
         except _Disconnected:

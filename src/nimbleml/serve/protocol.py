@@ -23,7 +23,7 @@ V2_TYPES = {
     "FP32": "float32", "FP64": "float64", "BYTES": "object",
 }  # fmt: skip
 NP_TO_V2 = {v: k for k, v in V2_TYPES.items()}
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"  # as ASGI gives header names
 
 
 class ProtocolError(DataError):
