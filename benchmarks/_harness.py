@@ -54,12 +54,17 @@ def table(rows: list[list[object]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def quick_args(doc: str | None) -> argparse.Namespace:
-    """The benchmarks' shared command line: --quick for fewer rounds; warnings muted."""
+def quick_args(doc: str | None, parts: list[str] | None = None) -> argparse.Namespace:
+    """The benchmarks' shared command line: --quick for fewer rounds, --only PART... where a
+    benchmark has parts; warnings muted."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter runs")
+    if parts:
+        parser.add_argument(
+            "--only", nargs="+", choices=parts, default=parts, help="run only these parts"
+        )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     return args

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import sys
 import time
@@ -122,15 +123,16 @@ async def open_loop(
         else:
             idle.append(conn)
 
-    opened = 0
-
     async def connect() -> Connection:
         _, conn = await loop.create_connection(lambda: Connection(done), "127.0.0.1", port)
         return conn
 
-    warm = await asyncio.gather(*(connect() for _ in range(min(connections, 8))))
-    idle.extend(warm)
-    opened = len(warm)
+    # all connections open before the clock starts, as a client's pool would be
+    for first in range(0, connections, 64):
+        idle.extend(
+            await asyncio.gather(*(connect() for _ in range(first, min(connections, first + 64))))
+        )
+    opened, busiest = len(idle), 0
     start = time.perf_counter()
     for i, offset in enumerate(offsets):
         delay = start + offset - time.perf_counter()
@@ -138,10 +140,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         if idle:
             send(idle.pop(), i)
-        elif opened < connections:
-            opened += 1
-            conn = await connect()
-            send(conn, i)
+            busiest = max(busiest, opened - len(idle))
         else:
             waiting.append(i)
     sent_s = time.perf_counter() - start
@@ -149,7 +148,7 @@ async def open_loop(
         await asyncio.wait_for(asyncio.shield(all_done), grace)
     elapsed = time.perf_counter() - start
     return {"status": status, "latency_ms": latency, "elapsed_s": elapsed, "sending_s": sent_s,
-            "connections": opened}  # fmt: skip
+            "connections": opened, "busiest": busiest}  # fmt: skip
 
 
 async def closed_loop(port: int, requests: list[bytes], count: int) -> dict[str, Any]:
@@ -190,6 +189,7 @@ def main() -> None:
         bodies = [json.dumps(b).encode() for b in json.load(f)]
     headers = dict(h.split(":", 1) for h in args.header)
     requests = encode_requests(args.path, bodies, headers)
+    gc.disable()  # a collection's pause would count as the server's latency
     if args.mode == "open":
         job = open_loop(args.port, requests, args.rate, args.duration, args.connections, args.grace)
     else:

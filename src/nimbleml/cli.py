@@ -347,6 +347,9 @@ def serve(
     ),
     api_key: str | None = typer.Option(None, help="require 'Authorization: Bearer KEY'"),
     workers: int | None = typer.Option(None, help="worker processes sharing the port [1]"),
+    threads: int | None = typer.Option(
+        None, help="ONNX Runtime threads per model [the cores per worker, less one]"
+    ),
     watch: bool | None = typer.Option(
         None, "--watch/--no-watch", help="reload a model when its package folder changes"
     ),
@@ -359,7 +362,7 @@ def serve(
                  "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
                  "max_queue": max_queue, "timeout_ms": timeout_ms, "cache_mb": cache_mb,
                  "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
-                 "workers": workers, "watch": watch}  # fmt: skip
+                 "workers": workers, "threads": threads, "watch": watch}  # fmt: skip
         spec = make_spec(given, config)
         _show(
             f"serving {', '.join(spec['models'])} on http://{spec['host']}:{spec['port']}"

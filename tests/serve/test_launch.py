@@ -2,6 +2,8 @@
 reloading when a package folder changes."""
 
 import shutil
+import subprocess
+import sys
 import time
 
 import httpx
@@ -14,6 +16,7 @@ import nimbleml
 from nimbleml.cli import app as cli
 from nimbleml.errors import ConfigError
 from nimbleml.serve import ServeConfig, create_app
+from nimbleml.serve.app import serving_threads
 from nimbleml.serve.launch import make_spec
 from tests._net import v2_body
 from tests.runtime.conftest import RedisServer
@@ -27,6 +30,10 @@ def test_yaml_settings_with_flags_winning(tmp_path, digits_package):
     spec = make_spec({"port": 9100, "max_batch_size": None}, cfg)
     assert spec["models"] == {"digits": str(digits_package)}
     assert spec["max_batch_size"] == 8 and spec["port"] == 9100 and spec["max_wait_ms"] == 2.0
+    assert spec["threads"] is None  # one process: the server picks (the cores less one)
+    shared = make_spec({"workers": 2}, cfg)  # workers share the cores: each gets its part
+    assert shared["threads"] == serving_threads(None, workers=2)
+    assert make_spec({"workers": 2, "threads": 3}, cfg)["threads"] == 3
 
 
 @pytest.mark.parametrize(
@@ -38,6 +45,8 @@ def test_yaml_settings_with_flags_winning(tmp_path, digits_package):
         ("max-batch-size: 0\n", "max_batch_size and max_queue"),
         ("max-wait-ms: soon\n", "bad server setting"),
         ("workers: 0\n", "workers must be a positive integer"),
+        ("threads: 0\n", "threads must be a positive integer"),
+        ("threads: two\n", "threads must be a positive integer"),
     ],
 )
 def test_bad_yaml_is_refused_naming_the_setting(tmp_path, digits_package, text, message):
@@ -116,3 +125,13 @@ def test_watching_a_package_folder_reloads_it(tmp_path, digits_package, digits):
         got = np.asarray(now["outputs"][0]["data"])
     assert now["model_version"] != before["model_version"]
     assert np.allclose(got, new_ref[0], atol=1e-4)
+
+
+def test_server_process_tunes_the_collector():
+    code = (
+        "import gc; from nimbleml.serve.launch import tune_gc; tune_gc(); "
+        "print(gc.get_freeze_count(), gc.get_threshold()[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    frozen, gen0 = map(int, out.stdout.split())
+    assert frozen > 1000 and gen0 == 5000  # startup objects out of sight; fewer collections

@@ -1,5 +1,6 @@
 """nimbleml serve over real sockets with a real HTTP client."""
 
+import os
 import threading
 
 import httpx
@@ -139,6 +140,7 @@ def test_concurrent_requests_are_batched_and_all_answered(server, digits_package
     Xte = digits[1]
     expected = nimbleml.load(digits_package).predict(Xte[:64])
     results: dict[int, np.ndarray] = {}
+    ids: set[str] = set()
     errors = []
 
     def client(i: int) -> None:
@@ -151,6 +153,7 @@ def test_concurrent_requests_are_batched_and_all_answered(server, digits_package
                     errors.append(r.text)
                     continue
                 results[k] = np.asarray(r.json()["outputs"][0]["data"])
+                ids.add(r.headers["x-prediction-id"])
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
     for t in threads:
@@ -158,6 +161,7 @@ def test_concurrent_requests_are_batched_and_all_answered(server, digits_package
     for t in threads:
         t.join()
     assert not errors and len(results) == 64
+    assert len(ids) == 64  # every response its own prediction id
     for k, got in results.items():
         ref = nimbleml.load(digits_package).predict(Xte[k : k + 1] + 1e-3 * k)[0]
         assert np.allclose(got, ref, atol=1e-4)
@@ -234,6 +238,8 @@ def test_bad_server_settings(digits_package):
 
     with pytest.raises(ConfigError, match="max_batch_size"):
         ServeConfig(max_batch_size=0)
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        ServeConfig(threads=0)
     from typer.testing import CliRunner
 
     from nimbleml.cli import app
@@ -298,3 +304,42 @@ def test_hot_reload_under_load_fails_nothing(tmp_path, digits_package, digits):
     assert np.allclose(before, old_ref[0], atol=1e-4)
     assert np.allclose(after, new_ref[0], atol=1e-4)
     assert len(statuses) > 20 and set(statuses) == {200}  # zero failed requests across the swap
+
+
+def test_prediction_ids_unique_across_requests_and_processes():
+    import subprocess
+    import sys
+
+    from nimbleml.serve.app import new_id
+
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    prefix = ids[0].split("-")[0]
+    other = subprocess.run(
+        [sys.executable, "-c", "from nimbleml.serve.app import new_id; print(new_id())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert other.split("-")[0] != prefix
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked worker must not repeat the parent's ids
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100).decode().split("-")[0] != prefix
+
+
+def test_served_models_leave_the_event_loop_a_core(digits_package):
+    from nimbleml.serve.app import Server, serving_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert serving_threads(3) == 3  # given: used as is
+    assert serving_threads(None) == max(1, cores - 1)
+    assert serving_threads(None, tuned=1) == 1  # never above what the package was tuned for
+    assert serving_threads(None, workers=cores) == 1
+    monitor = ModelMonitor(store="sqlite:///:memory:", resources_interval_s=None)
+    entry = Server({"d": digits_package}, ServeConfig(threads=1), monitor).entries["d"]
+    options = entry.model.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monitor.close()

@@ -27,7 +27,9 @@ _ORT_TYPES = {
 }
 
 
-def session_options(threads: int | None = None, optimize: str = "all") -> Any:
+def session_options(threads: int | None = None, optimize: str = "all", spin: bool = True) -> Any:
+    """ONNX Runtime options. ``spin=False`` keeps idle intra-op workers from busy-waiting:
+    right for a server, whose event loop needs the core between batches."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -42,9 +44,10 @@ def session_options(threads: int | None = None, optimize: str = "all") -> Any:
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        if threads > 1:
-            # busy-waiting workers steal the core from the caller between small requests
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # busy-waiting workers steal the core from the caller between small requests
+        spin = spin and threads == 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
@@ -67,6 +70,7 @@ class OnnxModel(Model):
         providers: list[str] | None = None,
         threads: int | None = None,
         task: str | None = None,
+        spin: bool = True,
     ) -> None:
         if isinstance(model, bytes):
             self.data, self.path = model, None
@@ -78,6 +82,7 @@ class OnnxModel(Model):
         self.providers = providers
         self.threads = threads
         self.task = task
+        self.spin = spin
         self._session: Any = None
         self._specs: tuple[list[TensorSpec], list[TensorSpec]] | None = None
         self._runner: Any = None
@@ -98,7 +103,7 @@ class OnnxModel(Model):
         try:
             return ort.InferenceSession(
                 self.data,
-                session_options(self.threads),
+                session_options(self.threads, spin=self.spin),
                 providers=self.providers or default_providers(),
             )
         except Exception as exc:
@@ -107,8 +112,12 @@ class OnnxModel(Model):
                 f"ONNX Runtime cannot load this model{where}: {str(exc).splitlines()[0][:400]}"
             ) from exc
 
-    def with_threads(self, threads: int | None) -> OnnxModel:
-        clone = OnnxModel(self.data, providers=self.providers, threads=threads, task=self.task)
+    def with_threads(self, threads: int | None, spin: bool | None = None) -> OnnxModel:
+        """A new session over the same bytes, with other threading options."""
+        clone = OnnxModel(
+            self.data, providers=self.providers, threads=threads, task=self.task,
+            spin=self.spin if spin is None else spin,
+        )  # fmt: skip
         clone.path = self.path
         return clone
 

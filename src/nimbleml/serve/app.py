@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
+import os
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from .._deps import require
 from ..errors import ConfigError, DataError, NimbleError
 from ..inputs import Feeds
 from ..models.base import Model
+from ..models.onnx_model import OnnxModel
 from ..runtime.cache import TieredCache, make_cache
 from ..runtime.codec import KeyMaker
 from . import protocol
@@ -49,14 +52,50 @@ class ServeConfig:
     api_key: str | None = None
     max_body_bytes: int = 16 * 2**20
     redis: str | None = None  # a shared cache tier below memory (several workers share it)
+    threads: int | None = None  # ONNX Runtime threads per model; None: leave the loop a core
 
     def __post_init__(self) -> None:
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if self.max_batch_size < 1 or self.max_queue < 1:
             raise ConfigError("max_batch_size and max_queue must be at least 1 sample")
         if self.max_wait_ms < 0 or self.timeout_ms <= 0 or self.cache_mb < 0:
             raise ConfigError("max_wait_ms >= 0, timeout_ms > 0 and cache_mb >= 0 are required")
         if self.redis is not None and self.cache_mb <= 0:
             raise ConfigError("a Redis tier sits below the memory cache: give cache_mb > 0")
+
+
+class _PredictionIds:
+    """Prediction ids unique across processes and restarts without a system call each:
+    a random 48-bit prefix per process and a counter (uuid4 reads os.urandom for every
+    id, about 8 µs here)."""
+
+    def __init__(self) -> None:
+        self.renew()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self.prefix, self.count = secrets.token_hex(6), itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}-{next(self.count):x}"
+
+
+new_id = _PredictionIds()
+
+
+def serving_threads(threads: int | None, tuned: int | None = None, workers: int = 1) -> int:
+    """ONNX Runtime intra-op threads for a served model: ``threads`` when given; else the
+    cores this process may use, shared by ``workers`` processes, less one for the event
+    loop (which parses, admits and answers every request), at most what the package was
+    tuned for. On 2 cores that is 1: a second pool thread fights the loop for its core,
+    and rejections under overload wait behind it."""
+    if threads:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    auto = max(1, (cores or 1) // workers - 1)
+    return min(auto, tuned) if tuned else auto
 
 
 class HttpError(Exception):
@@ -160,6 +199,8 @@ class Server:
         )
         digest = next(f["sha256"] for f in pkg.manifest["files"] if f["path"] == entry_file)
         model = pkg.model
+        if isinstance(model, OnnxModel):  # idle workers must not spin on the event loop's core
+            model = model.with_threads(serving_threads(config.threads, model.threads), spin=False)
         cache = make_cache(config.cache_mb, redis_url=config.redis) if config.cache_mb > 0 else None
         return ModelEntry(
             name=name, model=model, version=pkg.manifest.get("created_at", "1"), content_hash=digest,
@@ -217,7 +258,7 @@ class Server:
         body, tail = protocol.split_body(raw, header_length)
         feeds = protocol.input_tensors(body, tail)
         entry = self.entry(name)  # again, last: a reload cannot slip in before the queue
-        pid = str(body.get("id") or uuid.uuid4())
+        pid = str(body.get("id") or new_id())
         out = await self.run(entry, feeds, pid)
         outputs, chunks = protocol.output_tensors(entry.model.output_names, out, body)
         response = {"model_name": name, "model_version": entry.version, "id": pid,
@@ -249,7 +290,7 @@ class Server:
         for k, v in feeds.items():
             if v.dtype.kind == "f" and not np.isfinite(v).all():
                 raise HttpError(400, f"'instances' hold NaN or infinite values for input '{k}'")
-        pid = str(body.get("id") or uuid.uuid4())
+        pid = str(body.get("id") or new_id())
         out = await self.run(entry, feeds, pid)
         return {"predictions": np.asarray(out[0]), "id": pid}, pid
 
