@@ -14,7 +14,9 @@ scheduled time on a free connection (at most ``connections``), else it waits for
 latency counts from the scheduled time, so a slow server cannot hide its queue (no
 coordinated omission). Stops by itself: what is unanswered ``--grace`` s after the last send
 counts as lost. ``closed``: one connection, one request at a time (latency of each).
-Prints one JSON object: statuses and latencies (ms) of every request, in send order.
+Prints one JSON object: statuses and latencies (ms) of every request, in send order; for
+``open`` also how late the generator itself sent each one (``send_lag_ms``, its own share
+of the latency) and the CPU seconds it used while sending and waiting (``cpu_s``).
 """
 
 from __future__ import annotations
@@ -103,7 +105,10 @@ async def open_loop(
     all_done = loop.create_future()
     start = 0.0
 
+    lag = [float("nan")] * n  # how late the generator itself sent each request
+
     def send(conn: Connection, i: int) -> None:
+        lag[i] = (time.perf_counter() - start - offsets[i]) * 1e3
         conn.send(i, requests[i % len(requests)])
 
     def done(conn: Connection, code: int) -> None:
@@ -133,7 +138,7 @@ async def open_loop(
             await asyncio.gather(*(connect() for _ in range(first, min(connections, first + 64))))
         )
     opened, busiest = len(idle), 0
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     for i, offset in enumerate(offsets):
         delay = start + offset - time.perf_counter()
         if delay > 0.0005:
@@ -147,8 +152,9 @@ async def open_loop(
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(all_done), grace)
     elapsed = time.perf_counter() - start
-    return {"status": status, "latency_ms": latency, "elapsed_s": elapsed, "sending_s": sent_s,
-            "connections": opened, "busiest": busiest}  # fmt: skip
+    cpu = time.process_time() - cpu0
+    return {"status": status, "latency_ms": latency, "send_lag_ms": lag, "elapsed_s": elapsed,
+            "sending_s": sent_s, "connections": opened, "busiest": busiest, "cpu_s": cpu}  # fmt: skip
 
 
 async def closed_loop(port: int, requests: list[bytes], count: int) -> dict[str, Any]:
