@@ -46,6 +46,8 @@ bench: $(STAMP) sysdeps
 	$(BIN)/python benchmarks/foundation.py
 	$(BIN)/python benchmarks/optimize.py
 	$(BIN)/python benchmarks/runtime.py
+	$(BIN)/python benchmarks/monitor.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) nimble-demo build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
