@@ -44,9 +44,8 @@ def session_options(threads: int | None = None, optimize: str = "all", spin: boo
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if not spin or (threads or 0) > 1:
         # busy-waiting workers steal the core from the caller between small requests
-        spin = spin and threads == 1
-    if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 

@@ -121,7 +121,7 @@ def tune_gc() -> None:
     the app) is moved out of the collector's sight, and the youngest generation is
     collected every 5,000 allocations rather than 700. Under overload each collection
     walks hundreds of open connections and queued requests. On the MLP overload benchmark
-    (4x capacity, one inference thread) the 503s' p99 was 41-61 ms with the default
+    (3,200 req/s, one inference thread) the 503s' p99 was 41-61 ms with the default
     collector, 5-8 ms frozen, 3-5 ms frozen with this threshold."""
     import gc
 
