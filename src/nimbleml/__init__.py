@@ -5,11 +5,14 @@
     pkg.save("model.nimble")
     best = nimbleml.optimize(model, val=(X, y), max_drop=0.01).best   # searched, verified, timed
     report = nimbleml.benchmark([model, pkg], X, batch_sizes=(1, 32))
+    predictor = nimbleml.OptimizedPredictor(model=pkg, batch_size=32, use_cache=True)
 
 Heavy dependencies (torch, scikit-learn, matplotlib) load only when a feature needs them.
 """
 
 __version__ = "0.1.0"
+
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .bench import BenchmarkReport, PerformanceMetrics, TimingConfig, benchmark
 from .compress import ModelCompressor, Quantization, compress, get_recipe
@@ -31,6 +34,32 @@ from .models import Model, load_model
 from .optimizer import OptimizationResult, optimize
 from .package import Package, load
 
+if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
+    from .monitor import ModelMonitor
+    from .runtime import EnsemblePredictor, OptimizedPredictor
+
+# in-process inference and monitoring, imported on first use (``import nimbleml`` stays cheap)
+_LAZY = {
+    "OptimizedPredictor": "runtime",
+    "EnsemblePredictor": "runtime",
+    "ModelMonitor": "monitor",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nimbleml' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "AccuracyBudgetError",
     "BenchmarkError",
@@ -38,12 +67,15 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "DataError",
+    "EnsemblePredictor",
     "MissingDependencyError",
     "Model",
     "ModelCompressor",
     "ModelLoadError",
+    "ModelMonitor",
     "NimbleError",
     "OptimizationResult",
+    "OptimizedPredictor",
     "Package",
     "PackageError",
     "PerformanceMetrics",

@@ -108,6 +108,33 @@ def test_time_budget_is_kept(mlp, digits):
     assert r.best_name.startswith("original")
 
 
+def test_the_budget_covers_everything_and_progress_names_each_candidate(mlp, digits):
+    import inspect
+    import time
+
+    assert inspect.signature(nimbleml.optimize).parameters["time_budget_s"].default == 180
+    _, Xte, _, yte = digits
+    events = []
+
+    def progress(c, best):
+        events.append((c.name, c.status))
+        if c.status == "running":
+            time.sleep(0.3)  # a slow callback: every candidate now costs at least 0.3 s
+
+    t0 = time.perf_counter()
+    r = nimbleml.optimize(mlp, (Xte, yte), time_budget_s=3, progress=progress, **FAST)
+    took = time.perf_counter() - t0
+    assert took < 3 + 2  # conversion and package included; one stage may overrun a little
+    assert any(c.reason and c.reason.startswith("time budget spent") for c in r.candidates)
+    started = [name for name, status in events if status == "running"]
+    finished = [name for name, status in events if status not in ("running", "baseline")]
+    assert started  # said while it ran, before the figures
+    for name in started:  # every start is followed by that candidate's result
+        i = events.index((name, "running"))
+        assert any(n == name and st != "running" for n, st in events[i + 1 :])
+    assert set(started) <= set(finished)
+
+
 def test_throughput_objective_picks_a_batch_size(pipeline, digits):
     _, Xte, _, yte = digits
     r = nimbleml.optimize(pipeline, (Xte, yte), objective="throughput", **FAST)

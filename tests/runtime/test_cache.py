@@ -47,8 +47,29 @@ def test_keys_depend_on_values_dtype_shape_and_model_only(rows):
     assert maker({"X": x}) == key
     assert maker({"X": x[:1]}) != key and maker({"X": x}) == key  # the spec switches back
     assert maker({"X": x.astype(">f4")}) == key
-    with pytest.raises(DataError, match="Python objects"):
-        maker({"X": np.array([["a"]], dtype=object)})
+    with pytest.raises(DataError, match="holds a dict"):
+        maker({"X": np.array([[{"a": 1}]], dtype=object)})
+
+
+def test_string_inputs_are_keyed_by_content():
+    texts = np.array(["free money now", "meeting at 10", "", "café 東京"], dtype=object)
+    maker = KeyMaker("model-a")
+    key = maker({"text": texts})
+    assert key == maker({"text": np.array(list(texts), dtype=object)})  # other objects
+    assert key == cache_key("model-a", {"text": texts.copy()})
+    assert key != maker({"text": texts[::-1].copy()})
+    # element boundaries count: ["ab", "c"] is not ["a", "bc"]
+    assert maker({"t": np.array(["ab", "c"], dtype=object)}) != maker(
+        {"t": np.array(["a", "bc"], dtype=object)}
+    )
+    assert maker({"t": np.array([None], dtype=object)}) != maker(
+        {"t": np.array([""], dtype=object)}
+    )
+    assert key != KeyMaker("model-b")({"text": texts})
+    # several named columns (a DataFrame model): strings and numbers together
+    cols = {"city": np.array([["Paris"]], dtype=object), "age": np.array([[31.0]], np.float32)}
+    assert maker(cols) == maker({k: v.copy() for k, v in cols.items()})
+    assert maker(cols) != maker({**cols, "city": np.array([["Lyon"]], dtype=object)})
 
 
 def test_memory_tier_is_an_lru_bounded_in_bytes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -13,8 +14,10 @@ from ..models.base import Model
 from ..package import Package, write_package
 from .base import Recipe, get_recipe
 from .pipeline import (
+    SyntheticInputsWarning,
     agreement,
     build,
+    caller_level,
     make_manifest,
     prepare,
     quick_bench,
@@ -179,6 +182,14 @@ class ModelCompressor:
         say("checking the result against the original")
         metric = resolve(self.metric, prepared.source.task) if prepared.val_feeds else None
         validation, fallback = validate(prepared, candidate, metric, cfg.max_drop)
+        validation["inputs"] = "validation" if prepared.val_feeds is not None else "example"
+        if prepared.synthetic:
+            note = (
+                f"verified on synthetic inputs only ({prepared.synthetic}); no accuracy was "
+                "measured: pass val=(X, y) to measure it"
+            )
+            validation.update(inputs="synthetic", note=note)
+            warnings.warn(note, SyntheticInputsWarning, stacklevel=caller_level())
         chosen = prepared.baseline if fallback else candidate
         say("timing")
         bench = quick_bench(

@@ -32,6 +32,21 @@ class ConversionWarning(UserWarning):
     """The model could not be converted to ONNX; its original form is packaged instead."""
 
 
+def caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside nimbleml."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("nimbleml"):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
+class SyntheticInputsWarning(UserWarning):
+    """The model was checked on inputs nimbleml made up: the conversion is proven, the
+    accuracy is not measured."""
+
+
 @dataclass
 class Prepared:
     """A model adapted, converted to a verified ONNX baseline, with its data as feeds."""
@@ -45,6 +60,7 @@ class Prepared:
     ctx: Context
     val_feeds: Feeds | None = None
     val_y: Any = None
+    synthetic: str | None = None  # how the inputs were made when the user gave none
     _reference: list[np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -124,6 +140,20 @@ def convert_verified(
     )
 
 
+def _synthetic(model: Any, trust_pickle: bool) -> tuple[Any, str]:
+    """Inputs inferred from an nn.Module's first layer, or ConfigError saying what to pass."""
+    from .._deps import loaded
+
+    torch = loaded("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        from ..models.torch_inputs import synthetic_inputs
+
+        return synthetic_inputs(model)
+    if isinstance(model, str | Path):
+        load_model(model, trust_pickle=trust_pickle)  # a missing or unreadable file first
+    raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
+
+
 def prepare(
     model: Any,
     example_inputs: Any,
@@ -137,10 +167,9 @@ def prepare(
     say = say or (lambda _msg: None)
     val_x, val_y = val_parts(val)
     example_raw = next((x for x in (example_inputs, calib, val_x) if x is not None), None)
+    synthetic = None
     if example_raw is None:
-        if isinstance(model, str | Path):
-            load_model(model, trust_pickle=trust_pickle)  # a missing or unreadable file first
-        raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
+        example_raw, synthetic = _synthetic(model, trust_pickle)
     say("adapting the model")
     source = load_model(model, head(example_raw), trust_pickle=trust_pickle)
     source.task = infer_task(source.task, val_y)
@@ -169,6 +198,7 @@ def prepare(
         warnings.warn(str(exc), ConversionWarning, stacklevel=3)
         baseline, conversion = source, {"converter": None, "reason": str(exc), "cases": []}
     return Prepared(
+        synthetic=synthetic,
         model_obj=model,
         source=source,
         baseline=baseline,

@@ -12,7 +12,9 @@ from ..models.base import Model
 from ..package import Package
 
 REPORT_SCHEMA = 1
-STATUSES = ("baseline", "ok", "over-budget", "slower", "failed", "skipped", "not-packageable")
+STATUSES = (
+    "baseline", "running", "ok", "over-budget", "slower", "failed", "skipped", "not-packageable",
+)  # fmt: skip
 
 
 @dataclass

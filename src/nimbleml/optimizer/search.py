@@ -34,6 +34,10 @@ CLEARLY_SLOWER = 1.5  # a probe this much slower than the best stops the candida
 PROBE_CALLS = 30
 PROBE_ROUNDS = 5
 TIE = 0.03  # latencies within 3% are a tie: the more accurate, then smaller, candidate wins
+DEFAULT_BUDGET_S = 180.0
+# the share of the budget kept back for what follows the last candidate: checking the best
+# against the original once more and writing its package (a 22M-parameter encoder: ~5 s)
+RESERVE, RESERVE_MIN_S, RESERVE_MAX_S = 0.05, 1.0, 15.0
 
 
 @dataclass
@@ -75,6 +79,13 @@ class _Search:
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
+
+    def cannot_afford(self, done: list[Candidate]) -> bool:
+        """True when the next candidate would likely run past the deadline: it is expected
+        to take as long as the median candidate evaluated so far."""
+        spent = sorted(c.seconds for c in done if c.status not in ("skipped", "baseline"))
+        expected = spent[len(spent) // 2] if spent else 0.0
+        return time.perf_counter() + expected > self.deadline
 
     # -- timing -----------------------------------------------------------------
     def _probe(self, model: Model, bs: int, calls: int = PROBE_CALLS) -> float:
@@ -140,10 +151,14 @@ class _Search:
         try:
             model, applied = build(self.p, spec.steps())
             c.recipe = [s.describe() for s in applied]
+            if self.out_of_time():  # between stages, so one candidate overruns by one stage
+                return self._stopped(c, "built", start)
             c.metric = self.p.metric_of(self.metric, model)
             c.drop = self.drop_of(c.metric)
             c.size_bytes, c.num_parameters = model.size_bytes(), model.num_parameters()
             c.cosine = min(a["cosine"] or 1.0 for a in agreement(self.p, model))
+            if self.out_of_time():
+                return self._stopped(c, "scored", start)
             if c.drop > self.max_drop:
                 c.status = "over-budget"
                 c.reason = f"{self.metric.name} drop {c.drop:.4g} > max_drop {self.max_drop:g}"
@@ -156,6 +171,12 @@ class _Search:
         except Exception as exc:  # a candidate that crashes is recorded, not fatal
             c.status = "failed"
             c.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        c.seconds = time.perf_counter() - start
+        return c
+
+    @staticmethod
+    def _stopped(c: Candidate, stage: str, start: float) -> Candidate:
+        c.status, c.reason = "skipped", f"time budget spent (stopped once {stage})"
         c.seconds = time.perf_counter() - start
         return c
 
@@ -209,7 +230,7 @@ def optimize(
     max_drop: float = 0.01,
     objective: str = "latency",
     batch_size: int = 1,
-    time_budget_s: float | None = None,
+    time_budget_s: float | None = DEFAULT_BUDGET_S,
     example_inputs: Any = None,
     *,
     calib: Any = None,
@@ -229,6 +250,10 @@ def optimize(
     ``batch_size``) or 'throughput' (samples/s at the best batch size). ``calib``:
     calibration inputs for static int8 (default: the validation inputs). ``try_compile``:
     also measure torch.compile (costs its compile time; reported, never packaged).
+    ``time_budget_s``: seconds for everything (conversion, verification, calibration,
+    timing, the package), 180 by default; None for no limit. Candidates that would not fit
+    are skipped and listed as such. ``progress(candidate, best_so_far)`` is called when a
+    candidate starts (status "running") and again when it has its figures.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
@@ -254,7 +279,7 @@ def optimize(
     s = _Search(
         p=p, metric=metric_obj, base_value=p.metric_of(metric_obj, p.source), max_drop=max_drop,
         relative=relative, objective=objective, batch_size=batch_size, exhaustive=exhaustive,
-        deadline=started + (time_budget_s or float("inf")), timing_s=timing_s,
+        deadline=_deadline(started, time_budget_s), timing_s=timing_s,
         say=progress or (lambda _c, _b: None),
     )  # fmt: skip
     baseline = Candidate(
@@ -273,7 +298,7 @@ def optimize(
     broken: dict[str, float] = {}  # family -> least aggressive level that broke the budget
     fits: dict[str, float] = {}  # family -> most aggressive level that fit it
     for spec in specs:
-        if s.out_of_time():
+        if s.out_of_time() or s.cannot_afford(candidates):
             candidates.append(Candidate(spec.name, reason="time budget spent"))
             continue
         if not s.exhaustive:
@@ -281,6 +306,7 @@ def optimize(
             if why:
                 candidates.append(Candidate(spec.name, reason=why))
                 continue
+        s.say(Candidate(spec.name, status="running"), s.best)
         c = s.evaluate(spec)
         candidates.append(c)
         s.say(c, s.best)
@@ -307,6 +333,14 @@ def optimize(
     best = s.best
     assert best is not None and best.model is not None
     return _result(s, best, baseline, candidates, started, metric_obj, max_drop)
+
+
+def _deadline(started: float, budget: float | None) -> float:
+    """When candidates must stop, keeping back a reserve for writing the result."""
+    if budget is None:
+        return float("inf")
+    reserve = min(RESERVE_MAX_S, max(RESERVE_MIN_S, RESERVE * budget))
+    return started + max(budget - reserve, budget / 2)
 
 
 def _torch_compile(s: _Search) -> Candidate:

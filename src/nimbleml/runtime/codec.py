@@ -43,15 +43,13 @@ class KeyMaker:
         key = (name, arr.dtype, arr.shape)
         spec = self._specs.get(key)
         if spec is None:
-            if arr.dtype.hasobject:
-                raise DataError(
-                    f"input '{name}' holds Python objects; cache keys need numeric arrays"
-                )
             little = canonical(arr[:0]).dtype
             header = f"{name}|{little.str}|{arr.shape}".encode()
             secret = hashlib.blake2b(self._hash + b"\0" + header, digest_size=64).digest()
             prefix = hashlib.blake2b(secret, digest_size=16, person=b"exact").digest()
-            swap = little if little != arr.dtype else None
+            swap: Any = (
+                _OBJECTS if arr.dtype.hasobject else (little if little != arr.dtype else None)
+            )
             spec = (name, arr.dtype, arr.shape, secret, prefix, swap)
             if len(self._specs) < 4096:
                 self._specs[key] = spec
@@ -64,6 +62,10 @@ class KeyMaker:
                 if arr.dtype is not spec[1] or arr.shape != spec[2] or name != spec[0]:
                     spec = self._last = self._spec(name, arr)
                 if spec[5] is not None:
+                    if spec[5] is _OBJECTS:  # strings (text models, categorical columns)
+                        return hashlib.blake2b(
+                            object_bytes(arr, name), digest_size=16, key=spec[3]
+                        ).digest()
                     arr = arr.astype(spec[5])
                 if arr.nbytes <= SMALL_INPUT_BYTES:
                     return spec[4] + arr.tobytes()  # tobytes is C order for any layout
@@ -76,7 +78,8 @@ class KeyMaker:
         return h.digest()
 
 
-# (name, dtype, shape, 64-byte hash key, 16-byte exact-key prefix, little-endian dtype or None)
+# (name, dtype, shape, 64-byte hash key, 16-byte exact-key prefix, little-endian dtype to
+# cast to, _OBJECTS for an array of Python objects, or None)
 _Spec = tuple[str, Any, Any, bytes, bytes, Any]
 
 
@@ -85,8 +88,35 @@ def short_key(key: bytes) -> bytes:
     return key if len(key) <= 32 else hashlib.blake2b(key, digest_size=32).digest()
 
 
+_OBJECTS = "objects"  # marks an input of Python objects in a spec's last field
+
+
+def object_bytes(arr: np.ndarray, name: str = "") -> bytes:
+    """The content of an object array (strings, bytes, None, floats such as a missing NaN)
+    as unambiguous bytes: a type tag, a length, the value, per element in C order."""
+    parts = []
+    for v in arr.reshape(-1).tolist():
+        if isinstance(v, str):
+            b = v.encode("utf-8", "surrogatepass")
+            parts.append(b"s" + struct.pack("<I", len(b)) + b)
+        elif isinstance(v, bytes):
+            parts.append(b"b" + struct.pack("<I", len(v)) + v)
+        elif v is None:
+            parts.append(b"n")
+        elif isinstance(v, bool | int | float):
+            parts.append(b"f" + struct.pack("<d", float(v)))
+        else:
+            raise DataError(
+                f"input '{name}' holds a {type(v).__name__}; object inputs may hold strings, "
+                "bytes, numbers or None"
+            )
+    return b"".join(parts)
+
+
 def _data(arr: np.ndarray) -> Any:
     """The bytes to hash: the array's own buffer when it is little-endian and contiguous."""
+    if arr.dtype.hasobject:
+        return object_bytes(arr)
     if arr.dtype.byteorder == ">" or not arr.flags.c_contiguous:
         arr = canonical(arr)
     return arr

@@ -86,6 +86,9 @@ def _resolve(model_or_package: Any, example_inputs: Any) -> tuple[Model, str, st
 class OptimizedPredictor:
     """Batched, cached, measured predictions from one model.
 
+    ``model``: a Package, a package path, a Model, or a framework model (with
+    ``example_inputs`` where it needs them).
+
     ``predict(x)`` runs one request (any batch) through the cache; ``predict_batch(X)``
     splits X into ``batch_size`` chunks and runs them without caching. ``cache`` takes a
     TieredCache (memory, disk, Redis tiers); otherwise a memory tier of ``cache_size_mb``.
@@ -95,19 +98,30 @@ class OptimizedPredictor:
 
     def __init__(
         self,
-        model_or_package: Any,
+        model: Any = None,
         batch_size: int = 32,
         use_cache: bool = True,
         cache_size_mb: float = 500,
         cache: TieredCache | None = None,
         monitor: Any = None,
         example_inputs: Any = None,
+        *,
+        model_or_package: Any = None,
     ) -> None:
+        if model_or_package is not None:  # the parameter's earlier name, still accepted
+            if model is not None:
+                raise ConfigError("pass the model once: model=, not also model_or_package=")
+            model = model_or_package
+        if model is None:
+            raise ConfigError(
+                "OptimizedPredictor needs a model: a .nimble package (or its path), an "
+                "nn.Module, a scikit-learn estimator or an ONNX file"
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.use_cache = use_cache
-        self.model, self.model_hash, self.name = _resolve(model_or_package, example_inputs)
+        self.model, self.model_hash, self.name = _resolve(model, example_inputs)
         self.cache = (cache or make_cache(cache_size_mb)) if use_cache else None
         self._key = KeyMaker(self.model_hash)
         self.monitor = monitor
