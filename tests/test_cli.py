@@ -116,3 +116,121 @@ def test_demo_runs_end_to_end(tmp_path):
     for name in ("mlp", "pipeline"):
         assert (tmp_path / f"{name}.nimble" / "manifest.json").is_file()
         assert (tmp_path / f"{name}-report" / "comparison.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def ensemble_files(tmp_path_factory, pipeline, digits):
+    """Three scikit-learn packages on digits, the validation data and a YAML config."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    import nimbleml
+
+    d = tmp_path_factory.mktemp("ensemble")
+    Xtr, Xte, ytr, yte = digits
+    np.savez(d / "val.npz", X=Xte, y=yte)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings of the short fits
+        models = [pipeline] + [
+            LogisticRegression(C=c, max_iter=200).fit(Xtr, ytr) for c in (0.05, 0.5)
+        ]
+    for name, model in zip("abc", models, strict=True):
+        nimbleml.compress(model, quantize=None, val=(Xte, yte), benchmark_time_s=0.01).save(
+            d / f"{name}.nimble"
+        )
+    (d / "ensemble.yaml").write_text(
+        "inference:\n  batch_size: 100\n  parallel: false\n"
+        f"ensemble:\n  models: [{d / 'a.nimble'}, {d / 'b.nimble'}, {d / 'c.nimble'}]\n"
+        "  fusion_method: weighted\n  weights: [2, 1, 1]\n"
+    )
+    return d
+
+
+def test_ensemble_with_flags_writes_predictions(ensemble_files, digits):
+    d = ensemble_files
+    res = runner.invoke(app, [
+        "ensemble", str(d / "a.nimble"), str(d / "b.nimble"), str(d / "c.nimble"),
+        "--data", str(d / "val.npz"), "--fusion", "uncertainty_weighted", "--batch-size", "64",
+        "--mode", "fused", "-o", str(d / "preds.npz"),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "ensemble of 3: a, b, c" in res.output and "ran fused" in res.output
+    assert "540 rows in batches of 64" in res.output
+    assert "accuracy: ensemble 0.9" in res.output and "members: a 0.9" in res.output
+    assert "mean uncertainty: 0.0" in res.output
+    with np.load(d / "preds.npz") as z:
+        assert set(z.files) == {"scores", "labels", "uncertainty"}
+        assert z["scores"].shape == (540, 10) and z["uncertainty"].shape == (540,)
+        assert np.array_equal(z["labels"], z["scores"].argmax(1))
+        assert (z["labels"] == digits[3]).mean() > 0.9
+
+
+def test_ensemble_from_yaml_where_flags_win(ensemble_files):
+    d = ensemble_files
+    res = runner.invoke(app, ["ensemble", "--config", str(d / "ensemble.yaml"), "--data",
+                              str(d / "val.npz")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "fusion: weighted; ran sequential; 540 rows in batches of 100" in res.output
+    res = runner.invoke(app, ["ensemble", "--config", str(d / "ensemble.yaml"), "--data",
+                              str(d / "val.npz"), "--batch-size", "50", "--fusion", "vote",
+                              "--parallel"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "fusion: vote; ran " in res.output and "in batches of 50" in res.output
+    assert "first batch, ms per call: threaded" in res.output and "fused" in res.output
+
+
+def test_ensemble_benchmark_prints_the_table(ensemble_files):
+    d = ensemble_files
+    res = runner.invoke(app, [
+        "ensemble", str(d / "a.nimble"), str(d / "b.nimble"), "--data", str(d / "val.npz"),
+        "--batch-size", "32", "--benchmark", "--time-budget", "0.05",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("way"))
+    assert lines[header].split() == [
+        "way",
+        "batch",
+        "p50",
+        "ms",
+        "p99",
+        "ms",
+        "n",
+        "vs",
+        "sequential",
+    ]
+    ways = [" ".join(line.split()[:2]) for line in lines[header + 2 : header + 12]]
+    assert ways == ["member 0:", "member 1:", "sequential 1", "threaded 1", "fused 1",
+                    "member 0:", "member 1:", "sequential 32", "threaded 32", "fused 32"]  # fmt: skip
+    fused_rows = [line for line in lines if line.startswith("fused ")]
+    assert [r.split()[1] for r in fused_rows] == ["1", "32"] and all("x" in r for r in fused_rows)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "args", "message"),
+    [
+        ("inference:\n  batchsize: 4\n", [], "unknown setting 'inference.batchsize'"),
+        ("serving:\n  port: 1\n", [], "unknown section 'serving'"),
+        ("inference: [1, 2\n", [], "is not valid YAML"),
+        ("inference:\n  batch_size: 0\n", [], "inference.batch_size must be a positive integer"),
+        ("ensemble:\n  fusion_method: max\n", [], "ensemble.fusion_method must be one of: mean"),
+        ("inference:\n  parallel: maybe\n", [], "inference.parallel must be true or false"),
+        ("", ["--mc-samples", "4"], "mc_samples needs PyTorch members with dropout"),
+        ("", ["--mode", "turbo"], "--mode must be one of: auto"),
+        ("", ["--fusion", "weighted", "--weights", "1,x"], "--weights takes comma-separated"),
+        ("", ["--fusion", "weighted", "--weights", "1,2"], "one weight per member (3)"),
+    ],
+)
+def test_ensemble_user_errors_are_one_line_and_exit_2(ensemble_files, tmp_path, yaml_text, args,
+                                                      message):  # fmt: skip
+    d = ensemble_files
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    res = runner.invoke(app, [
+        "ensemble", str(d / "a.nimble"), str(d / "b.nimble"), str(d / "c.nimble"),
+        "--data", str(d / "val.npz"), "--config", str(config), *args,
+    ])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1

@@ -44,11 +44,10 @@ def test_parallel_gives_the_same_answer_and_picks_a_mode(members, digits):
         EnsemblePredictor(members, parallel=False) as seq,
     ):
         a, b = par.predict(Xte), seq.predict(Xte)
-        assert par.mode in ("parallel", "sequential") and set(par.timings_ms) == {
-            "parallel",
-            "sequential",
-        }
-        assert seq.mode == "sequential"
+        # the members are ONNX packages with the same input: fused is a candidate too
+        assert par.mode in ("parallel", "sequential", "fused")
+        assert set(par.timings_ms) == {"parallel", "sequential", "fused"}
+        assert seq.mode == "sequential" and seq.fused is None
     assert np.allclose(a.scores, b.scores, atol=1e-5)
 
 
@@ -103,3 +102,56 @@ def test_ensemble_arguments(members, pipeline, digits):
         EnsemblePredictor(members, mc_samples=4)
     mixed = EnsemblePredictor([OptimizedPredictor(pipeline), members[0]], parallel=False)
     assert mixed.predict(digits[1][:5]).scores.shape == (5, 10)  # sklearn probabilities + softmax
+
+
+def _dropout_net(seed: int):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 3)
+    ).eval()
+
+
+def test_monte_carlo_dropout_is_honest_about_what_can_run_it(members, digits, tmp_path):
+    Xte = digits[1][:8]
+    with pytest.raises(ConfigError, match=r"member 0 \(.*\) is a onnx model"):
+        EnsemblePredictor(members, mc_samples=4)
+    traced = [torch.jit.trace(_dropout_net(s), torch.from_numpy(Xte)) for s in range(2)]
+    with pytest.raises(ConfigError, match="traced in eval mode"):
+        EnsemblePredictor(traced, mc_samples=4, example_inputs=Xte)
+    nodrop = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(64, 3)).eval())
+    with pytest.raises(ConfigError, match="member 1 .* has no dropout"):
+        EnsemblePredictor([torch.jit.script(_dropout_net(0)), nodrop], mc_samples=4,
+                          example_inputs=Xte)  # fmt: skip
+    scripted = [torch.jit.script(_dropout_net(s)) for s in range(2)]
+    with EnsemblePredictor(scripted, mc_samples=6, example_inputs=Xte) as ens:
+        out = ens.predict(Xte)
+        assert ens.fused is None and "cannot be fused" in (ens.fused_unavailable or "")
+    assert out.uncertainty.shape == (8,) and np.all(out.uncertainty > 0)
+
+
+def test_torch_and_sklearn_members_fuse_across_opsets(members, pipeline, digits):
+    """torch export (ai.onnx 17, ONNX Runtime's fused Gemms) + skl2onnx (ai.onnx 22 declared
+    but unused, ai.onnx.ml 1) in one graph: the opsets each domain is used at."""
+    import onnx
+
+    from nimbleml.models.onnx_model import OnnxModel
+    from nimbleml.runtime import FusedEnsemble
+
+    Xte, yte = digits[1], digits[3]
+    proto = members[0].model.proto()  # rename its input 'input' to the pipeline's 'X'
+    proto.graph.input[0].name = "X"
+    for node in proto.graph.node:
+        node.input[:] = ["X" if name == "input" else name for name in node.input]
+    torch_member = OnnxModel(proto.SerializeToString())
+    sk = nimbleml.compress(pipeline, quantize=None, val=(Xte, yte), benchmark_time_s=0.01)
+    fused = FusedEnsemble([torch_member, sk])
+    opsets = {o.domain: o.version for o in onnx.load_from_string(fused.data).opset_import}
+    assert opsets[""] == 17 and opsets["ai.onnx.ml"] == 1
+    np.testing.assert_allclose(fused(Xte)[0], members[0].predict(Xte), atol=1e-6)
+    with (
+        EnsemblePredictor([torch_member, sk], mode="fused") as one,
+        EnsemblePredictor([torch_member, sk], mode="sequential") as two,
+    ):
+        a, b = one.predict(Xte), two.predict(Xte)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    assert (a.labels == yte).mean() > 0.9

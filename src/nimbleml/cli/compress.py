@@ -1,7 +1,4 @@
-"""The nimbleml command line: one verb per stage, thin over the Python API.
-
-User errors print one line (``error: ...``) and exit with code 2, without a traceback.
-"""
+"""Verbs that make and measure packages: compress, bench, inspect, optimize."""
 
 from __future__ import annotations
 
@@ -10,79 +7,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
-from .errors import ConfigError, NimbleError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Make trained models small and fast, and prove it.",
-)
-T = TypeVar("T")
+from ..errors import ConfigError
+from ._common import _batch_sizes, _data, _guard, _progress, _show
 
 
-def _fail(message: str) -> None:
-    one_line = " | ".join(part.strip() for part in message.strip().splitlines() if part.strip())
-    typer.echo(f"error: {one_line}", err=True)
-    raise typer.Exit(2)
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except NimbleError as exc:
-        _fail(str(exc))
-    except FileNotFoundError as exc:
-        _fail(f"file not found: {exc.filename}")
-    raise AssertionError("unreachable")
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A spinner with the current step (stderr), or nothing when quiet / not a terminal."""
-    if not enabled:
-        yield lambda _msg: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("starting", total=None)
-        yield lambda msg: bar.update(task, description=msg)
-
-
-def _data(path: str | None, target: str | None) -> tuple[Any, Any]:
-    from .inputs import load_data
-
-    if path is None:
-        return None, None
-    return load_data(path, target)
-
-
-def _batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"--batch-size takes comma-separated integers like 1,32; got {text!r}"
-        ) from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise ConfigError(f"--batch-size takes positive integers like 1,32; got {text!r}")
-    return sizes
-
-
-def _show(text: str) -> None:
-    typer.echo(text)
-
-
-@app.command()
 def compress(
     model: str = typer.Argument(
         ..., help="model file: .onnx, .skops, TorchScript/.pt2, .pkl (trusted)"
@@ -104,7 +36,7 @@ def compress(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Compress a model into a verified .nimble package."""
-    from .compress import compress as run_compress
+    from ..compress import compress as run_compress
 
     def go() -> None:
         calib_x, _ = _data(calib, target)
@@ -144,7 +76,6 @@ def _summary(m: dict[str, Any], where: Path | str) -> str:
     return "\n".join(lines)
 
 
-@app.command()
 def bench(
     models: list[str] = typer.Argument(
         ..., help="models or .nimble packages; the first is the baseline"
@@ -164,8 +95,8 @@ def bench(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Benchmark models side by side on the same inputs."""
-    from .bench import TimingConfig, benchmark
-    from .models import load_model
+    from ..bench import TimingConfig, benchmark
+    from ..models import load_model
 
     def go() -> None:
         X, y = _data(data, target)
@@ -191,10 +122,9 @@ def bench(
     _guard(go)
 
 
-@app.command()
 def inspect(package: Path = typer.Argument(..., help="a .nimble package folder")) -> None:
     """Show what a package is, how it was made and what it gained."""
-    from .package import load
+    from ..package import load
 
     def go() -> None:
         pkg = load(package)
@@ -216,7 +146,6 @@ def inspect(package: Path = typer.Argument(..., help="a .nimble package folder")
     _guard(go)
 
 
-@app.command()
 def optimize(
     model: str = typer.Argument(
         ..., help="model file: .onnx, .skops, TorchScript/.pt2, .pkl (trusted)"
@@ -241,7 +170,7 @@ def optimize(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Find the fastest model on this machine within an accuracy budget."""
-    from .optimizer import optimize as run_optimize
+    from ..optimizer import optimize as run_optimize
 
     def go() -> None:
         X, y = _data(val, target)
@@ -295,98 +224,3 @@ def _live_candidates(enabled: bool) -> Iterator[Callable[[Any, Any], None]]:
             live.update(render())
 
         yield show
-
-
-@app.command()
-def report(
-    monitor: str = typer.Option(
-        ..., "--monitor", help="monitor store, e.g. sqlite:///monitor.db or a .db path"
-    ),
-    output: Path = typer.Option(
-        ..., "-o", "--output", help="folder for the charts and insights.txt"
-    ),
-) -> None:
-    """Charts (latency, throughput, accuracy, resources) and insights from a monitor store."""
-    from .monitor.report import write_report
-
-    def go() -> None:
-        url = monitor if "://" in monitor else f"sqlite:///{monitor}"
-        for path in write_report(url, output):
-            _show(f"wrote {path}")
-        _show((output / "insights.txt").read_text().rstrip())
-
-    _guard(go)
-
-
-@app.command()
-def serve(
-    packages: list[str] = typer.Argument(
-        None, help=".nimble packages; NAME=PATH to choose the model name"
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", help="YAML file with these settings (and 'models'); flags win"
-    ),
-    host: str | None = typer.Option(None, help="address to listen on [127.0.0.1]"),
-    port: int | None = typer.Option(None, help="[8000]"),
-    max_batch_size: int | None = typer.Option(None, help="samples per batch [32]"),
-    max_wait_ms: float | None = typer.Option(
-        None, help="batching window, anchored on the first queued request [2]"
-    ),
-    max_queue: int | None = typer.Option(
-        None, help="samples that may wait; beyond that 503 + Retry-After [1024]"
-    ),
-    timeout_ms: float | None = typer.Option(None, help="a request that runs over gets 504 [10000]"),
-    cache_mb: float | None = typer.Option(
-        None, help="memory cache in front of the batcher, 0 for none [256]"
-    ),
-    redis: str | None = typer.Option(
-        None, help="redis:// URL of a cache tier shared by workers and servers"
-    ),
-    monitor_store: str | None = typer.Option(
-        None, help="monitor store URL (sqlite:///file.db, postgresql://...) [in memory]"
-    ),
-    api_key: str | None = typer.Option(None, help="require 'Authorization: Bearer KEY'"),
-    workers: int | None = typer.Option(None, help="worker processes sharing the port [1]"),
-    threads: int | None = typer.Option(
-        None, help="ONNX Runtime threads per model [the cores per worker, less one]"
-    ),
-    watch: bool | None = typer.Option(
-        None, "--watch/--no-watch", help="reload a model when its package folder changes"
-    ),
-) -> None:
-    """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
-    from .serve.launch import make_spec, run
-
-    def go() -> None:
-        given = {"models": packages or None, "host": host, "port": port,
-                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
-                 "max_queue": max_queue, "timeout_ms": timeout_ms, "cache_mb": cache_mb,
-                 "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
-                 "workers": workers, "threads": threads, "watch": watch}  # fmt: skip
-        spec = make_spec(given, config)
-        _show(
-            f"serving {', '.join(spec['models'])} on http://{spec['host']}:{spec['port']}"
-            + (f" with {spec['workers']} workers" if spec["workers"] > 1 else "")
-        )
-        run(spec)
-
-    _guard(go)
-
-
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("nimble-demo"), help="folder for packages and the report"),
-    quick: bool = typer.Option(False, help="shorter timing (for tests)"),
-) -> None:
-    """Train small models on scikit-learn's datasets, compress them, benchmark, report."""
-    from .demo import run_demo
-
-    _guard(lambda: run_demo(out, quick=quick, echo=_show))
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

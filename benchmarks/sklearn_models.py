@@ -1,7 +1,7 @@
 """scikit-learn (and LightGBM / XGBoost) models as packages: latency at 1 and 1,000 rows,
 label agreement, size; the original and the package timed side by side in one run.
 
-    .venv/bin/python benchmarks/sklearn.py [--quick] [--only text frame boosting forest coef]
+    .venv/bin/python benchmarks/sklearn_models.py [--quick] [--only text frame boosting forest coef]
 
 Models: TF-IDF + LogisticRegression and TF-IDF + MultinomialNB on synthetic emails (a
 50,000-term vocabulary), a ColumnTransformer pipeline over numeric and string columns,

@@ -1,0 +1,5 @@
+"""``python -m nimbleml.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,63 @@
+"""The serve verb: packages over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import _guard, _show
+
+
+def serve(
+    packages: list[str] = typer.Argument(
+        None, help=".nimble packages; NAME=PATH to choose the model name"
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file with these settings (and 'models'); flags win"
+    ),
+    host: str | None = typer.Option(None, help="address to listen on [127.0.0.1]"),
+    port: int | None = typer.Option(None, help="[8000]"),
+    max_batch_size: int | None = typer.Option(None, help="samples per batch [32]"),
+    max_wait_ms: float | None = typer.Option(
+        None, help="batching window, anchored on the first queued request [2]"
+    ),
+    max_queue: int | None = typer.Option(
+        None, help="samples that may wait; beyond that 503 + Retry-After [1024]"
+    ),
+    timeout_ms: float | None = typer.Option(None, help="a request that runs over gets 504 [10000]"),
+    cache_mb: float | None = typer.Option(
+        None, help="memory cache in front of the batcher, 0 for none [256]"
+    ),
+    redis: str | None = typer.Option(
+        None, help="redis:// URL of a cache tier shared by workers and servers"
+    ),
+    monitor_store: str | None = typer.Option(
+        None, help="monitor store URL (sqlite:///file.db, postgresql://...) [in memory]"
+    ),
+    api_key: str | None = typer.Option(None, help="require 'Authorization: Bearer KEY'"),
+    workers: int | None = typer.Option(None, help="worker processes sharing the port [1]"),
+    threads: int | None = typer.Option(
+        None, help="ONNX Runtime threads per model [the cores per worker, less one]"
+    ),
+    watch: bool | None = typer.Option(
+        None, "--watch/--no-watch", help="reload a model when its package folder changes"
+    ),
+) -> None:
+    """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
+    from ..serve.launch import make_spec, run
+
+    def go() -> None:
+        given = {"models": packages or None, "host": host, "port": port,
+                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+                 "max_queue": max_queue, "timeout_ms": timeout_ms, "cache_mb": cache_mb,
+                 "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
+                 "workers": workers, "threads": threads, "watch": watch}  # fmt: skip
+        spec = make_spec(given, config)
+        _show(
+            f"serving {', '.join(spec['models'])} on http://{spec['host']}:{spec['port']}"
+            + (f" with {spec['workers']} workers" if spec["workers"] > 1 else "")
+        )
+        run(spec)
+
+    _guard(go)
