@@ -42,7 +42,10 @@ def _placeholder(specs: list[TensorSpec]) -> Feeds:
             1 if i == 0 else (d if isinstance(d, int) and d > 0 else 8)
             for i, d in enumerate(s.shape)
         ]
-        dtype = np.float32 if s.dtype in ("float16", "bfloat16", "object") else s.dtype
+        if s.dtype == "object":  # string inputs (texts, table columns)
+            feeds[s.name] = np.full(shape, "", dtype=object)
+            continue
+        dtype = np.float32 if s.dtype in ("float16", "bfloat16") else s.dtype
         arr = np.zeros(shape, dtype=dtype)
         if "mask" in s.name.lower():
             arr[...] = 1
@@ -60,7 +63,12 @@ def _open_model(path: Path, manifest: dict[str, Any]) -> Model:
     elif suffix == ".skops":
         from .models.sklearn_model import load_skops
 
-        model = load_skops(path)
+        # types the package's author trusted when writing it (write_package records them)
+        entries = [manifest.get(role) or {} for role in ("model", "baseline")]
+        trusted = [
+            t for e in entries if e.get("path") == path.name for t in e.get("trusted_types", [])
+        ]
+        model = load_skops(path, trusted=trusted)
     elif suffix == ".ts":
         from ._deps import require
         from .models.torch_model import TorchModel, quiet
@@ -214,12 +222,27 @@ def write_package(manifest: dict[str, Any], model: Model, baseline: Model, same:
         "size_bytes": (directory / baseline_file).stat().st_size,
         "num_parameters": baseline.num_parameters(),
     }
+    for entry in (manifest["model"], manifest["baseline"]):
+        if entry["path"].endswith(".skops"):
+            entry["trusted_types"] = _custom_types(directory / entry["path"])
     names = sorted({model_file, baseline_file})
     manifest["files"] = [{"path": n, "sha256": sha256(directory / n)} for n in names]
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
     pkg = Package(directory)
     pkg._tmp = weakref.finalize(pkg, shutil.rmtree, directory, ignore_errors=True)
     return pkg
+
+
+def _custom_types(path: Path) -> list[str]:
+    """Types in a skops file beyond scikit-learn/numpy/scipy (a custom transformer, say).
+
+    The model being packaged is in memory, so whoever packages it already runs its code;
+    recording its types lets the package load them again without ``trusted_types=``."""
+    from skops.io import get_untrusted_types
+
+    from .models.sklearn_model import SAFE_PREFIXES
+
+    return sorted(t for t in get_untrusted_types(file=path) if not t.startswith(SAFE_PREFIXES))
 
 
 def _json_default(obj: Any) -> Any:
