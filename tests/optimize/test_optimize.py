@@ -185,6 +185,9 @@ def test_cli_optimize(tmp_path, mlp, digits):
     bad = CliRunner().invoke(app, ["optimize", str(tmp_path / "m.ts"), "--val", str(tmp_path / "val.npz"),
                                    "-o", str(tmp_path / "x"), "--objective", "speed"])  # fmt: skip
     assert bad.exit_code == 2 and "objective must be one of" in bad.output
+    neg = CliRunner().invoke(app, ["optimize", str(tmp_path / "m.ts"), "--val", str(tmp_path / "val.npz"),
+                                   "-o", str(tmp_path / "x"), "--time-budget", "-1"])  # fmt: skip
+    assert neg.exit_code == 2 and "0: no limit" in neg.output
 
 
 @pytest.mark.slow

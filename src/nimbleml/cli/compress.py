@@ -160,7 +160,9 @@ def optimize(
     relative: bool = typer.Option(False, "--relative", help="max-drop is a share of the baseline"),
     objective: str = typer.Option("latency", help="latency or throughput"),
     batch_size: int = typer.Option(1, help="batch size the latency objective is measured at"),
-    time_budget: float | None = typer.Option(None, help="seconds the search may take"),
+    time_budget: float = typer.Option(
+        180.0, help="seconds the whole search may take, package included; 0 for no limit"
+    ),
     calib: str | None = typer.Option(None, help="calibration data for static int8 (default: val)"),
     report: Path | None = typer.Option(
         None, help="write optimization.json/.txt and pareto.png here"
@@ -179,7 +181,7 @@ def optimize(
             result = run_optimize(
                 model, (X, y), metric=metric or ("accuracy" if y is not None else "cosine"),
                 max_drop=max_drop, objective=objective, batch_size=batch_size,
-                time_budget_s=time_budget, calib=calib_x, relative=relative,
+                time_budget_s=_budget(time_budget), calib=calib_x, relative=relative,
                 try_compile=try_compile, trust_pickle=trust_pickle, progress=show,
             )  # fmt: skip
         result.best.save(output)
@@ -192,9 +194,16 @@ def optimize(
     _guard(go)
 
 
+def _budget(seconds: float) -> float | None:
+    if seconds < 0:
+        raise ConfigError(f"--time-budget takes seconds >= 0 (0: no limit), got {seconds:g}")
+    return seconds or None
+
+
 @contextmanager
 def _live_candidates(enabled: bool) -> Iterator[Callable[[Any, Any], None]]:
-    """A live table of candidates as they are measured, with the best so far (stderr)."""
+    """A live table of candidates (stderr): the one running now, then its figures, with the
+    best so far."""
     if not enabled:
         yield lambda _c, _b: None
         return
@@ -219,7 +228,10 @@ def _live_candidates(enabled: bool) -> Iterator[Callable[[Any, Any], None]]:
     with Live(render(), console=Console(stderr=True), transient=True, refresh_per_second=4) as live:
 
         def show(candidate: Any, best: Any) -> None:
-            seen.append(candidate)
+            if seen and seen[-1].status == "running" and seen[-1].name == candidate.name:
+                seen[-1] = candidate  # its figures replace the "running" row
+            else:
+                seen.append(candidate)
             best_name[0] = best.name
             live.update(render())
 
