@@ -180,7 +180,10 @@ def test_hgb_inside_a_pipeline(tmp_path):
 def lightgbm_splits(model) -> list[tuple[int, float]]:
     df = model.booster_.trees_to_dataframe()
     df = df[df.split_feature.notna() & (df.decision_type == "<=")]
-    return [(int(f.split("_")[-1]), float(t)) for f, t in zip(df.split_feature, df.threshold, strict=True)]
+    return [
+        (int(f.split("_")[-1]), float(t))
+        for f, t in zip(df.split_feature, df.threshold, strict=True)
+    ]
 
 
 def xgboost_splits(model) -> list[tuple[int, float]]:
@@ -233,6 +236,22 @@ def test_lightgbm_inside_a_pipeline(tmp_path):
     pipe = make_pipeline(StandardScaler(), lightgbm.LGBMClassifier(n_estimators=30, verbose=-1))
     pipe.fit(X, y)
     compress_and_check(pipe, X, y, tmp_path)
+
+
+def test_xgboost_behind_a_standard_scaler_splits_as_scikit_learn(tmp_path):
+    """XGBoost splits exactly on data values: a scaler one float32 step off (skl2onnx's
+    multiply by 1/scale) sent rows down the other branch; nimbleml's scaler does not."""
+    xgboost = pytest.importorskip("xgboost")
+    pytest.importorskip("onnxmltools")
+    X, y = load_breast_cancer(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), xgboost.XGBClassifier(n_estimators=50, max_depth=4))
+    pipe.fit(X, y)
+    scaled = converted(make_pipeline(StandardScaler().fit(X)).fit(X), X)  # the scaler alone
+    X32 = X.astype(np.float32)
+    np.testing.assert_array_equal(
+        next(iter(scaled(X32).values())), pipe[0].transform(X32)
+    )  # bit for bit
+    compress_and_check(pipe, X, y, tmp_path)  # every row, not just the verification batches
 
 
 def test_missing_gbm_extra_says_how_to_install(monkeypatch):

@@ -9,6 +9,7 @@ estimator types that conversion contains, so they also work inside Pipelines:
   thresholds to float32. This one reads the fitted ``_predictors`` directly.
 - ``LGBMClassifier/Regressor``, ``XGBClassifier/Regressor`` through onnxmltools, imported only
   when the estimator holds one (they are the optional ``gbm`` extra).
+- ``StandardScaler``: scikit-learn's own arithmetic (see ``_convert_scaler``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def register_converters(estimator: Any) -> None:
     so ``import nimbleml`` and plain scikit-learn conversions never pay for them."""
     packages = {type(e).__module__.split(".")[0] for e in _estimators(estimator)}
     if "sklearn" in packages:
-        _register_hgb()
+        _register_sklearn()
     for library in ("lightgbm", "xgboost"):
         if library in packages:
             _register_onnxmltools(library)
@@ -277,15 +278,46 @@ def _const(scope: Any, container: Any, value: np.ndarray) -> str:
     return name
 
 
-def _register_hgb() -> None:
-    if "hgb" in _REGISTERED:
+def _convert_scaler(scope: Any, operator: Any, container: Any) -> None:
+    """``(x - mean) / scale`` as scikit-learn 1.9 computes it: in the data's own precision
+    (float32 data: mean and scale cast to float32 first). skl2onnx's Scaler node multiplies by
+    ``1 / scale`` instead, one float32 step off on ~42% of values, and a tree that splits
+    exactly on data values (XGBoost) then sends some rows down the other branch."""
+    from onnx import TensorProto
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    est = operator.raw_operator
+    double = isinstance(operator.outputs[0].type, DoubleTensorType)
+    real, to = (np.float64, TensorProto.DOUBLE) if double else (np.float32, TensorProto.FLOAT)
+
+    def node(op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
+        output = output or scope.get_unique_variable_name(op.lower())
+        container.add_node(op, inputs, [output], name=scope.get_unique_operator_name(op), **attrs)
+        return output
+
+    x = node("Cast", [operator.inputs[0].full_name], to=to)
+    if est.with_mean:
+        x = node("Sub", [x, _const(scope, container, np.asarray(est.mean_, real))])
+    if est.with_std:
+        x = node("Div", [x, _const(scope, container, np.asarray(est.scale_, real))])
+    node("Identity", [x], operator.outputs[0].full_name)
+
+
+def _register_sklearn() -> None:
+    if "sklearn" in _REGISTERED:
         return
     from skl2onnx import update_registered_converter
     from skl2onnx.common.shape_calculator import (
         calculate_linear_classifier_output_shapes,
         calculate_linear_regressor_output_shapes,
     )
+    from skl2onnx.shape_calculators.scaler import calculate_sklearn_scaler_output_shapes
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.preprocessing import StandardScaler
+
+    update_registered_converter(
+        StandardScaler, "SklearnScaler", calculate_sklearn_scaler_output_shapes, _convert_scaler
+    )
 
     update_registered_converter(
         HistGradientBoostingClassifier,
@@ -300,7 +332,7 @@ def _register_hgb() -> None:
         calculate_linear_regressor_output_shapes,
         _convert_hgb,
     )
-    _REGISTERED.add("hgb")
+    _REGISTERED.add("sklearn")
 
 
 # -- LightGBM and XGBoost (onnxmltools) ---------------------------------------------------
