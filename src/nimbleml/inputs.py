@@ -1,7 +1,8 @@
 """Inputs as nimbleml moves them around: a dict of named numpy arrays ("feeds").
 
-Users may give a single array or tensor, a tuple/list of them (positional), or a dict of
-named ones; everything is normalised here once, with errors that name the problem.
+Users may give a single array or tensor, a tuple/list of them (positional), a dict of
+named ones, or a pandas DataFrame (its columns by name); everything is normalised here once,
+with errors that name the problem.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from .errors import DataError
 
 Feeds = dict[str, np.ndarray]
 Dim = int | str | None
+# ONNX string tensors hold no None/NaN: a missing string travels as "" (models/sklearn_inputs.py)
+MISSING = ""
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,25 @@ def to_numpy(x: Any) -> np.ndarray:
         ) from exc
 
 
+def _is_frame(x: Any) -> bool:
+    return hasattr(x, "columns") and hasattr(x, "iloc") and hasattr(x, "to_numpy")
+
+
 def as_feeds(x: Any, names: Sequence[str]) -> Feeds:
-    """Normalise ``x`` to feeds for a model whose inputs are ``names``."""
+    """Normalise ``x`` to feeds for a model whose inputs are ``names``.
+
+    A DataFrame gives its columns by name (extra columns ignored, as scikit-learn does)
+    when the model's inputs are columns; a single-input model takes it whole."""
+    if _is_frame(x):
+        columns = [str(c) for c in x.columns]
+        if all(n in columns for n in names):
+            return {n: to_numpy(x[n]) for n in names}
+        if len(names) > 1:
+            missing = [n for n in names if n not in columns]
+            raise DataError(
+                f"the DataFrame has no column {', '.join(repr(m) for m in missing)}; the model "
+                f"takes columns {list(names)}"
+            )
     if isinstance(x, Mapping):
         missing = [n for n in names if n not in x]
         extra = [k for k in x if k not in names]
@@ -99,12 +119,59 @@ def rows(feeds: Mapping[str, np.ndarray], n: int, start: int = 0) -> Feeds:
     return take(feeds, idx)
 
 
+def _is_column(arr: np.ndarray, spec: TensorSpec) -> bool:
+    """A 1-D column for a [batch, 1] input, or a [n, 1] column for a [batch] input."""
+    if arr.ndim == 1:
+        return len(spec.shape) == 2 and spec.shape[1] == 1
+    return arr.ndim == 2 and arr.shape[1] == 1 and len(spec.shape) == 1
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or type(v).__name__ == "NAType"
+
+
+def _strings(arr: np.ndarray, name: str) -> np.ndarray:
+    """An object array of str, with None/NaN/pd.NA as MISSING; numbers are a DataError."""
+    if arr.dtype.kind in "US":
+        return arr.astype(object)
+    if arr.dtype.kind == "f" and arr.size and np.isnan(arr).all():
+        return np.full(arr.shape, MISSING, dtype=object)
+    if arr.dtype != object:
+        raise DataError(
+            f"input '{name}' holds {arr.dtype} values; the model takes strings there "
+            "(text, or the categories it was fitted on)"
+        )
+    flat = arr.ravel()
+    if all(type(v) is str for v in flat):
+        return arr
+    out = np.empty(flat.shape, dtype=object)
+    for i, v in enumerate(flat):
+        if isinstance(v, str):
+            out[i] = v
+        elif _is_missing(v):
+            out[i] = MISSING
+        else:
+            raise DataError(
+                f"input '{name}' holds {v!r} ({type(v).__name__}) in row {i}; the model takes "
+                "strings there (None or NaN for a missing value)"
+            )
+    return out.reshape(arr.shape)
+
+
 def cast_to_specs(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> Feeds:
-    """Cast each input to the dtype its spec asks for (float64 -> float32, int32 -> int64...)."""
+    """Cast each input to the dtype its spec asks for (float64 -> float32, int32 -> int64...,
+    str -> object strings); a 1-D column fits a [batch, 1] input and the other way round."""
     out: Feeds = {}
     for spec in specs:
         arr = feeds[spec.name]
-        if str(arr.dtype) != spec.dtype and spec.dtype != "object":
+        if _is_column(arr, spec):
+            arr = arr.reshape(-1, 1) if arr.ndim == 1 else arr.reshape(-1)
+        if spec.dtype == "object":
+            arr = _strings(arr, spec.name)
+        elif str(arr.dtype) != spec.dtype:
+            if arr.dtype == object:  # a list with None in a numeric column
+                flat = [np.nan if _is_missing(v) else v for v in arr.ravel()]
+                arr = np.array(flat, dtype=object).reshape(arr.shape)
             try:
                 arr = arr.astype(spec.dtype)
             except (TypeError, ValueError) as exc:
@@ -120,6 +187,8 @@ def check_shapes(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -
     """Raise DataError when an input's rank or fixed dimensions disagree with its spec."""
     for spec in specs:
         arr = feeds[spec.name]
+        if _is_column(arr, spec):
+            continue
         if len(spec.shape) != arr.ndim:
             raise DataError(
                 f"input '{spec.name}' has shape {arr.shape} (rank {arr.ndim}); the model "

@@ -104,8 +104,10 @@ def test_bad_arguments_say_what_is_allowed(mlp, digits):
         nimbleml.compress(mlp, max_drop=0.01, calib=Xte)
     with pytest.raises(ConfigError, match="val must be a pair"):
         nimbleml.compress(mlp, val=Xte)
+    from sklearn.linear_model import LogisticRegression
+
     with pytest.raises(ConfigError, match="pass example_inputs=, calib= or val="):
-        nimbleml.compress(mlp)
+        nimbleml.compress(LogisticRegression(max_iter=2000).fit(Xte, yte))  # torch only infers
     with pytest.raises(ConfigError, match="540 rows but y has 3"):
         nimbleml.compress(mlp, val=(Xte, yte[:3]))
     with pytest.raises(AccuracyBudgetError, match="unknown metric"):

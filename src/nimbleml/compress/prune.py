@@ -218,7 +218,7 @@ class CoefPrune(Recipe):
         threshold = np.quantile(np.abs(coef), self._params["amount"])
         final.coef_ = np.where(np.abs(coef) <= threshold, 0.0, coef).astype(final.coef_.dtype)
         self._params["zeroed"] = int(np.sum(final.coef_ == 0))
-        return SklearnModel(est)
+        return SklearnModel(est, coef_bits=getattr(model, "coef_bits", None))
 
 
 class _CoefQuant(Recipe):
@@ -239,7 +239,8 @@ class _CoefQuant(Recipe):
         scale[scale == 0] = 1.0
         snapped = np.round(coef / scale) * scale
         final.coef_ = snapped.reshape(np.shape(final.coef_)).astype(final.coef_.dtype)
-        return SklearnModel(est)
+        # text pipelines then store the coefficients as integers (SklearnModel.coef_bits)
+        return SklearnModel(est, coef_bits=self.bits)
 
 
 @register

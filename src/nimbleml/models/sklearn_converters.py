@@ -292,7 +292,10 @@ def _convert_scaler(scope: Any, operator: Any, container: Any) -> None:
 
     def node(op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
         output = output or scope.get_unique_variable_name(op.lower())
-        container.add_node(op, inputs, [output], name=scope.get_unique_operator_name(op), **attrs)
+        name = scope.get_unique_operator_name(op)
+        # the oldest version with today's semantics, so the graph needs no newer opset
+        version = {"Sub": 14, "Div": 14}.get(op, 13)
+        container.add_node(op, inputs, [output], name=name, op_version=version, **attrs)
         return output
 
     x = node("Cast", [operator.inputs[0].full_name], to=to)
