@@ -67,7 +67,9 @@ def synthetic_customers(n: int, seed: int = 0) -> tuple[Any, np.ndarray]:
         + np.where(np.isnan(income), 0.5, -0.3 * (np.log(np.nan_to_num(income, nan=1)) - 10.5))
     )  # fmt: skip
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    frame = pd.DataFrame({"age": age, "income": income, "tenure": tenure, "city": city, "plan": plan})
+    frame = pd.DataFrame(
+        {"age": age, "income": income, "tenure": tenure, "city": city, "plan": plan}
+    )
     return frame, y
 
 
