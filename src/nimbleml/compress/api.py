@@ -180,7 +180,10 @@ class ModelCompressor:
         steps = plan(prepared.source, cfg)
         candidate, applied = build(prepared, steps, say)
         say("checking the result against the original")
-        metric = resolve(self.metric, prepared.source.task) if prepared.val_feeds else None
+        chosen_metric = self.metric
+        if chosen_metric is None and prepared.val_y is None:  # no labels: compare with the original
+            chosen_metric = "agreement" if prepared.source.task == "classification" else "cosine"
+        metric = resolve(chosen_metric, prepared.source.task) if prepared.val_feeds else None
         validation, fallback = validate(prepared, candidate, metric, cfg.max_drop)
         validation["inputs"] = "validation" if prepared.val_feeds is not None else "example"
         if prepared.synthetic:

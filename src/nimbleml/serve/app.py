@@ -292,7 +292,10 @@ class Server:
                 raise HttpError(400, f"'instances' hold NaN or infinite values for input '{k}'")
         pid = str(body.get("id") or new_id())
         out = await self.run(entry, feeds, pid)
-        return {"predictions": np.asarray(out[0]), "id": pid}, pid
+        first = np.asarray(out[0])
+        if first.dtype.kind in "OUS":  # string labels: orjson serialises numeric arrays only
+            first = first.astype(str).tolist()
+        return {"predictions": first, "id": pid}, pid
 
     async def reload(self, name: str, source: Any) -> ModelEntry:
         """Open the new version, warm it up, then swap it in atomically; the old version
