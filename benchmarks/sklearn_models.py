@@ -30,9 +30,9 @@ CLASSES = ("billing", "support", "sales", "spam")
 
 
 def synthetic_emails(n: int, vocab: int = 60_000, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """Emails of 8-40 words: each class draws half its words from its own 300-word topic,
-    the rest from a shared Zipf-distributed vocabulary of made-up words, plus numbers,
-    punctuation and a few accented words."""
+    """Emails of 8-40 words: each class draws one word in ten from its own 300-word topic
+    (so short emails are hard to place), the rest from a shared Zipf-distributed vocabulary
+    of made-up words, plus numbers, punctuation and a few accented words."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     words = np.array(["".join(rng.choice(letters, rng.integers(3, 10))) for _ in range(vocab)])
@@ -43,8 +43,8 @@ def synthetic_emails(n: int, vocab: int = 60_000, seed: int = 0) -> tuple[list[s
     texts, labels = [], rng.integers(0, len(CLASSES), n)
     for c in labels:
         k = int(rng.integers(8, 41))
-        own = words[rng.choice(topics[c], k // 2)]
-        shared = words[rng.choice(vocab, k - k // 2, p=zipf)]
+        own = words[rng.choice(topics[c], max(1, k // 10))]
+        shared = words[rng.choice(vocab, k - len(own), p=zipf)]
         parts = [*own, *shared, *rng.choice(extras, int(rng.integers(0, 3)))]
         rng.shuffle(parts)
         texts.append(" ".join(parts).capitalize() + rng.choice([".", "?", "!"]))

@@ -265,3 +265,48 @@ def test_coefficient_recipes_on_a_large_text_vocabulary(big_vocabulary, quantize
     assert after <= max_ratio * before  # coef-prune zeros weights but stores them dense
     assert v["drop"] <= 0.01 and m["fallback"] is None
     assert (pkg.predict(Xva) == yva).mean() == pytest.approx(v["package"])
+
+
+SPARSE = {
+    "tfidf-l1-trigrams+logreg": lambda: make_pipeline(
+        TfidfVectorizer(norm="l1", ngram_range=(1, 3)), LogisticRegression()
+    ),
+    "tf-no-idf+sgd": lambda: make_pipeline(
+        TfidfVectorizer(use_idf=False), SGDClassifier(loss="log_loss", random_state=0)
+    ),
+    "count-bigrams-only+multinomial-nb": lambda: make_pipeline(
+        CountVectorizer(ngram_range=(2, 2)), MultinomialNB()
+    ),
+    "stop-words-bigrams+ridge-regressor": lambda: make_pipeline(
+        TfidfVectorizer(stop_words="english", ngram_range=(1, 2)), Ridge()
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_word_linear_models_score_ngram_by_ngram(intents, name):
+    """Word n-grams + a linear model (or MultinomialNB): the graph looks each n-gram's weights
+    up (LabelEncoder + Gather) instead of building the dense [N, V] matrix, and agrees with
+    scikit-learn to 1e-5 on validation and hard texts."""
+    Xtr, ytr, Xva, yva = intents
+    regression = "regressor" in name
+    target = np.searchsorted(np.unique(ytr), ytr).astype(np.float64) if regression else ytr
+    pipe = fit(SPARSE[name](), Xtr, target)
+    pkg = nimbleml.compress(pipe, quantize=None, val=(Xva, None), **FAST)
+    ops = set(pkg.model.op_types())
+    assert "LabelEncoder" in ops and "TfIdfVectorizer" not in ops
+    texts = Xva + list(HARD_TEXTS)
+    if regression:
+        got = pkg.run(texts)["variable"].reshape(-1)
+        np.testing.assert_allclose(got, pipe.predict(texts), atol=1e-5)
+        return
+    assert np.array_equal(pkg.predict(texts), pipe.predict(texts))
+    proba = pkg.run(texts)["probabilities"]
+    assert np.abs(proba - pipe.predict_proba(texts)).max() < 1e-5
+
+
+def test_char_analyzers_keep_the_dense_graph(intents):
+    Xtr, ytr, Xva, yva = intents
+    pipe = fit(make_pipeline(TfidfVectorizer(analyzer="char_wb"), LogisticRegression()), Xtr, ytr)
+    pkg = nimbleml.compress(pipe, quantize=None, val=(Xva, yva), **FAST)
+    assert "TfIdfVectorizer" in pkg.model.op_types()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
+from . import text_sparse
 from .sklearn_model import NoConverterError
 from .text_patterns import DEFAULT_PATTERNS, char_class, re2_pattern
 
@@ -293,15 +294,19 @@ def _tokens(g: _Graph, vec: Any, text: str, pad: str) -> str:
     return g.op("Concat", [tokens, column], axis=1)
 
 
-def _features(g: _Graph, vec: Any, text: str, precision: str) -> str:
-    """[N, V] features equal to ``vec.transform(texts).toarray()``."""
-    terms = list(vec.vocabulary_)
-    pad = _pad_value(terms)
+def _normalized_tokens(g: _Graph, vec: Any, text: str) -> tuple[str, str]:
+    """([N, T] tokens of the lowercased text, the padding value)."""
+    pad = _pad_value(list(vec.vocabulary_))
     if vec.lowercase:
         text = g.op(
             "StringNormalizer", [text], case_change_action="LOWER", locale=lowercase_locale()
         )
-    tokens = _tokens(g, vec, text, pad)
+    return _tokens(g, vec, text, pad), pad
+
+
+def _features(g: _Graph, vec: Any, text: str, precision: str) -> str:
+    """[N, V] features equal to ``vec.transform(texts).toarray()``."""
+    tokens, pad = _normalized_tokens(g, vec, text)
     x = g.op("TfIdfVectorizer", [tokens], **_pool(vec, pad))
     dtype = np.float64 if precision == "double" else np.float32
     if dtype is np.float64:
@@ -364,10 +369,6 @@ def _quantized_head(
 def text_to_onnx(est: Any, precision: str, coef_bits: int | None, classifier: bool) -> Any:
     """One ONNX model: ``text`` (string [N]) in, the pipeline's outputs out (labels and
     probabilities as arrays, no ZipMap, for a classifier)."""
-    import onnx
-    from onnx import TensorProto, helper
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
     from sklearn.pipeline import Pipeline
 
     vectorizers = text_vectorizers(est)
@@ -379,6 +380,13 @@ def text_to_onnx(est: Any, precision: str, coef_bits: int | None, classifier: bo
     if not rest_steps:
         raise ConversionError("the pipeline has a vectorizer but no estimator after it")
     g = _Graph()
+    if text_sparse.applies(vectorizers, rest_steps):
+        vec = vectorizers[0][0]
+        tokens, _ = _normalized_tokens(g, vec, TEXT_INPUT)
+        x, head = text_sparse.sparse_scores(
+            g, vec, rest_steps[0][1], tokens, precision, coef_bits
+        )
+        return _join(g, x, head, head.n_features_in_, precision, classifier)
     parts = []
     for vec, weight in vectorizers:
         part = _features(g, vec, TEXT_INPUT, precision)
@@ -394,8 +402,18 @@ def text_to_onnx(est: Any, precision: str, coef_bits: int | None, classifier: bo
         quantized = _quantized_head(g, final, x, coef_bits, precision)
         if quantized is not None:
             x, rest = quantized
-            final = rest
             width = rest.n_features_in_
+    return _join(g, x, rest, width, precision, classifier)
+
+
+def _join(g: _Graph, x: str, rest: Any, width: int, precision: str, classifier: bool) -> Any:
+    """The features graph ``g`` (ending in ``x``) joined to skl2onnx's graph of ``rest``."""
+    import onnx
+    from onnx import TensorProto, helper
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    final = rest.steps[-1][1] if hasattr(rest, "steps") else rest
     g.nodes.append(helper.make_node("Identity", [x], [FEATURES]))
     tensor = DoubleTensorType if precision == "double" else FloatTensorType
     options = (
