@@ -303,6 +303,8 @@ def test_word_linear_models_score_ngram_by_ngram(intents, name):
     assert np.array_equal(pkg.predict(texts), pipe.predict(texts))
     proba = pkg.run(texts)["probabilities"]
     assert np.abs(proba - pipe.predict_proba(texts)).max() < 1e-5
+    empty = ["", "!!"]  # a batch in which no text has a token
+    assert np.abs(pkg.run(empty)["probabilities"] - pipe.predict_proba(empty)).max() < 1e-5
 
 
 def test_char_analyzers_keep_the_dense_graph(intents):

@@ -258,7 +258,7 @@ def _drop_stop_words(g: _Graph, tokens: str, stop: list[str], pad: str) -> str:
     return g.op("Where", [was_stop, g.const(np.array([pad], dtype=object)), moved])
 
 
-def _tokens(g: _Graph, vec: Any, text: str, pad: str) -> str:
+def _tokens(g: _Graph, vec: Any, text: str, pad: str, pad_column: bool = True) -> str:
     """[N, T] tokens (words, or characters with word padding) right-filled with ``pad``."""
     tok: dict[str, Any] = {"domain": "com.microsoft", "mark": 0, "pad_value": pad, "mincharnum": 1}
     space = char_class("s")
@@ -283,6 +283,8 @@ def _tokens(g: _Graph, vec: Any, text: str, pad: str) -> str:
         words = g.op("Where", [g.op("Equal", [words, pad_const]), pad_const, padded])
         chars = g.op("Tokenizer", [words], tokenexp="(?s:.)", **tok)  # [N, W, C]
         tokens = g.op("Reshape", [chars, g.const(np.array([0, -1], dtype=np.int64))])
+    if not pad_column:
+        return tokens
     # a batch in which no text has a token gives [N, 0]; one pad column keeps it 2-D
     column = g.op(
         "Expand",
@@ -294,14 +296,14 @@ def _tokens(g: _Graph, vec: Any, text: str, pad: str) -> str:
     return g.op("Concat", [tokens, column], axis=1)
 
 
-def _normalized_tokens(g: _Graph, vec: Any, text: str) -> tuple[str, str]:
+def _normalized_tokens(g: _Graph, vec: Any, text: str, pad_column: bool = True) -> tuple[str, str]:
     """([N, T] tokens of the lowercased text, the padding value)."""
     pad = _pad_value(list(vec.vocabulary_))
     if vec.lowercase:
         text = g.op(
             "StringNormalizer", [text], case_change_action="LOWER", locale=lowercase_locale()
         )
-    return _tokens(g, vec, text, pad), pad
+    return _tokens(g, vec, text, pad, pad_column), pad
 
 
 def _features(g: _Graph, vec: Any, text: str, precision: str) -> str:
@@ -382,10 +384,8 @@ def text_to_onnx(est: Any, precision: str, coef_bits: int | None, classifier: bo
     g = _Graph()
     if text_sparse.applies(vectorizers, rest_steps):
         vec = vectorizers[0][0]
-        tokens, _ = _normalized_tokens(g, vec, TEXT_INPUT)
-        x, head = text_sparse.sparse_scores(
-            g, vec, rest_steps[0][1], tokens, precision, coef_bits
-        )
+        tokens, _ = _normalized_tokens(g, vec, TEXT_INPUT, pad_column=False)
+        x, head = text_sparse.sparse_scores(g, vec, rest_steps[0][1], tokens, precision, coef_bits)
         return _join(g, x, head, head.n_features_in_, precision, classifier)
     parts = []
     for vec, weight in vectorizers:

@@ -35,8 +35,10 @@ def applies(vectorizers: list[tuple[Any, float]], rest_steps: list[Any]) -> bool
     vec, weight = vectorizers[0]
     final = rest_steps[0][1]
     linear = hasattr(final, "coef_") and hasattr(final, "intercept_")
+    words = {w for term in vec.vocabulary_ for w in term.split(" ")}
     return (
         weight == 1.0
+        and (len(words) + 1) ** vec.ngram_range[1] < 2**62  # n-gram codes fit in int64
         and vec.analyzer == "word"
         and not vec.binary
         and not getattr(vec, "sublinear_tf", False)
@@ -68,25 +70,20 @@ def sparse_scores(
     real = np.float64 if precision == "double" else np.float32
     vocab: dict[str, int] = vec.vocabulary_
     size = len(vocab)
-    grams = _ngrams(g, tokens, *vec.ngram_range)
-    ids = g.op(
-        "LabelEncoder", [grams], domain="ai.onnx.ml", hint="term_ids",
-        keys_strings=list(vocab), values_int64s=[int(i) for i in vocab.values()],
-        default_int64=size,
-    )  # fmt: skip
+    ids = _term_ids(g, tokens, vocab, *vec.ngram_range)
     idf = getattr(vec, "idf_", None) if getattr(vec, "use_idf", False) else None
     per_term = np.append(np.ones(size) if idf is None else np.asarray(idf, np.float64), 0.0)
-    w = g.op("Gather", [g.const(per_term.astype(real), "term_weight"), ids], axis=0)
+    # [N, M, 1] straight from a [V + 1, 1] table: no Unsqueeze
+    w3 = g.op("Gather", [g.const(per_term.astype(real)[:, None], "term_weight"), ids], axis=0)
     matrix, head = _weights(final)
     matrix = np.vstack([matrix, np.zeros((1, matrix.shape[1]))])  # the row of id V
     rows = _rows(g, matrix, ids, coef_bits, real)
-    w3 = g.op("Unsqueeze", [w, g.const(np.array([2], np.int64))])
     scores = g.op("ReduceSum", [g.op("Mul", [rows, w3]), g.const(np.array([1], np.int64))],
                   keepdims=0)  # fmt: skip
     norm = getattr(vec, "norm", None)
     if norm in ("l1", "l2"):
         if norm == "l1":  # every w_i >= 0
-            total = g.op("ReduceSum", [w, g.const(np.array([1], np.int64))], keepdims=1)
+            total = g.op("ReduceSum", [w3, g.const(np.array([1], np.int64))], keepdims=0)
         else:
             left = g.op("Unsqueeze", [ids, g.const(np.array([2], np.int64))])
             right = g.op("Unsqueeze", [ids, g.const(np.array([1], np.int64))])
@@ -94,9 +91,9 @@ def sparse_scores(
             pairs = g.op("Mul", [g.op("MatMul", [same, w3]), w3])  # [N, M, 1]
             squared = g.op("ReduceSum", [pairs, g.const(np.array([1], np.int64))], keepdims=0)
             total = g.op("Sqrt", [squared])  # [N, 1]
-        zero, one = g.const(np.array(0, real)), g.const(np.array(1, real))
-        safe = g.op("Where", [g.op("Equal", [total, zero]), one, total])
-        scores = g.op("Div", [scores, safe])
+        # a text with no known term has scores 0 and total 0: any positive floor keeps it 0
+        tiny = g.const(np.array(np.finfo(real).tiny, real))
+        scores = g.op("Div", [scores, g.op("Max", [total, tiny])])
     return scores, head
 
 
@@ -116,22 +113,56 @@ def _rows(g: Any, matrix: np.ndarray, ids: str, bits: int | None, real: Any) -> 
     return g.op("Gather", [g.const(matrix.astype(real), "coef"), ids], axis=0)
 
 
-def _ngrams(g: Any, tokens: str, min_n: int, max_n: int) -> str:
-    """[N, M] n-grams of consecutive tokens joined by one space, as scikit-learn forms them;
-    one that touches the padding matches no vocabulary term."""
-    parts = []
-    space = g.const(np.array([" "], dtype=object), "space")
+def _term_ids(g: Any, tokens: str, vocab: dict[str, int], min_n: int, max_n: int) -> str:
+    """[N, M] vocabulary index of every n-gram (len(vocab) when it is not a term).
+
+    Tokens become integers first (one LabelEncoder over the words the vocabulary uses), and an
+    n-gram is the base-(U+1) number of its token ids: joining strings (StringConcat, Concat of
+    string tensors) cost more than the whole rest of the graph at 1 row."""
+    size = len(vocab)
+    by_length: dict[int, list[tuple[list[str], int]]] = {}
+    for term, index in vocab.items():
+        pieces = term.split(" ")
+        by_length.setdefault(len(pieces), []).append((pieces, int(index)))
+    words = sorted({w for terms in by_length.values() for pieces, _ in terms for w in pieces})
+    code_of = {w: i for i, w in enumerate(words)}
+    base = len(words) + 1  # the last code: a token the vocabulary does not use
+    uid = g.op(
+        "LabelEncoder", [tokens], domain="ai.onnx.ml", hint="token_ids",
+        keys_strings=words, values_int64s=list(range(len(words))), default_int64=base - 1,
+    )  # fmt: skip
     axes = g.const(np.array([1], np.int64))
+    parts = []
     for n in range(min_n, max_n + 1):
-        gram = None
+        terms = by_length.get(n)
+        if not terms:
+            continue
+        if n == 1:
+            table = np.full(base, size, np.int64)
+            for pieces, index in terms:
+                table[code_of[pieces[0]]] = index
+            parts.append(g.op("Gather", [g.const(table, "unigram_ids"), uid], axis=0))
+            continue
+        code = None
         for k in range(n):
             stop = k - (n - 1)
             piece = g.op("Slice", [
-                tokens, g.const(np.array([k], np.int64)),
+                uid, g.const(np.array([k], np.int64)),
                 g.const(np.array([stop if stop < 0 else INT_MAX], np.int64)), axes,
             ])  # fmt: skip
-            gram = piece if gram is None else g.op(
-                "StringConcat", [g.op("StringConcat", [gram, space]), piece]
+            code = piece if code is None else g.op(
+                "Add", [g.op("Mul", [code, g.const(np.array(base, np.int64))]), piece]
             )  # fmt: skip
-        parts.append(gram)
+        keys = []
+        for pieces, _ in terms:
+            value = 0
+            for w in pieces:
+                value = value * base + code_of[w]
+            keys.append(value)
+        parts.append(g.op(
+            "LabelEncoder", [code], domain="ai.onnx.ml", hint=f"gram{n}_ids",
+            keys_int64s=keys, values_int64s=[index for _, index in terms], default_int64=size,
+        ))  # fmt: skip
+    if not parts:
+        return g.op("Gather", [g.const(np.full(base, size, np.int64)), uid], axis=0)
     return parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=1)
