@@ -288,7 +288,7 @@ def test_word_linear_models_score_ngram_by_ngram(intents, name):
     """Word n-grams + a linear model (or MultinomialNB): the graph looks each n-gram's weights
     up (LabelEncoder + Gather) instead of building the dense [N, V] matrix, and agrees with
     scikit-learn to 1e-5 on validation and hard texts."""
-    Xtr, ytr, Xva, yva = intents
+    Xtr, ytr, Xva, _ = intents
     regression = "regressor" in name
     target = np.searchsorted(np.unique(ytr), ytr).astype(np.float64) if regression else ytr
     pipe = fit(SPARSE[name](), Xtr, target)
