@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import typer
 
-from ..errors import ConfigError, MissingDependencyError
+from .._yaml import read_mapping
+from ..errors import ConfigError
 from ._common import _data, _guard, _show
 
 DEFAULTS: dict[str, Any] = {"batch_size": 128, "parallel": True, "mode": None, "mc_samples": 0,
@@ -37,25 +38,7 @@ SECTIONS = {
 def read_config(path: Path) -> dict[str, Any]:
     """The settings in an ensemble YAML file, flat, keys with underscores; every key and
     value checked, an error naming ``section.key`` otherwise."""
-    try:
-        import yaml
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "--config needs PyYAML, which is not installed. Install it with: "
-            "pip install 'nimbleml[serve]' (or pip install pyyaml)"
-        ) from exc
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {path} must hold a mapping with sections {', '.join(SECTIONS)}"
-        )
+    data = read_mapping(path, f"with sections {', '.join(SECTIONS)}")
     out: dict[str, Any] = {}
     for section, body in data.items():
         section = str(section)

@@ -31,19 +31,9 @@ CONFIG_KEYS = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The settings in a YAML file, keys normalised to underscores; unknown keys refused."""
-    import yaml
+    from .._yaml import read_mapping
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    data = read_mapping(path, "of settings")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
     known = {"models", *SERVER_KEYS, *CONFIG_KEYS}
     unknown = sorted(set(out) - known)
