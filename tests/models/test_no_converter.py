@@ -109,3 +109,27 @@ def test_only_types_the_package_records_are_trusted(package, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=QUALNAME.replace(".", r"\.")):
         nimbleml.load(saved)
+
+
+def test_served_and_monitored_like_any_package(package, clipped, data):
+    """Over real sockets: v2 infer answers with the original's labels, and the monitor
+    records the predictions."""
+    import httpx
+
+    from nimbleml.monitor import ModelMonitor
+    from nimbleml.serve import ServeConfig, create_app
+    from tests._net import v2_body
+    from tests.serve.conftest import ServerThread
+
+    X, _ = data
+    monitor = ModelMonitor(store="sqlite:///:memory:", resources_interval_s=None)
+    app = create_app({"clip": package}, ServeConfig(max_batch_size=8, max_wait_ms=1), monitor)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url) as c:
+        body = v2_body(X[:5])
+        body["inputs"][0]["name"] = "X"
+        r = c.post("/v2/models/clip/infer", json=body)
+        assert r.status_code == 200, r.text
+        label = next(o for o in r.json()["outputs"] if o["name"] == "label")
+        assert label["data"] == clipped.predict(X[:5]).tolist()
+    assert monitor.counts("clip") == {"requests": 1, "errors": 0}
+    monitor.close()

@@ -122,3 +122,20 @@ def test_one_named_input_per_column(served):
         assert v1.json()["predictions"] == served.table_model.predict(df).tolist()
         missing = c.post("/v2/models/churn/infer", json={"inputs": body["inputs"][:1]})
     assert missing.status_code == 422 and "city" in missing.json()["error"]
+
+
+def test_the_predictor_caches_texts_by_content(served, tmp_path):
+    pkg = nimbleml.compress(served.text_model, val=(np.array(TEXTS, dtype=object), None), **FAST)
+    predictor = nimbleml.OptimizedPredictor(model=pkg, cache_size_mb=8)
+    first = predictor.predict(["refund my invoice please", "where is my parcel"])
+    again = predictor.predict(
+        np.array(["refund my invoice please", "where is my parcel"], dtype=object)
+    )
+    other = predictor.predict(["where is my parcel", "refund my invoice please"])
+    assert first.tolist() == again.tolist() == other.tolist()[::-1]
+    assert (
+        first.tolist()
+        == served.text_model.predict(["refund my invoice please", "where is my parcel"]).tolist()
+    )
+    memory = predictor.stats()["cache"]["tiers"]["memory"]
+    assert memory["hits"] == 1 and memory["misses"] == 2
