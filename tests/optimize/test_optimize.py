@@ -202,3 +202,21 @@ def test_torch_compile_is_measured_but_never_packaged(digits):
     assert c.status in ("slower", "not-packageable", "failed")
     assert c.reason
     assert r.best_name != c.name
+
+
+def test_ties_are_decided_once_among_the_fastest():
+    """A, then a smaller B 2% slower (a tie B wins), then a larger C 3.5% faster than B: the
+    result is within 3% of C, never B."""
+    from types import SimpleNamespace
+
+    from nimbleml.optimizer.result import Candidate
+    from nimbleml.optimizer.search import _final_choice
+
+    def cand(name, p50, size, status="ok"):
+        return Candidate(name, status=status, p50_ms=p50, drop=0.0, size_bytes=size, model=object())
+
+    s = SimpleNamespace(_score_of=lambda c: c.p50_ms)
+    baseline = cand("original", 200.0, 100, status="baseline")
+    a, b, c = cand("A", 100.0, 10), cand("B", 102.0, 5), cand("C", 99.0, 20)
+    assert _final_choice(s, [baseline, a, b, c], baseline) is a  # within 3% of C, smaller
+    assert _final_choice(s, [baseline, cand("slow", 250.0, 1)], baseline) is baseline
