@@ -3,6 +3,8 @@ one named input per column, and the cache keyed by the strings' content."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pandas as pd
@@ -122,6 +124,35 @@ def test_one_named_input_per_column(served):
         assert v1.json()["predictions"] == served.table_model.predict(df).tolist()
         missing = c.post("/v2/models/churn/infer", json={"inputs": body["inputs"][:1]})
     assert missing.status_code == 422 and "city" in missing.json()["error"]
+
+
+def test_missing_numbers_are_accepted_where_the_model_was_verified_on_them(served):
+    """The table model imputes a missing age, and its package was verified on missing numbers:
+    a JSON null (v2 and v1) or a NaN stands for a missing value, as in scikit-learn. The text
+    model and the others still refuse NaN, and infinities are refused everywhere."""
+    df = served.df.iloc[:2].copy()
+    df.loc[df.index[0], "age"] = np.nan
+    expected = served.table_model.predict_proba(df)
+    ages = [None, float(df["age"].iloc[1])]
+    body = {"inputs": [
+        {"name": "age", "datatype": "FP32", "shape": [2, 1], "data": ages},
+        {"name": "city", "datatype": "BYTES", "shape": [2, 1], "data": df["city"].tolist()},
+    ]}  # fmt: skip
+    with httpx.Client(base_url=served.url) as c:
+        r = c.post("/v2/models/churn/infer", json=body)
+        assert r.status_code == 200, r.text
+        proba = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")
+        got = np.asarray(proba["data"]).reshape(proba["shape"])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        records = [{"age": a, "city": city} for a, city in zip(ages, df["city"], strict=True)]
+        v1 = c.post("/v1/models/churn:predict", json={"instances": records})
+        assert v1.status_code == 200, v1.text
+        assert v1.json()["predictions"] == served.table_model.predict(df).tolist()
+        body["inputs"][0]["data"] = [1e400, 30.0]  # JSON Infinity through Python's parser
+        raw = json.dumps(body).replace("1e400", "Infinity")
+        inf = c.post("/v2/models/churn/infer", content=raw,
+                     headers={"content-type": "application/json"})  # fmt: skip
+        assert inf.status_code == 400 and "infinite" in inf.json()["error"]
 
 
 def test_the_predictor_caches_texts_by_content(served, tmp_path):

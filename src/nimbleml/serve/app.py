@@ -120,6 +120,7 @@ class ModelEntry:
     batcher: DynamicBatcher
     cache: TieredCache | None
     keys: KeyMaker
+    missing_ok: bool = False  # verified on missing numbers: NaN / null inputs are accepted
     ready: bool = False
     inflight: dict[bytes, asyncio.Future[list[np.ndarray]]] = field(default_factory=dict)
 
@@ -205,7 +206,7 @@ class Server:
         return ModelEntry(
             name=name, model=model, version=pkg.manifest.get("created_at", "1"), content_hash=digest,
             batcher=DynamicBatcher(model.run, config.max_batch_size, config.max_wait_ms, config.max_queue),
-            cache=cache, keys=KeyMaker(digest),
+            cache=cache, keys=KeyMaker(digest), missing_ok=_verified_on_missing(pkg.manifest),
         )  # fmt: skip
 
     @staticmethod
@@ -254,9 +255,9 @@ class Server:
         self, name: str, raw: bytes, header_length: str | None
     ) -> tuple[dict[str, Any], list[bytes], str]:
         """(response JSON, binary chunks, prediction id) for a v2 infer request."""
-        self.entry(name)  # an unknown model is a 404 whatever the body
+        first = self.entry(name)  # an unknown model is a 404 whatever the body
         body, tail = protocol.split_body(raw, header_length)
-        feeds = protocol.input_tensors(body, tail)
+        feeds = protocol.input_tensors(body, tail, first.missing_ok)
         entry = self.entry(name)  # again, last: a reload cannot slip in before the queue
         pid = str(body.get("id") or new_id())
         out = await self.run(entry, feeds, pid)
@@ -276,11 +277,12 @@ class Server:
         entry = self.entry(name)
         specs = entry.model.inputs
         try:
+            fix = protocol.nulls_to_nan if entry.missing_ok else (lambda v: v)
             if len(specs) == 1:
-                feeds = {specs[0].name: np.asarray(instances, dtype=specs[0].dtype)}
+                feeds = {specs[0].name: _column(instances, specs[0].dtype, fix)}
             else:
                 feeds = {
-                    s.name: np.asarray([inst[s.name] for inst in instances], dtype=s.dtype)
+                    s.name: _column([inst[s.name] for inst in instances], s.dtype, fix)
                     for s in specs
                 }
         except (KeyError, TypeError, ValueError) as exc:
@@ -288,7 +290,9 @@ class Server:
                 400, f"'instances' do not match the model's inputs {[s.name for s in specs]}: {exc}"
             ) from exc
         for k, v in feeds.items():
-            if v.dtype.kind == "f" and not np.isfinite(v).all():
+            if v.dtype.kind != "f":
+                continue
+            if np.isinf(v).any() if entry.missing_ok else not np.isfinite(v).all():
                 raise HttpError(400, f"'instances' hold NaN or infinite values for input '{k}'")
         pid = str(body.get("id") or new_id())
         out = await self.run(entry, feeds, pid)
@@ -601,6 +605,19 @@ def create_app(
         return PlainTextResponse(metrics_text(monitor), media_type="text/plain; version=0.0.4")
 
     return HotPath(app, server)
+
+
+def _column(values: list[Any], dtype: str, fix: Any) -> np.ndarray:
+    """v1 instances of one input as an array; nulls become NaN in number columns of models
+    verified on missing values (``fix``)."""
+    return np.asarray(fix(values) if dtype.startswith("float") else values, dtype=dtype)
+
+
+def _verified_on_missing(manifest: dict[str, Any]) -> bool:
+    """Whether verification compared the package with the original on missing numbers (only
+    kept when the original itself handles them: an imputer, trees with NaN support)."""
+    cases = (manifest.get("conversion") or {}).get("cases") or []
+    return any(isinstance(c, dict) and c.get("case") == "missing numbers" for c in cases)
 
 
 def _gauges(entry: ModelEntry) -> Any:

@@ -69,15 +69,19 @@ def split_body(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], m
     return body, tail
 
 
-def input_tensors(body: dict[str, Any], tail: memoryview) -> dict[str, np.ndarray]:
-    """The request's inputs as arrays, checked (name, datatype, shape, size, finite)."""
+def input_tensors(
+    body: dict[str, Any], tail: memoryview, missing_ok: bool = False
+) -> dict[str, np.ndarray]:
+    """The request's inputs as arrays, checked (name, datatype, shape, size, finite).
+    ``missing_ok``: the model was verified on missing numbers (a table model with an imputer),
+    so NaN (and JSON null) stand for a missing value; infinities are still refused."""
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("'inputs' must be a non-empty list of tensors")
     feeds: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(inputs):
-        name, arr, used = _tensor(item, i, tail, offset)
+        name, arr, used = _tensor(item, i, tail, offset, missing_ok)
         offset += used
         if name in feeds:
             raise ProtocolError(f"inputs[{i}]: input '{name}' is given twice")
@@ -90,7 +94,9 @@ def input_tensors(body: dict[str, Any], tail: memoryview) -> dict[str, np.ndarra
     return feeds
 
 
-def _tensor(item: Any, index: int, tail: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+def _tensor(
+    item: Any, index: int, tail: memoryview, offset: int, missing_ok: bool = False
+) -> tuple[str, np.ndarray, int]:
     where = f"inputs[{index}]"
     if not isinstance(item, dict):
         raise ProtocolError(f"{where} must be an object with name, shape, datatype and data")
@@ -117,7 +123,10 @@ def _tensor(item: Any, index: int, tail: memoryview, offset: int) -> tuple[str, 
             chunk, used = tail[offset : offset + size], size
             arr = _from_binary(chunk, datatype, shape)
         elif "data" in item:
-            arr = np.asarray(item["data"], dtype=V2_TYPES[datatype]).reshape(shape)
+            data = item["data"]
+            if missing_ok and datatype.startswith("FP"):
+                data = nulls_to_nan(data)
+            arr = np.asarray(data, dtype=V2_TYPES[datatype]).reshape(shape)
         else:
             raise ProtocolError(f"{where}.data is missing (or parameters.binary_data_size)")
     except (ValueError, TypeError) as exc:
@@ -125,8 +134,18 @@ def _tensor(item: Any, index: int, tail: memoryview, offset: int) -> tuple[str, 
             f"{where} ('{name}'): data does not fit shape {shape} as {datatype} ({exc})"
         ) from exc
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ProtocolError(f"{where} ('{name}') holds NaN or infinite values")
+        if not missing_ok:
+            raise ProtocolError(f"{where} ('{name}') holds NaN or infinite values")
+        if np.isinf(arr).any():
+            raise ProtocolError(f"{where} ('{name}') holds infinite values")
     return name, arr, used
+
+
+def nulls_to_nan(data: Any) -> Any:
+    """JSON nulls (None) in a nested list of numbers as NaN: a missing value."""
+    if isinstance(data, list):
+        return [nulls_to_nan(v) for v in data]
+    return float("nan") if data is None else data
 
 
 def _from_binary(chunk: memoryview, datatype: str, shape: list[int]) -> np.ndarray:
