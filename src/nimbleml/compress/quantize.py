@@ -7,7 +7,9 @@ import contextlib
 import copy
 import io
 import logging
+import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +31,23 @@ STATIC_OPS = ("MatMul", "Gemm", "Conv", "Attention", "Gather", "ConvTranspose")
 CALIBRATION = ("minmax", "entropy", "percentile")
 
 
+_CWD_LOCK = threading.RLock()
+
+
 @contextmanager
 def _workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="nimbleml-") as tmp:
-        yield Path(tmp)
+    """A temporary folder, removed afterwards, that is also the working directory meanwhile:
+    ONNX Runtime's quantisation tools write to relative paths (when symbolic shape inference
+    is incomplete, ``sym_shape_infer_temp.onnx`` plus a 90 MB ``<uuid>.data`` of weights for
+    a 22M-parameter encoder), and nothing nimbleml runs may leave files in the user's folder.
+    The change of directory is process-wide, so one quantisation holds it at a time."""
+    with _CWD_LOCK, tempfile.TemporaryDirectory(prefix="nimbleml-") as tmp:
+        here = os.getcwd()
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(here)
 
 
 @contextmanager
