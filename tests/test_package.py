@@ -1,6 +1,7 @@
 """The .nimble package: manifest, checksums, save/load, fallback."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -106,3 +107,45 @@ def test_save_refuses_to_overwrite_a_non_package(saved, tmp_path):
     with pytest.raises(PackageError, match="not a .nimble package"):
         pkg.save(tmp_path / "precious")
     assert (tmp_path / "precious" / "data.txt").read_text() == "keep me"
+
+
+def test_optimize_writes_the_manifest_compress_writes_and_inspect_reads_it(mlp, digits, tmp_path):
+    """One schema for both writers (issue 11, item 1: inspect crashed on every optimize
+    package, whose benchmark section had another layout)."""
+    from typer.testing import CliRunner
+
+    from nimbleml.cli import app
+    from nimbleml.package import check_manifest
+
+    _, Xte, _, yte = digits
+    result = nimbleml.optimize(mlp, (Xte, yte), time_budget_s=20, timing_s=0.05, prune=False)
+    path = result.best.save(tmp_path / "best.nimble")
+    manifest = json.loads((path / "manifest.json").read_text())
+    check_manifest(manifest, "optimize's manifest")
+    ((key, entry),) = manifest["benchmark"].items()
+    assert key == f"batch_{entry['package']['batch_size']}"
+    assert entry["speedup_p50"] == pytest.approx(
+        entry["original"]["p50_ms"] / entry["package"]["p50_ms"]
+    )
+    out = CliRunner().invoke(app, ["inspect", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "batch 1: p50" in out.output and "faster" in out.output
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (lambda m: m["benchmark"].update(objective="latency"), "benchmark"),
+        (lambda m: m["files"][0].pop("sha256"), "files/0"),
+        (lambda m: m["inputs"][0].update(shape="64"), "inputs/0/shape"),
+        (lambda m: m.pop("validation"), "(top level)"),
+    ],
+    ids=["benchmark-layout", "file-without-checksum", "shape-not-a-list", "no-validation"],
+)
+def test_a_manifest_off_the_schema_is_refused_naming_the_place(saved, tmp_path, edit, where):
+    target = copy(saved, tmp_path)
+    manifest = json.loads((target / "manifest.json").read_text())
+    edit(manifest)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=re.escape(f"at '{where}'")):
+        nimbleml.load(target)

@@ -3,6 +3,7 @@ it falls back to. Checksums are verified on load; see docs/package-format.md."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -108,6 +109,7 @@ class Package:
                 f"{path}: manifest schema {self.manifest.get('schema')!r} is not {SCHEMA}; "
                 "upgrade nimbleml to read it"
             )
+        check_manifest(self.manifest, str(path))
         self._verify_files()
         self.fallback_reason: str | None = None
         self.baseline = self._open("baseline")
@@ -227,7 +229,13 @@ def write_package(manifest: dict[str, Any], model: Model, baseline: Model, same:
             entry["trusted_types"] = _custom_types(directory / entry["path"])
     names = sorted({model_file, baseline_file})
     manifest["files"] = [{"path": n, "sha256": sha256(directory / n)} for n in names]
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    text = json.dumps(manifest, indent=2, default=_json_default)
+    try:
+        check_manifest(json.loads(text), "the manifest nimbleml was about to write")
+    except PackageError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    (directory / MANIFEST).write_text(text)
     pkg = Package(directory)
     pkg._tmp = weakref.finalize(pkg, shutil.rmtree, directory, ignore_errors=True)
     return pkg
@@ -243,6 +251,27 @@ def _custom_types(path: Path) -> list[str]:
     from .models.sklearn_model import SAFE_PREFIXES
 
     return sorted(t for t in get_untrusted_types(file=path) if not t.startswith(SAFE_PREFIXES))
+
+
+@functools.cache
+def _validator() -> Any:
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent / "manifest.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def check_manifest(manifest: Any, where: str) -> None:
+    """PackageError naming the first place ``manifest`` departs from manifest.schema.json:
+    one schema for every writer (compress, optimize) and every reader (load, inspect)."""
+    errors = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        at = "/".join(str(part) for part in first.path) or "(top level)"
+        raise PackageError(
+            f"{where} does not follow the package format at '{at}': {first.message[:300]}"
+            + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+        )
 
 
 def _json_default(obj: Any) -> Any:

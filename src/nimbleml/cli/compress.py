@@ -67,9 +67,11 @@ def _summary(m: dict[str, Any], where: Path | str) -> str:
             f"{v['metric']}: baseline {v['baseline']:.4f}, package {v['package']:.4f} (drop {v['drop']:.4f})"
         )
     for key, b in m.get("benchmark", {}).items():
+        ratio = b.get("speedup_p50") or b.get("speedup_throughput")
+        gain = f" ({ratio:.2f}x {'faster' if ratio >= 1 else 'slower'})" if ratio else ""
         lines.append(
-            f"{key.replace('_', ' ')}: p50 {b['original']['p50_ms']:.3f} ms -> {b['package']['p50_ms']:.3f} ms "
-            f"({b['speedup_p50']:.2f}x faster)"
+            f"{key.replace('_', ' ')}: p50 {b['original']['p50_ms']:.3f} ms -> "
+            f"{b['package']['p50_ms']:.3f} ms{gain}"
         )
     if m.get("fallback"):
         lines.append(f"FALLBACK: {m['fallback']['reason']}")
