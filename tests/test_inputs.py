@@ -77,3 +77,32 @@ def test_load_data_errors(tmp_path):
     (tmp_path / "d.txt").write_text("")
     with pytest.raises(DataError, match="unknown data format"):
         load_data(str(tmp_path / "d.txt"))
+
+
+def test_unreadable_numpy_files_are_one_line_errors(tmp_path):
+    """Garbage, a broken zip, or object arrays (which would need unpickling): a DataError
+    naming the file, never numpy's pickle message or a traceback (issue 11, item 10)."""
+    (tmp_path / "garbage.npz").write_bytes(b"not numpy at all")
+    (tmp_path / "garbage.npy").write_bytes(b"xx")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04" + b"\0" * 20)
+    np.savez(tmp_path / "objects.npz", X=np.array(["a", "b"], dtype=object))
+    for name in ("garbage.npz", "garbage.npy", "broken.npz"):
+        with pytest.raises(DataError, match=rf"{name} is not a numpy .npy/.npz file") as info:
+            load_data(str(tmp_path / name))
+        assert "\n" not in str(info.value) and "pickle" not in str(info.value)
+    with pytest.raises(DataError, match="objects.npz holds Python objects"):
+        load_data(str(tmp_path / "objects.npz"))
+
+
+def test_the_cli_says_it_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from nimbleml.cli import app
+
+    (tmp_path / "garbage.npz").write_bytes(b"not numpy at all")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    out = CliRunner().invoke(
+        app, ["bench", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "garbage.npz")]
+    )
+    assert out.exit_code == 2 and out.output.count("\n") == 1
+    assert "garbage.npz is not a numpy" in out.output

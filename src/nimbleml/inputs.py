@@ -7,6 +7,7 @@ with errors that name the problem.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -213,20 +214,44 @@ def load_data(path: str, target: str | None = None) -> tuple[Any, np.ndarray | N
     if not os.path.exists(path):
         raise DataError(f"data file not found: {path}")
     lower = path.lower()
-    if lower.endswith(".npy"):
-        return np.load(path, allow_pickle=False), None
-    if lower.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        y = arrays.pop("y", None)
-        if "X" in arrays and len(arrays) == 1:
-            return arrays["X"], y
-        if not arrays:
-            raise DataError(f"{path} holds no input arrays; save X (and y) with np.savez")
-        return arrays, y
+    if lower.endswith((".npy", ".npz")):
+        try:
+            return _load_numpy(path)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(_numpy_problem(path, exc)) from None
     if lower.endswith(".csv"):
         return _load_csv(path, target)
     raise DataError(f"unknown data format for {path}: use .npz (X and y), .npy, or .csv")
+
+
+def _numpy_problem(path: str, exc: Exception) -> str:
+    """One line for a .npy/.npz file numpy cannot read without unpickling."""
+    if "Object arrays" in str(exc):
+        return (
+            f"{path} holds Python objects (strings?), which nimbleml does not unpickle; save "
+            "numbers with np.savez, and pass texts or tables through the Python API"
+        )
+    # numpy's own message for a non-numpy file talks about unpickling: not advice to give
+    detail = "" if "pickle" in str(exc) else f" ({str(exc).splitlines()[0][:120]})"
+    return (
+        f"{path} is not a numpy .npy/.npz file nimbleml can read safely{detail}; write it "
+        "with np.save / np.savez (X and y)"
+    )
+
+
+def _load_numpy(path: str) -> tuple[Any, np.ndarray | None]:
+    # the file is opened here: numpy leaks its own handle when a .npz is not a zip
+    with open(path, "rb") as fh:
+        if path.lower().endswith(".npy"):
+            return np.load(fh, allow_pickle=False), None
+        with np.load(fh, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    y = arrays.pop("y", None)
+    if "X" in arrays and len(arrays) == 1:
+        return arrays["X"], y
+    if not arrays:
+        raise DataError(f"{path} holds no input arrays; save X (and y) with np.savez")
+    return arrays, y
 
 
 def _load_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray | None]:
