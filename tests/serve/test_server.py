@@ -206,6 +206,17 @@ def test_full_queue_answers_503_at_once_and_loses_nothing(digits_package, digits
     assert set(retry) == {"1"}
 
 
+def test_a_request_larger_than_the_queue_is_413_not_503(digits_package, digits):
+    """A 503 with Retry-After invites a retry that can never fit (issue 11, item 5)."""
+    Xte = digits[1]
+    app = create_app({"digits": digits_package}, ServeConfig(max_queue=8, cache_mb=0))
+    with ServerThread(app) as s, httpx.Client(base_url=s.url) as c:
+        big = c.post("/v2/models/digits/infer", json=v2_body(Xte[:9]))
+        assert big.status_code == 413 and "retry-after" not in big.headers
+        assert "9 samples" in big.json()["error"] and "--max-queue" in big.json()["error"]
+        assert c.post("/v2/models/digits/infer", json=v2_body(Xte[:8])).status_code == 200
+
+
 def test_api_key(digits_package, digits):
     app = create_app({"digits": digits_package}, ServeConfig(api_key="s3cret"))
     with ServerThread(app) as s, httpx.Client(base_url=s.url) as c:

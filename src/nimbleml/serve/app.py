@@ -233,6 +233,14 @@ class Server:
             feeds = entry.model.feeds(raw)
         except DataError as exc:
             raise HttpError(422, str(exc)) from exc
+        first = next(iter(feeds.values()))
+        rows = int(first.shape[0]) if first.ndim else 1
+        if rows > self.config.max_queue:  # no retry could ever fit it: not a 503
+            raise HttpError(
+                413,
+                f"the request holds {rows} samples; this server queues at most "
+                f"{self.config.max_queue} (--max-queue): send at most that many per request",
+            )
         monitor = self.monitor
         started = time.perf_counter()
         try:
