@@ -91,26 +91,42 @@ def _open_model(path: Path, manifest: dict[str, Any]) -> Model:
     return model
 
 
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of the package in ``directory``, checked against the schema, with every
+    file it lists present and unchanged; PackageError naming what is wrong. Opens no model:
+    ``nimbleml serve`` checks its packages this way before it says it is serving."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise PackageError(f"{directory} is not a .nimble package: no {MANIFEST}")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"{path} is not valid JSON ({exc}); the package is damaged") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        found = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise PackageError(
+            f"{path}: manifest schema {found!r} is not {SCHEMA}; upgrade nimbleml to read it"
+        )
+    check_manifest(manifest, str(path))
+    for entry in manifest["files"]:
+        file = directory / entry["path"]
+        if not file.is_file():
+            raise PackageError(f"{directory.name}: file '{entry['path']}' is missing")
+        if sha256(file) != entry["sha256"]:
+            raise PackageError(
+                f"{directory.name}: file '{entry['path']}' was altered (its sha256 does "
+                "not match the manifest); rebuild the package"
+            )
+    return manifest
+
+
 class Package:
     """A compressed model with its proof (manifest) and its fallback (baseline)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self._tmp: Any = None  # removes an unsaved package's temporary folder
-        path = self.directory / MANIFEST
-        if not path.is_file():
-            raise PackageError(f"{self.directory} is not a .nimble package: no {MANIFEST}")
-        try:
-            self.manifest: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise PackageError(f"{path} is not valid JSON ({exc}); the package is damaged") from exc
-        if self.manifest.get("schema") != SCHEMA:
-            raise PackageError(
-                f"{path}: manifest schema {self.manifest.get('schema')!r} is not {SCHEMA}; "
-                "upgrade nimbleml to read it"
-            )
-        check_manifest(self.manifest, str(path))
-        self._verify_files()
+        self.manifest: dict[str, Any] = read_manifest(self.directory)
         self.fallback_reason: str | None = None
         self.baseline = self._open("baseline")
         try:
@@ -125,22 +141,6 @@ class Package:
                 stacklevel=2,
             )
             self.model = self.baseline
-
-    def _verify_files(self) -> None:
-        files = self.manifest.get("files")
-        if not isinstance(files, list) or not files:
-            raise PackageError(
-                f"{self.directory}/{MANIFEST} lists no files; the package is damaged"
-            )
-        for entry in files:
-            path = self.directory / entry["path"]
-            if not path.is_file():
-                raise PackageError(f"{self.directory.name}: file '{entry['path']}' is missing")
-            if sha256(path) != entry["sha256"]:
-                raise PackageError(
-                    f"{self.directory.name}: file '{entry['path']}' was altered (its sha256 does "
-                    "not match the manifest); rebuild the package"
-                )
 
     def _open(self, role: str) -> Model:
         entry = self.manifest.get(role)

@@ -65,6 +65,33 @@ def test_missing_packages_and_files_are_named(tmp_path):
     assert res.exit_code == 2 and "not a .nimble package" in res.output
 
 
+def test_nothing_is_announced_before_everything_is_checked(tmp_path, digits_package):
+    """Port range, package integrity and the bind itself are checked before "serving ..." is
+    printed: one error line, exit 2 (issue 11, item 6)."""
+    import json
+    import socket
+
+    def serve(*args):
+        return CliRunner().invoke(cli, ["serve", *args])
+
+    bad_port = serve(str(digits_package), "--port", "99999")
+    assert bad_port.exit_code == 2 and "port must be an integer from 1 to 65535" in bad_port.output
+    assert "serving" not in bad_port.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = serve(str(digits_package), "--port", str(port))
+    assert busy.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.output
+    assert "choose another --port" in busy.output and "serving" not in busy.output
+    damaged = shutil.copytree(digits_package, tmp_path / "damaged.nimble")
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    (damaged / manifest["model"]["path"]).write_bytes(b"not the model")
+    broken = serve(str(damaged), "--port", str(free_port()))
+    assert broken.exit_code == 2 and "was altered" in broken.output
+    assert "serving" not in broken.output and broken.output.count("\n") == 1
+
+
 def test_servers_share_the_redis_tier(tmp_path, digits_package, digits):
     redis = RedisServer(free_port())
     redis.start()

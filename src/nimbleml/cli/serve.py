@@ -45,7 +45,7 @@ def serve(
     ),
 ) -> None:
     """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
-    from ..serve.launch import make_spec, run
+    from ..serve.launch import check_bind, make_spec, run
 
     def go() -> None:
         given = {"models": packages or None, "host": host, "port": port,
@@ -54,6 +54,7 @@ def serve(
                  "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
                  "workers": workers, "threads": threads, "watch": watch}  # fmt: skip
         spec = make_spec(given, config)
+        check_bind(spec["host"], spec["port"])
         _show(
             f"serving {', '.join(spec['models'])} on http://{spec['host']}:{spec['port']}"
             + (f" with {spec['workers']} workers" if spec["workers"] > 1 else "")

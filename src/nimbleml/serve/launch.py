@@ -75,10 +75,20 @@ def make_spec(cli: dict[str, Any], config_file: str | Path | None = None) -> dic
     models = model_map(cli.get("models") or from_file.get("models"))
     if not models:
         raise ConfigError("no packages to serve: give PACKAGE arguments or 'models' in --config")
+    from ..errors import PackageError
+    from ..package import read_manifest
+
     for name, path in models.items():
         if not (Path(path) / "manifest.json").is_file():
             raise ConfigError(f"model '{name}': {path} is not a .nimble package (no manifest.json)")
+        try:  # a damaged package is refused before anything says "serving"
+            read_manifest(Path(path))
+        except PackageError as exc:
+            raise ConfigError(f"model '{name}': {exc}") from None
     spec["models"] = models
+    port = spec["port"]
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ConfigError(f"port must be an integer from 1 to 65535, got {port!r}")
     if not isinstance(spec["workers"], int) or spec["workers"] < 1:
         raise ConfigError(f"workers must be a positive integer, got {spec['workers']!r}")
     if spec["workers"] > 1 and spec["watch"]:
@@ -87,6 +97,25 @@ def make_spec(cli: dict[str, Any], config_file: str | Path | None = None) -> dic
         spec["threads"] = serving_threads(None, workers=spec["workers"])
     server_config(spec)  # fails here, in the parent, rather than in every worker
     return spec
+
+
+def check_bind(host: str, port: int) -> None:
+    """ConfigError when ``host:port`` cannot be listened on (in use, not an address of this
+    machine, no permission), found before the server says it is serving."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = "; choose another --port" if exc.errno == 98 else ""
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
 
 
 def server_config(spec: dict[str, Any]) -> ServeConfig:
