@@ -104,6 +104,11 @@ def test_v1_predict_and_feedback(server, digits):
             422,
             "missing ['input']",
         ),
+        (  # numpy's OverflowError was a 500
+            {"inputs": [{"name": "input", "shape": [1], "datatype": "UINT8", "data": [300]}]},
+            400,
+            "out of bounds for uint8",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(server, body, status, message):
@@ -116,6 +121,15 @@ def test_bad_requests_name_the_field(server, body, status, message):
         )
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+def test_absurdly_nested_json_is_a_400_not_a_500(server):
+    raw = ('{"inputs": ' + "[" * 5000 + "]" * 5000 + "}").encode()  # RecursionError was a 500
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post(
+            "/v2/models/digits/infer", content=raw, headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 400 and "too deeply" in r.json()["error"]
 
 
 def test_unknown_model_bad_json_and_big_body(server):

@@ -40,6 +40,8 @@ def loads(raw: bytes | memoryview) -> Any:
             return json.loads(bytes(raw))  # the finite-values check then names the input
         except ValueError:
             raise ProtocolError(f"the body is not valid JSON ({exc})") from exc
+        except RecursionError:
+            raise ProtocolError("the body nests JSON arrays or objects too deeply") from None
 
 
 def dumps(obj: Any) -> bytes:
@@ -129,10 +131,10 @@ def _tensor(
             arr = np.asarray(data, dtype=V2_TYPES[datatype]).reshape(shape)
         else:
             raise ProtocolError(f"{where}.data is missing (or parameters.binary_data_size)")
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError(
-            f"{where} ('{name}'): data does not fit shape {shape} as {datatype} ({exc})"
-        ) from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise ProtocolError(  # OverflowError: 300 as UINT8; RecursionError: absurd nesting
+            f"{where} ('{name}'): data does not fit shape {shape} as {datatype} ({str(exc)[:200]})"
+        ) from None
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         if not missing_ok:
             raise ProtocolError(f"{where} ('{name}') holds NaN or infinite values")
