@@ -111,3 +111,26 @@ def test_an_encoder_saves_as_torchscript_and_computes_the_same(encoder, tokens, 
     args = [torch.from_numpy(v) for v in tokens.values()]
     with torch.inference_mode():
         assert torch.allclose(loaded(*args), encoder(*args), atol=1e-5)
+
+
+def test_wrong_shape_data_is_one_line_naming_both_shapes(mlp, digits, tmp_path):
+    """compress/optimize of a TorchScript file with 63 features for a 64-feature model: one
+    error line with the data's shape and the first layer's width (issue 11, item 3; it was
+    a ~100-line traceback)."""
+    import numpy as np
+    import torch
+    from typer.testing import CliRunner
+
+    import nimbleml
+    from nimbleml.cli import app
+
+    Xte, yte = digits[1], digits[3]
+    torch.jit.save(torch.jit.trace(mlp, torch.from_numpy(Xte[:2])), str(tmp_path / "m.ts"))
+    np.savez(tmp_path / "val.npz", X=Xte[:, :63], y=yte)
+    with pytest.raises(nimbleml.DataError, match=r"\(16, 63\).*takes 64 features"):
+        nimbleml.compress(str(tmp_path / "m.ts"), val=(Xte[:, :63], yte))
+    for verb in ("compress", "optimize"):
+        out = CliRunner().invoke(app, [verb, str(tmp_path / "m.ts"), "--val",
+                                       str(tmp_path / "val.npz"), "-o", str(tmp_path / "o")])  # fmt: skip
+        assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+        assert "'input' has shape (16, 63)" in out.output and "takes 64 features" in out.output

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import ConfigError, ConversionError, ModelLoadError, UntrustedPickleError
+from ..errors import (
+    ConfigError,
+    ConversionError,
+    DataError,
+    ModelLoadError,
+    UntrustedPickleError,
+)
 from ..inputs import Feeds, TensorSpec, as_feeds, to_numpy
 from .base import Model
 from .onnx_model import OnnxModel
@@ -79,11 +85,28 @@ class TorchModel(Model):
         names = input_names or self._input_names(example_inputs)
         self.example: Feeds = as_feeds(example_inputs, names)
         self._inputs = [self._spec(n, a) for n, a in self.example.items()]
-        out_names, outs = _flatten(self._call(self.example))
+        try:
+            first_outputs = self._call(self.example)
+        except Exception as exc:  # wrong data for this model: say so in one line
+            raise DataError(self._mismatch(exc)) from None
+        out_names, outs = _flatten(first_outputs)
         self._outputs = [
             TensorSpec(n, str(to_numpy(o).dtype), ("batch", *o.shape[1:]))
             for n, o in zip(out_names, outs, strict=True)
         ]
+
+    def _mismatch(self, exc: Exception) -> str:
+        """What the data is, what the model's first layer takes, and torch's own words."""
+        given = ", ".join(
+            f"'{n}' has shape {tuple(a.shape)} ({a.dtype})" for n, a in self.example.items()
+        )
+        wants = ""
+        layer = _first_weighted_layer(self.module)
+        if layer is not None:
+            name, kind, width = layer
+            wants = f"; its first layer {name} ({kind}) takes {width} features on the last axis"
+        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        return f"the model cannot run on these inputs: {given}{wants} ({detail})"
 
     def _input_names(self, example: Any) -> list[str]:
         if isinstance(example, Mapping):
@@ -219,6 +242,17 @@ class TorchModel(Model):
                     )
             torch.jit.save(scripted, str(directory / name))
         return name
+
+
+def _first_weighted_layer(module: Any) -> tuple[str, str, int] | None:
+    """(name, kind, input width) of the first Linear in registration order, also inside a
+    TorchScript module (whose submodules keep their ``original_name``)."""
+    for name, sub in module.named_modules():
+        kind = getattr(sub, "original_name", type(sub).__name__)
+        weight = getattr(sub, "weight", None)
+        if kind == "Linear" and weight is not None and weight.ndim == 2:
+            return name, kind, int(weight.shape[1])
+    return None
 
 
 def _count(value: Any) -> int:
