@@ -149,3 +149,41 @@ def test_a_manifest_off_the_schema_is_refused_naming_the_place(saved, tmp_path, 
     (target / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=re.escape(f"at '{where}'")):
         nimbleml.load(target)
+
+
+def _point_model_at(target, path_text, file_path):
+    """Edit a package so that its model (and its checksummed files entry) is ``path_text``,
+    with the right sha256 of ``file_path``: a crafted package, not a damaged one."""
+    manifest = json.loads((target / "manifest.json").read_text())
+    old = manifest["model"]["path"]
+    manifest["model"]["path"] = path_text
+    for entry in manifest["files"]:
+        if entry["path"] == old:
+            entry.update(path=path_text, sha256=sha256(file_path))
+    (target / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "unlisted"])
+def test_a_package_cannot_point_outside_itself(saved, tmp_path, how):
+    """Checksums in the same manifest prove nothing against a crafted package: every path
+    must stay inside the package folder (issue 11, security)."""
+    target = copy(saved, tmp_path)
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(target / "model.onnx", outside)
+    if how == "dotdot":
+        _point_model_at(target, "../outside.onnx", outside)
+        message = "points outside the package"
+    elif how == "absolute":
+        _point_model_at(target, str(outside), outside)
+        message = "points outside the package"
+    elif how == "symlink":
+        (target / "link.onnx").symlink_to(outside)
+        _point_model_at(target, "link.onnx", outside)
+        message = "leads outside the package"
+    else:
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["model"]["path"] = "other.onnx"
+        (target / "manifest.json").write_text(json.dumps(manifest))
+        message = "not among the files the manifest checksums"
+    with pytest.raises(PackageError, match=message):
+        nimbleml.load(target)

@@ -108,8 +108,15 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path}: manifest schema {found!r} is not {SCHEMA}; upgrade nimbleml to read it"
         )
     check_manifest(manifest, str(path))
+    listed = {entry["path"] for entry in manifest["files"]}
+    for role in ("model", "baseline"):
+        if manifest[role]["path"] not in listed:
+            raise PackageError(
+                f"{directory.name}: the {role} file '{manifest[role]['path']}' is not among the "
+                "files the manifest checksums; the package is damaged or crafted"
+            )
     for entry in manifest["files"]:
-        file = directory / entry["path"]
+        file = _inside(directory, entry["path"])
         if not file.is_file():
             raise PackageError(f"{directory.name}: file '{entry['path']}' is missing")
         if sha256(file) != entry["sha256"]:
@@ -118,6 +125,25 @@ def read_manifest(directory: Path) -> dict[str, Any]:
                 "not match the manifest); rebuild the package"
             )
     return manifest
+
+
+def _inside(directory: Path, relative: str) -> Path:
+    """``directory / relative``, or PackageError when that is not a file of the package: an
+    absolute path, ``..``, or a symlink out. The checksums sit in the same manifest, so they
+    prove nothing against a crafted package that points at a file elsewhere."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts or not relative.strip():
+        raise PackageError(
+            f"{directory.name}: manifest entry '{relative}' points outside the package; every "
+            "file must be a relative path inside the package folder"
+        )
+    path = directory / candidate
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise PackageError(
+            f"{directory.name}: '{relative}' leads outside the package (a symbolic link?); "
+            "every file must be inside the package folder"
+        )
+    return path
 
 
 class Package:
@@ -147,7 +173,7 @@ class Package:
         if not entry or "path" not in entry:
             raise PackageError(f"{self.directory}/{MANIFEST} has no '{role}' entry")
         try:
-            return _open_model(self.directory / entry["path"], self.manifest)
+            return _open_model(_inside(self.directory, entry["path"]), self.manifest)
         except ModelLoadError as exc:
             if role == "baseline":
                 raise PackageError(f"{self.directory.name}: cannot load baseline: {exc}") from exc
