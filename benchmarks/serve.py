@@ -254,7 +254,7 @@ def part_overload(
 
 def part_reload(mlp: Path, bodies: Path, cap: float, dur: float, rows: list[list[str]]) -> None:
     """Two reloads while a load at half the capacity runs: failed requests."""
-    with Server(serve_cmd(mlp)) as srv:
+    with Server([*serve_cmd(mlp), "--repository", str(mlp.parent)]) as srv:
         reload_dur = 3 * dur
         gen = subprocess.Popen(
             [sys.executable, str(HERE / "_loadgen.py"), "open", "--port", str(srv.port),

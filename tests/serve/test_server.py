@@ -287,7 +287,7 @@ def test_hot_reload_under_load_fails_nothing(tmp_path, digits_package, digits):
         fh.write(b"tampered")
     old_ref = nimbleml.load(digits_package).predict(Xte[:1])
     new_ref = nimbleml.load(new_pkg).predict(Xte[:1])
-    app = create_app({"digits": digits_package}, ServeConfig(cache_mb=0))
+    app = create_app({"digits": digits_package}, ServeConfig(cache_mb=0, repository=str(tmp_path)))
     statuses: list[int] = []
     stop = False
     with ServerThread(app) as s:
@@ -368,3 +368,36 @@ def test_served_models_leave_the_event_loop_a_core(digits_package):
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     monitor.close()
+
+
+def test_model_control_is_off_unless_asked_for_and_stays_in_the_repository(
+    tmp_path, digits_package
+):
+    """The load route loaded any folder on the server's disk (issue 11, security): now it is
+    403 unless --repository/--allow-reload, 403 outside the repository, 401 without the key."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    inside = shutil.copytree(digits_package, repo / "digits.nimble")
+    outside = shutil.copytree(digits_package, tmp_path / "elsewhere.nimble")
+
+    def load(url, path, key=None):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with httpx.Client(base_url=url, timeout=60) as c:
+            return c.post("/v2/repository/models/digits/load", headers=headers,
+                          json={"parameters": {"path": str(path)}})  # fmt: skip
+
+    with ServerThread(create_app({"digits": digits_package}, ServeConfig())) as off:
+        r = load(off.url, inside)
+        assert r.status_code == 403 and "--repository" in r.json()["error"]
+    config = ServeConfig(repository=str(repo), api_key="k")
+    with ServerThread(create_app({"digits": digits_package}, config)) as s:
+        assert load(s.url, inside).status_code == 401
+        far = load(s.url, outside, key="k")
+        assert far.status_code == 403 and "outside the model repository" in far.json()["error"]
+        sneaky = load(s.url, repo / ".." / "elsewhere.nimble", key="k")
+        assert sneaky.status_code == 403
+        assert load(s.url, inside, key="k").status_code == 200
+    with pytest.raises(nimbleml.ConfigError, match="not a folder"):
+        ServeConfig(repository=str(tmp_path / "nope"))

@@ -43,6 +43,14 @@ def serve(
     watch: bool | None = typer.Option(
         None, "--watch/--no-watch", help="reload a model when its package folder changes"
     ),
+    repository: str | None = typer.Option(
+        None, help="folder the v2 repository load route may load packages from [off]"
+    ),
+    allow_reload: bool | None = typer.Option(
+        None,
+        "--allow-reload/--no-allow-reload",
+        help="let the load route load a package from any path (prefer --repository) [off]",
+    ),
 ) -> None:
     """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
     from ..serve.launch import check_bind, make_spec, run
@@ -52,7 +60,8 @@ def serve(
                  "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
                  "max_queue": max_queue, "timeout_ms": timeout_ms, "cache_mb": cache_mb,
                  "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
-                 "workers": workers, "threads": threads, "watch": watch}  # fmt: skip
+                 "workers": workers, "threads": threads, "watch": watch,
+                 "repository": repository, "allow_reload": allow_reload}  # fmt: skip
         spec = make_spec(given, config)
         check_bind(spec["host"], spec["port"])
         _show(

@@ -53,6 +53,10 @@ class ServeConfig:
     max_body_bytes: int = 16 * 2**20
     redis: str | None = None  # a shared cache tier below memory (several workers share it)
     threads: int | None = None  # ONNX Runtime threads per model; None: leave the loop a core
+    # model control (the v2 repository load route), off unless one of these is given, as
+    # Triton's explicit mode: packages under ``repository`` only, or any path
+    repository: str | None = None
+    allow_reload: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -63,6 +67,8 @@ class ServeConfig:
             raise ConfigError("max_wait_ms >= 0, timeout_ms > 0 and cache_mb >= 0 are required")
         if self.redis is not None and self.cache_mb <= 0:
             raise ConfigError("a Redis tier sits below the memory cache: give cache_mb > 0")
+        if self.repository is not None and not Path(self.repository).is_dir():
+            raise ConfigError(f"repository {self.repository} is not a folder")
 
 
 class _PredictionIds:
@@ -586,12 +592,25 @@ def create_app(
     @app.post("/v2/repository/models/{name}/load")
     async def load_model(name: str, request: Request) -> dict[str, Any]:
         """Hot reload (see Server.reload); parameters.path names a new package."""
-        body = await body_of(request) if int(request.headers.get("content-length") or 0) else {}
         server.check_key(request.headers.get("authorization"))
+        config = server.config
+        if not (config.repository or config.allow_reload):
+            raise HttpError(
+                403, "model control is off: start the server with --repository DIR (packages "
+                "under DIR may be loaded) or --allow-reload",
+            )  # fmt: skip
+        body = await body_of(request) if int(request.headers.get("content-length") or 0) else {}
         params = body.get("parameters") or {}
         source = params.get("path") or server.sources.get(name)
         if source is None:
             raise HttpError(400, f"model '{name}' is new here: give parameters.path to its package")
+        if params.get("path") is not None and config.repository:
+            root = Path(config.repository).resolve()
+            if not Path(str(source)).resolve().is_relative_to(root):
+                raise HttpError(
+                    403, f"{source} is outside the model repository {root}; this server loads "
+                    "packages from there only",
+                )  # fmt: skip
         new = await server.reload(name, source)
         return {"name": name, "version": new.version, "loaded": True}
 
