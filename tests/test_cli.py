@@ -234,3 +234,23 @@ def test_ensemble_user_errors_are_one_line_and_exit_2(ensemble_files, tmp_path, 
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
+
+
+def test_an_internal_error_is_one_line_with_exit_1_and_debug_shows_it(monkeypatch, tmp_path):
+    """Our bugs never show a user a traceback either: one line saying it is a bug, exit 1;
+    --debug lets the traceback through (issue 11, "make it systematic")."""
+    from typer.testing import CliRunner
+
+    import nimbleml.package
+    from nimbleml.cli import app
+
+    def broken(path):  # an internal failure, injected where inspect loads the package
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(nimbleml.package, "load", broken)
+    out = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert out.exit_code == 1 and out.output.count("\n") == 1
+    assert "error: ZeroDivisionError: division by zero" in out.output
+    assert "--debug" in out.output and "Traceback" not in out.output
+    debug = CliRunner().invoke(app, ["--debug", "inspect", str(tmp_path)])
+    assert isinstance(debug.exception, ZeroDivisionError)

@@ -18,6 +18,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Make trained models small and fast, and prove it.",
 )
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of an internal error"),
+) -> None:
+    """Make trained models small and fast, and prove it."""
+    from ._common import DEBUG
+
+    DEBUG["on"] = debug
+
+
 for verb in (
     compress.compress, compress.bench, compress.inspect, compress.optimize, report.report,
     serve.serve, ensemble.ensemble, report.demo,

@@ -19,13 +19,30 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+DEBUG = {"on": False}  # set by the top-level --debug option
+
+
 def _guard(fn: Callable[[], T]) -> T:
+    """User errors: one line, exit 2. Anything else is nimbleml's bug: one line too, exit 1,
+    with the traceback only under --debug (a user never has to read one)."""
     try:
         return fn()
     except NimbleError as exc:
         _fail(str(exc))
     except FileNotFoundError as exc:
         _fail(f"file not found: {exc.filename}")
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if DEBUG["on"]:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        typer.echo(
+            f"error: {type(exc).__name__}: {first} (a bug in nimbleml, not your input; run "
+            "with --debug for the traceback and report it)",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     raise AssertionError("unreachable")
 
 
