@@ -8,6 +8,49 @@ import pytest
 from nimbleml.bench.machine import has_cuda
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Fail the run when a process this run started from its own environment (a server, a
+    worker, multiprocessing's tracker, a load generator) outlives it: a fresh-clone `make
+    test` once left three listening on 127.0.0.1 an hour later (issue 11, item 7)."""
+    import os
+    import sys
+    import time
+
+    import psutil
+
+    started = time.time()
+    me = os.getpid()
+    venv = os.path.dirname(sys.executable)
+
+    def ours(proc: psutil.Process) -> bool:
+        try:
+            return (
+                proc.pid != me
+                and proc.create_time() >= started - 1
+                and proc.status() != psutil.STATUS_ZOMBIE
+                and any(part.startswith(venv) for part in proc.cmdline()[:2])
+            )
+        except psutil.Error:
+            return False
+
+    yield
+    deadline = time.monotonic() + 10  # time for servers stopped by the last tests to exit
+    while True:
+        left = [proc for proc in psutil.process_iter() if ours(proc)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    described = []
+    for proc in left:
+        try:
+            described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:120]}")
+            proc.kill()
+        except psutil.Error:
+            pass
+    assert not described, "processes outlived the test run:\n" + "\n".join(described)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if has_cuda():
         return

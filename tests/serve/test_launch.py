@@ -131,6 +131,25 @@ def test_several_workers_share_the_port(tmp_path, digits_package, digits):
             assert r.status_code == 200
 
 
+def test_workers_die_with_their_parent(tmp_path, digits_package):
+    """kill -9 of the supervisor left both workers serving (issue 11, item 7)."""
+    args = [f"digits={digits_package}", "--workers", "2"]
+    with ServeProcess(args, tmp_path / "w.log") as s:
+        deadline = time.monotonic() + 30
+        workers: list[psutil.Process] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = [p for p in psutil.Process(s.proc.pid).children()
+                       if "spawn_main" in " ".join(p.cmdline())]  # fmt: skip
+            time.sleep(0.1)
+        assert len(workers) == 2
+        s.proc.kill()  # SIGKILL: the supervisor cannot clean up
+        s.proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        for p in alive:  # do not leave them behind even when the test fails
+            p.kill()
+        assert not alive, f"workers still running after their parent died: {alive}"
+
+
 def test_watching_a_package_folder_reloads_it(tmp_path, digits_package, digits):
     from nimbleml.demo import train_mlp
 

@@ -150,8 +150,29 @@ def tune_gc() -> None:
     gc.set_threshold(5000, gen1, gen2)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG):
+    a worker whose supervisor was killed with -9 kept answering on the port for hours. Then
+    check the parent is still there, in case it died before the request took effect."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_app() -> Any:
     """uvicorn's factory in each worker process: the settings come from the parent."""
+    die_with_parent()
     return build_app(json.loads(os.environ[SPEC_ENV]))
 
 
