@@ -299,3 +299,29 @@ def test_bad_settings():
     m = ModelMonitor(store="sqlite:///:memory:", background=False)
     with pytest.raises(ConfigError, match="3 items for 2 latencies"):
         m.record_batch([1.0, 2.0], prediction_ids=[1, 2, 3])
+
+
+def test_report_opens_stores_read_only_and_creates_nothing_on_failure(tmp_path):
+    """`nimbleml report --monitor other.db` wrote nimbleml's tables into any SQLite file and
+    made the output folder before failing; a non-SQLite file was a traceback (issue 11,
+    item 9)."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from nimbleml.cli import app
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.close()
+    before = other.read_bytes()
+    out = tmp_path / "report"
+    res = CliRunner().invoke(app, ["report", "--monitor", str(other), "-o", str(out)])
+    assert res.exit_code == 2 and "is not a nimbleml monitor store" in res.output
+    assert other.read_bytes() == before and not out.exists()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    res = CliRunner().invoke(app, ["report", "--monitor", str(garbage), "-o", str(out)])
+    assert res.exit_code == 2 and "is not an SQLite database" in res.output
+    assert res.output.count("\n") == 1 and not out.exists()

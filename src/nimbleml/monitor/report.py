@@ -53,13 +53,13 @@ def write_report(store_url: str, out_dir: str | Path) -> list[Path]:
         path = sqlite_path(store_url)
         if path != ":memory:" and not Path(path).is_file():
             raise ConfigError(f"monitor store not found: {path}")
-    store = open_store(store_url)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plt = _pyplot()
+    store = open_store(store_url, read_only=True)
     windows = _windows(store)
     if not windows:
         raise ConfigError(f"the store {store_url} holds no monitoring windows yet")
+    out = Path(out_dir)  # created only once there is something to write into it
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
     window_s = next(iter(windows.values()))[0]["seconds"]
     written = []
 

@@ -36,10 +36,12 @@ UPSERT_WINDOW = (
 WindowRow = tuple[str, float, float, int, int, int, Callable[[bytes | None], bytes]]
 
 
-def open_store(url: str) -> Store:
-    """'sqlite:///path.db', 'sqlite:///:memory:' or 'postgresql://user@host:port/db'."""
+def open_store(url: str, read_only: bool = False) -> Store:
+    """'sqlite:///path.db', 'sqlite:///:memory:' or 'postgresql://user@host:port/db'.
+    ``read_only`` (SQLite): open an existing nimbleml store without writing to it; a file that
+    is not SQLite, or a database without nimbleml's tables, is a ConfigError."""
     if url.startswith("sqlite:///"):
-        return SqliteStore(url)
+        return SqliteStore(url, read_only=read_only)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
     raise ConfigError(
@@ -150,9 +152,12 @@ class SqliteStore(Store):
 
     dialect = "sqlite"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: bool = False) -> None:
         super().__init__(url)
         path = sqlite_path(url)
+        if read_only:
+            self.conn = _open_read_only(path)
+            return
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -178,6 +183,28 @@ class SqliteStore(Store):
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+
+def _open_read_only(path: str) -> sqlite3.Connection:
+    """An existing nimbleml SQLite store, opened so that nothing can be written to it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"monitor store not found: {path}")
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
+                           check_same_thread=False, isolation_level=None)  # fmt: skip
+    try:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ConfigError(
+            f"{path} is not an SQLite database ({exc}); pass a nimbleml monitor store"
+        ) from None
+    if not {"predictions", "windows"} <= names:
+        conn.close()
+        raise ConfigError(
+            f"{path} is not a nimbleml monitor store (it has no 'windows' and 'predictions' "
+            "tables); pass the file a ModelMonitor or nimbleml serve --monitor-store wrote"
+        )
+    return conn
 
 
 class PostgresStore(Store):
