@@ -151,6 +151,37 @@ def convert_verified(
     )
 
 
+def check_finite(model: Model, feeds: Feeds, what: str) -> None:
+    """DataError for infinite inputs, and for NaN inputs the model cannot take (its outputs on
+    them are not finite: a metric over them measures nothing). NaN stays allowed where the
+    original handles missing values (an imputer, trees with NaN support)."""
+    from ..errors import DataError
+
+    for name, arr in feeds.items():
+        if arr.dtype.kind != "f" or not arr.ndim:
+            continue
+        rows = arr.reshape(len(arr), -1)
+        for kind, bad in (
+            ("infinity", np.isinf(rows).any(axis=1)),
+            ("NaN", np.isnan(rows).any(axis=1)),
+        ):
+            if not bad.any():
+                continue
+            first = int(np.argmax(bad))
+            where = (
+                f"{what} input '{name}' has {int(bad.sum())} row(s) holding {kind} (first: row "
+                f"{first})"
+            )
+            if kind == "infinity":
+                raise DataError(f"{where}; remove or fix those rows")
+            outputs = model.run({k: v[first : first + 1] for k, v in feeds.items()})
+            if not all(np.isfinite(o).all() for o in outputs if np.asarray(o).dtype.kind == "f"):
+                raise DataError(
+                    f"{where}, and the model's outputs for them are not finite either; remove "
+                    "or impute those rows"
+                )
+
+
 def _synthetic(model: Any, trust_pickle: bool) -> tuple[Any, str]:
     """Inputs inferred from an nn.Module's first layer, or ConfigError saying what to pass."""
     from .._deps import loaded
@@ -186,6 +217,9 @@ def prepare(
     source.task = infer_task(source.task, val_y)
     val_feeds = source.feeds(val_x) if val_x is not None else None
     calib_feeds = source.feeds(calib) if calib is not None else None
+    for what, feeds in (("val", val_feeds), ("calib", calib_feeds)):
+        if feeds is not None:
+            check_finite(source, feeds, what)
     base_feeds = next((f for f in (val_feeds, calib_feeds) if f is not None), None) or source.feeds(
         example_raw
     )
