@@ -72,3 +72,23 @@ def test_default_metric_by_task():
     assert resolve(None, "classification").name == "accuracy"
     assert resolve(None, "regression").name == "r2"
     assert resolve(None, None).name == "cosine"
+
+
+def test_value_metrics_on_class_scores_and_string_labels_say_what_is_wrong():
+    """`--metric mse` on a classifier was a numpy reshape error; string labels against class
+    indices gave accuracy 0.0 with no word (issue 11, item 4)."""
+    import pytest
+
+    from nimbleml.errors import AccuracyBudgetError
+    from nimbleml.metrics import evaluate, resolve
+
+    scores = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
+    y = np.array([0, 1, 2, 2])
+    with pytest.raises(AccuracyBudgetError, match="3 scores per row for 1 target"):
+        evaluate(resolve("mse", None), [scores], y, None, "classification")
+    as_text = np.array(["0", "1", "2", "2"])
+    assert evaluate(resolve("accuracy", None), [scores], as_text, None, None) == 0.75
+    with pytest.raises(AccuracyBudgetError, match="labels are strings"):
+        evaluate(resolve("accuracy", None), [scores], np.array(["a", "b", "c", "c"]), None, None)
+    labels = np.array(["cat", "dog", "dog", "cat"], dtype=object)  # a classifier's own labels
+    assert evaluate(resolve("accuracy", None), [labels], labels.astype(str), None, None) == 1.0

@@ -147,5 +147,31 @@ def evaluate(
     pred = prediction(outputs, task, as_labels)
     if len(pred) != len(y):
         raise AccuracyBudgetError(f"y has {len(y)} rows but the model made {len(pred)} predictions")
+    if not as_labels and pred.size != y.size:
+        raise AccuracyBudgetError(
+            f"metric '{metric.name}' compares values, but the model gives {pred.size // len(pred)} "
+            f"scores per row for {y.size // len(y)} target(s) (a classifier?); use accuracy or "
+            "f1, or a metric of your own"
+        )
+    if as_labels:
+        y, pred = _comparable_labels(y.reshape(-1), pred)
     assert metric.fn is not None
-    return float(metric.fn(y.reshape(-1) if as_labels else y.reshape(pred.shape), pred))
+    return float(metric.fn(y if as_labels else y.reshape(pred.shape), pred))
+
+
+def _comparable_labels(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of one kind on both sides: string labels (as .npz files store them) against a
+    model's class indices are read as numbers when they all are ("3"), otherwise refused; a
+    silent accuracy of 0.0 helps nobody."""
+    text_y, text_pred = y.dtype.kind in "OUS", pred.dtype.kind in "OUS"
+    if text_y == text_pred:
+        return y, pred
+    if text_y:
+        try:
+            return y.astype(np.float64).astype(pred.dtype), pred
+        except (TypeError, ValueError):
+            raise AccuracyBudgetError(
+                f"the labels are strings (e.g. {str(y[0])!r}) but the model gives class indices "
+                "(0, 1, ...): pass y as those indices, in the order the model was trained on"
+            ) from None
+    return y.astype(str), pred.astype(str)
