@@ -254,3 +254,12 @@ def test_an_internal_error_is_one_line_with_exit_1_and_debug_shows_it(monkeypatc
     assert "--debug" in out.output and "Traceback" not in out.output
     debug = CliRunner().invoke(app, ["--debug", "inspect", str(tmp_path)])
     assert isinstance(debug.exception, ZeroDivisionError)
+
+
+def test_ratios_under_one_are_said_the_other_way():
+    """'0.28x faster' and '0.96x smaller' said the opposite of what they meant (issue 11)."""
+    from nimbleml.cli.compress import _times
+
+    assert _times(2.0, "faster", "slower") == "2.00x faster"
+    assert _times(0.8, "faster", "slower") == "1.25x slower"
+    assert _times(0.96, "smaller", "larger") == "1.04x larger"

@@ -106,6 +106,7 @@ def test_time_budget_is_kept(mlp, digits):
     skipped = [c for c in r.candidates if c.reason == "time budget spent"]
     assert len(skipped) == len(r.candidates) - 1  # only the baseline was measured
     assert r.best_name.startswith("original")
+    assert "* best: original (torch) (the original: no candidate within the budget" in r.table()
 
 
 def test_the_budget_covers_everything_and_progress_names_each_candidate(mlp, digits):

@@ -101,8 +101,10 @@ class BenchmarkReport:
             f"{'samples/s':>11} {'size MB':>8} {'params':>9} {'metric':>8} {'speedup':>8} {'smaller':>8}"
         )
         lines = [head, "-" * len(head)]
+        marked = False
         for r in self.results:
             ratio = self.ratios(r)
+            marked = marked or "*" in r.latency.fmt("p50") + r.latency.fmt("p99")
             metric = "" if r.metric_value is None else f"{r.metric_value:.4f}"
             lines.append(
                 f"{r.name[:24]:<24} {r.batch_size:>5} {r.latency.n:>6} {r.latency.fmt('p50'):>9} "
@@ -110,7 +112,8 @@ class BenchmarkReport:
                 f"{r.performance.model_size_mb:>8.3f} {r.performance.num_parameters:>9} "
                 f"{metric:>8} {ratio['speedup_p50']:>7.2f}x {ratio['size_ratio']:>7.2f}x"
             )
-        lines.append("* = too few samples for this percentile to be meaningful (see n)")
+        if marked:  # the footnote only where a mark needs it
+            lines.append("* = too few samples for this percentile to be meaningful (see n)")
         return "\n".join(lines)
 
     def plot(self, directory: str | Path) -> list[Path]:

@@ -56,11 +56,16 @@ def compress(
     _guard(go)
 
 
+def _times(ratio: float, better: str, worse: str) -> str:
+    """'2.00x faster', or for a ratio under 1 '1.33x slower' (never '0.75x faster')."""
+    return f"{ratio:.2f}x {better}" if ratio >= 1 else f"{1 / ratio:.2f}x {worse}"
+
+
 def _summary(m: dict[str, Any], where: Path | str) -> str:
     steps = " + ".join(s["step"] for s in m["recipe"]) or "(none)"
     lines = [f"package: {where}", f"recipe: {steps}"]
     lines.append(f"size: {m['baseline']['size_bytes']:,} B -> {m['model']['size_bytes']:,} B "
-                 f"({m['baseline']['size_bytes'] / max(1, m['model']['size_bytes']):.2f}x smaller)")  # fmt: skip
+                 f"({_times(m['baseline']['size_bytes'] / max(1, m['model']['size_bytes']), 'smaller', 'larger')})")  # fmt: skip
     v = m.get("validation", {})
     if v.get("metric"):
         lines.append(
@@ -68,7 +73,7 @@ def _summary(m: dict[str, Any], where: Path | str) -> str:
         )
     for key, b in m.get("benchmark", {}).items():
         ratio = b.get("speedup_p50") or b.get("speedup_throughput")
-        gain = f" ({ratio:.2f}x {'faster' if ratio >= 1 else 'slower'})" if ratio else ""
+        gain = f" ({_times(ratio, 'faster', 'slower')})" if ratio else ""
         lines.append(
             f"{key.replace('_', ' ')}: p50 {b['original']['p50_ms']:.3f} ms -> "
             f"{b['package']['p50_ms']:.3f} ms{gain}"

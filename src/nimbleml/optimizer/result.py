@@ -123,11 +123,17 @@ class OptimizationResult:
                 f"{f((c.size_bytes or 0) / 1024 if c.size_bytes else None, '.1f'):>9}"
             )
             if c.reason and c.status not in ("ok", "baseline"):
-                lines.append(f"    {c.reason[:110]}")
-        lines.append(
-            f"* best: {self.best_name} ({self.speedup:.2f}x the baseline's {self.objective})"
-        )
+                lines.append(f"    {c.reason}")  # whole: the advice is often at the end
+        lines.append(f"* best: {self.best_name} ({self._gain()})")
         return "\n".join(lines)
+
+    def _gain(self) -> str:
+        if self.best_name == self.baseline.name:
+            return "the original: no candidate within the budget beat it here"
+        what = "faster" if self.objective == "latency" else "the throughput"
+        if self.objective == "latency":
+            return f"{self.speedup:.2f}x {what} than the original"
+        return f"{self.speedup:.2f}x {what} of the original"
 
     def report(self, directory: str | Path) -> list[Path]:
         """Write optimization.json, optimization.txt and pareto.png into ``directory``."""
