@@ -142,6 +142,7 @@ HARD_TEXTS = (
     "UPPER CASE AND MiXeD",
 )
 UNSEEN = "nimbleml-unseen-category"
+MISSING_NUMBERS = "missing numbers"  # a case name the server reads back from manifests
 
 
 def hard_cases(feeds: Feeds) -> list[tuple[str, Feeds]]:
@@ -165,7 +166,7 @@ def hard_cases(feeds: Feeds) -> list[tuple[str, Feeds]]:
     ]
     if numbers:
         cases.append(
-            ("missing numbers", {**base, **{k: np.full_like(base[k], np.nan) for k in numbers}})
+            (MISSING_NUMBERS, {**base, **{k: np.full_like(base[k], np.nan) for k in numbers}})
         )
     return cases
 

@@ -28,10 +28,16 @@ def first_layer(module: Any) -> tuple[str, Any] | None:
     for name, sub in module.named_modules():
         if sub is module or any(True for _ in sub.children()):
             continue
-        if type(sub).__name__ in _TRANSPARENT:
+        if layer_kind(sub) in _TRANSPARENT:
             continue
         return name, sub
     return None
+
+
+def layer_kind(layer: Any) -> str:
+    """A layer's class name, also inside a TorchScript module (which keeps it as
+    ``original_name``)."""
+    return str(getattr(layer, "original_name", type(layer).__name__))
 
 
 def _required_args(module: Any) -> list[str]:
@@ -65,7 +71,7 @@ def synthetic_inputs(module: Any, seed: int = 0) -> tuple[Any, str]:
     if found is None:
         raise _refuse(module, "none", "it has no layers")
     name, layer = found
-    kind = type(layer).__name__
+    kind = layer_kind(layer)
     described = f"{name} = {kind}"
     args = _required_args(module)
     rng = np.random.default_rng(seed)

@@ -101,10 +101,13 @@ class TorchModel(Model):
             f"'{n}' has shape {tuple(a.shape)} ({a.dtype})" for n, a in self.example.items()
         )
         wants = ""
-        layer = _first_weighted_layer(self.module)
-        if layer is not None:
-            name, kind, width = layer
-            wants = f"; its first layer {name} ({kind}) takes {width} features on the last axis"
+        from .torch_inputs import first_layer, layer_kind
+
+        found = first_layer(self.module)
+        if found is not None and layer_kind(found[1]) == "Linear":
+            name, layer = found
+            width = int(layer.weight.shape[1])
+            wants = f"; its first layer {name} (Linear) takes {width} features on the last axis"
         detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         return f"the model cannot run on these inputs: {given}{wants} ({detail})"
 
@@ -242,17 +245,6 @@ class TorchModel(Model):
                     )
             torch.jit.save(scripted, str(directory / name))
         return name
-
-
-def _first_weighted_layer(module: Any) -> tuple[str, str, int] | None:
-    """(name, kind, input width) of the first Linear in registration order, also inside a
-    TorchScript module (whose submodules keep their ``original_name``)."""
-    for name, sub in module.named_modules():
-        kind = getattr(sub, "original_name", type(sub).__name__)
-        weight = getattr(sub, "weight", None)
-        if kind == "Linear" and weight is not None and weight.ndim == 2:
-            return name, kind, int(weight.shape[1])
-    return None
 
 
 def _count(value: Any) -> int:

@@ -644,7 +644,9 @@ def _verified_on_missing(manifest: dict[str, Any]) -> bool:
     """Whether verification compared the package with the original on missing numbers (only
     kept when the original itself handles them: an imputer, trees with NaN support)."""
     cases = (manifest.get("conversion") or {}).get("cases") or []
-    return any(isinstance(c, dict) and c.get("case") == "missing numbers" for c in cases)
+    from ..verify import MISSING_NUMBERS
+
+    return any(isinstance(c, dict) and c.get("case") == MISSING_NUMBERS for c in cases)
 
 
 def _gauges(entry: ModelEntry) -> Any:
