@@ -22,6 +22,10 @@ def no_process_left_behind():
     started = time.time()
     me = os.getpid()
     venv = os.path.dirname(sys.executable)
+    # children inherit this mark, orphans included; another test run on the same machine
+    # has its own, so runs side by side never count (or kill) each other's processes
+    mark = f"{me}-{started}"
+    os.environ["NIMBLEML_TEST_RUN"] = mark
 
     def ours(proc: psutil.Process) -> bool:
         try:
@@ -30,6 +34,7 @@ def no_process_left_behind():
                 and proc.create_time() >= started - 1
                 and proc.status() != psutil.STATUS_ZOMBIE
                 and any(part.startswith(venv) for part in proc.cmdline()[:2])
+                and proc.environ().get("NIMBLEML_TEST_RUN") == mark
             )
         except psutil.Error:
             return False

@@ -263,3 +263,65 @@ def test_ratios_under_one_are_said_the_other_way():
     assert _times(2.0, "faster", "slower") == "2.00x faster"
     assert _times(0.8, "faster", "slower") == "1.25x slower"
     assert _times(0.96, "smaller", "larger") == "1.04x larger"
+
+
+def test_torchscript_recipes_refuse_or_work_in_cli_words(files, tmp_path):
+    """torch-int8 on a .ts would quantise nothing: refused, pointing at --quantize int8;
+    structured pruning points at --prune-method magnitude, which then works (issue 11, 2 and 8)."""
+    ts, val = str(files / "mlp.ts"), str(files / "val.npz")
+    res = runner.invoke(
+        app, ["compress", ts, "--quantize", "torch-int8", "--val", val, "-o", str(tmp_path / "a")]
+    )
+    assert res.exit_code == 2 and "--quantize int8" in res.output and "quantize='" not in res.output
+    res = runner.invoke(
+        app, ["compress", ts, "--prune", "0.3", "--val", val, "-o", str(tmp_path / "b")]
+    )
+    assert res.exit_code == 2 and "--prune-method magnitude" in res.output
+    res = runner.invoke(app, ["compress", ts, "--prune", "0.3", "--prune-method", "magnitude",
+                              "--val", val, "-o", str(tmp_path / "c")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "recipe: prune-magnitude" in res.output and "sparse-store" in res.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compress_has_a_default_accuracy_budget(files, tmp_path):
+    """--prune 0.95 used to ship a model 37.8 points worse with rc 0 and no warning (item 13)."""
+    out = tmp_path / "p.nimble"
+    proc = subprocess.run(
+        [NIMBLEML, "compress", str(files / "mlp.ts"), "--prune", "0.95", "--prune-method",
+         "magnitude", "--val", str(files / "val.npz"), "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].startswith("FALLBACK: the compressed model")
+    assert "--max-drop 0.01 (the default budget" in proc.stdout
+    assert "recipe: none" in proc.stdout
+    assert proc.stderr.startswith("warning: accuracy dropped") and ".py:" not in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fallback"] and manifest["validation"]["max_drop"] == 0.01
+    assert manifest["validation"]["max_drop_source"] == "default"
+    # 'none' turns the budget off; a bad value names the flag
+    res = runner.invoke(app, ["compress", str(files / "mlp.ts"), "--val", str(files / "val.npz"),
+                              "--max-drop", "none", "-o", str(tmp_path / "n.nimble")])  # fmt: skip
+    assert res.exit_code == 0 and "no budget" in res.output
+    res = runner.invoke(
+        app, ["compress", str(files / "mlp.ts"), "--max-drop", "lots", "-o", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "--max-drop takes a number" in res.output
+
+
+def test_float64_data_and_out_of_range_values(files, tmp_path):
+    """numpy's default float64 fits a float32 model; values beyond float32 are refused by name."""
+    data = dict(np.load(files / "val.npz"))
+    np.savez(tmp_path / "v64.npz", X=data["X"].astype(np.float64), y=data["y"])
+    np.savez(tmp_path / "huge.npz", X=data["X"].astype(np.float64) * 1e300, y=data["y"])
+    res = runner.invoke(app, ["compress", str(files / "mlp.ts"), "--val", str(tmp_path / "v64.npz"),
+                              "-o", str(tmp_path / "ok.nimble")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for verb in (["compress", str(files / "mlp.ts"), "-o", str(tmp_path / "no"), "--val"],
+                 ["bench", str(tmp_path / "ok.nimble"), "--time-budget", "0.1", "--data"]):  # fmt: skip
+        res = runner.invoke(app, [*verb, str(tmp_path / "huge.npz")])
+        assert res.exit_code == 2, res.output
+        assert (
+            "range of" in res.output and "float32" in res.output and "Traceback" not in res.output
+        )

@@ -174,7 +174,10 @@ def cast_to_specs(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) 
                 flat = [np.nan if _is_missing(v) else v for v in arr.ravel()]
                 arr = np.array(flat, dtype=object).reshape(arr.shape)
             try:
-                arr = arr.astype(spec.dtype)
+                with np.errstate(over="raise", invalid="raise"):
+                    arr = arr.astype(spec.dtype)
+            except FloatingPointError:
+                raise DataError(_out_of_range(arr, spec)) from None
             except (TypeError, ValueError) as exc:
                 raise DataError(
                     f"input '{spec.name}' has dtype {arr.dtype}, which cannot become the "
@@ -182,6 +185,24 @@ def cast_to_specs(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) 
                 ) from exc
         out[spec.name] = np.ascontiguousarray(arr)
     return out
+
+
+def _out_of_range(arr: np.ndarray, spec: TensorSpec) -> str:
+    """Which value does not fit the model's dtype, and where."""
+    kind = np.dtype(spec.dtype)
+    info = np.finfo(kind) if kind.kind == "f" else np.iinfo(kind)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isnan(arr) & ((arr > info.max) | (arr < info.min))
+    where = np.argwhere(bad)
+    at = (
+        f" (first at index {tuple(int(i) for i in where[0])}: {arr[tuple(where[0])]:g})"
+        if len(where)
+        else ""
+    )
+    return (
+        f"input '{spec.name}' holds {int(bad.sum())} value(s) outside the range of the "
+        f"{spec.dtype} the model takes (±{info.max:g}){at}; rescale or clip the data"
+    )
 
 
 def check_shapes(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> None:

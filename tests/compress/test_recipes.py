@@ -1,5 +1,8 @@
 """One conformance test over every registered recipe, plus what each one must really do."""
 
+import hashlib
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +21,7 @@ SUBJECT = {
     "int8-static": ("mlp-onnx", 0.99),
     "fp16": ("mlp-onnx", 0.999),
     "graph-opt": ("mlp-onnx", 0.99999),
-    "sparse-store": ("mlp-onnx", 0.99999),
+    "sparse-store": ("mlp-pruned-onnx", 0.99999),
     "torch-int8": ("mlp", 0.99),
     "bf16": ("mlp", 0.99),
     "prune-structured": ("mlp", 0.5),
@@ -34,7 +37,31 @@ def subjects(mlp, pipeline, digits):
     Xte = digits[1]
     torch_model = load_model(mlp, Xte[:8])
     onnx_model, _ = convert_verified(torch_model, variants(torch_model.feeds(Xte)))
-    return {"mlp": torch_model, "mlp-onnx": onnx_model, "pipeline": load_model(pipeline)}
+    scripted = load_model(torch.jit.trace(mlp, torch.from_numpy(Xte[:2])), Xte[:8])
+    pruned = get_recipe("prune-magnitude", amount=0.8).apply(
+        torch_model, Context(example=torch_model.feeds(Xte[:4]))
+    )
+    pruned_onnx, _ = convert_verified(pruned, variants(pruned.feeds(Xte)))
+    return {"mlp": torch_model, "mlp-onnx": onnx_model, "pipeline": load_model(pipeline),
+            "mlp-ts": scripted, "mlp-pruned-onnx": pruned_onnx}  # fmt: skip
+
+
+def fingerprint(model) -> str:
+    """What a recipe claims to change: the ONNX graph, the torch weights and module types, or
+    the scikit-learn estimator."""
+    h = hashlib.sha256()
+    if model.framework == "onnx":
+        h.update(model.data)
+    elif model.framework == "torch":
+        for name, m in model.module.named_modules():
+            h.update(f"{name}:{type(m).__name__}".encode())
+        for name, t in model.module.state_dict().items():
+            h.update(name.encode())
+            if isinstance(t, torch.Tensor) and not t.is_quantized:
+                h.update(t.detach().float().numpy().tobytes())
+    else:
+        h.update(pickle.dumps(model.estimator))
+    return h.hexdigest()
 
 
 def test_every_registered_recipe_is_covered():
@@ -57,6 +84,7 @@ def test_recipe_conformance(name, subjects, digits):
     recipe.check(model, ctx)
     out = recipe.apply(model, ctx)
     assert out is not model
+    assert fingerprint(out) != fingerprint(model), f"{name} changed nothing"
     assert out.input_names == model.input_names
     assert out.output_names == model.output_names
     feeds = model.feeds(Xte)
@@ -136,6 +164,37 @@ def test_structured_pruning_without_pairs_is_refused(digits):
     model = load_model(torch.nn.Linear(64, 10).eval(), digits[1][:2])
     with pytest.raises(UnsupportedError, match="prune_method='magnitude'"):
         get_recipe("prune-structured").apply(model, Context(example=model.feeds(digits[1][:2])))
+
+
+def test_torch_int8_on_torchscript_is_refused_not_a_no_op(subjects, digits):
+    model = subjects["mlp-ts"]
+    with pytest.raises(UnsupportedError, match="TorchScript.*quantize='int8'"):
+        get_recipe("torch-int8").apply(model, Context(example=model.feeds(digits[1][:4])))
+
+
+def test_torch_int8_without_linear_layers_is_refused(digits):
+    model = load_model(torch.nn.Sequential(torch.nn.ReLU()).eval(), digits[1][:2])
+    with pytest.raises(UnsupportedError, match="no nn.Linear"):
+        get_recipe("torch-int8").apply(model, Context(example=model.feeds(digits[1][:2])))
+
+
+def test_structured_pruning_of_torchscript_points_to_magnitude(subjects, digits):
+    model = subjects["mlp-ts"]
+    with pytest.raises(UnsupportedError, match="TorchScript.*prune_method='magnitude'"):
+        get_recipe("prune-structured").apply(model, Context(example=model.feeds(digits[1][:2])))
+
+
+def test_magnitude_pruning_works_on_torchscript(subjects, digits):
+    model = subjects["mlp-ts"]
+    ctx = Context(example=model.feeds(digits[1][:4]))
+    pruned = get_recipe("prune-magnitude", amount=0.5).apply(model, ctx)
+    weights = [p for n, p in pruned.module.named_parameters() if n.endswith("weight")]
+    assert weights and all(float((w == 0).float().mean()) > 0.2 for w in weights)
+    assert fingerprint(pruned) != fingerprint(model)
+    before = [p for n, p in model.module.named_parameters() if n.endswith("weight")]
+    assert all(float((w == 0).float().mean()) < 0.01 for w in before)  # the source is untouched
+    agreement = compare_outputs(model.run(model.feeds(digits[1])), pruned(digits[1]))
+    assert agreement.cosine > 0.9
 
 
 def test_magnitude_pruning_zeroes_and_sparse_store_shrinks(subjects, digits):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -13,13 +16,82 @@ from ..errors import ConfigError, NimbleError
 T = TypeVar("T")
 
 
+# API keyword arguments named in error messages, in the words of the CLI (issue 11: errors
+# speak the CLI's language). Only names that are CLI flags are rewritten.
+_DATA_ARGS = {"val": "--val DATA", "calib": "--calib DATA", "example_inputs": "--calib DATA"}
+_FLAGS = (
+    "quantize",
+    "prune",
+    "prune_method",
+    "metric",
+    "max_drop",
+    "trust_pickle",
+    "fusion",
+    "mode",
+    "workers",
+    "target",
+    "objective",
+    "time_budget_s",
+    "batch_size",
+    "verify",
+)
+_RENAME = {"time_budget_s": "time_budget", "verify": "verify_key"}
+_ARG = re.compile(r"\b([a-z_]+)=(\(X, y\)|'[^']*'|\"[^\"]*\"|True|None|[0-9.]+)?")
+
+
+_PHRASES = {"example_inputs=, calib= or val=": "--calib DATA or --val DATA"}
+
+
+def cli_words(message: str) -> str:
+    """'use quantize='int8'' -> 'use --quantize int8'; 'pass val=(X, y)' -> 'pass --val DATA'."""
+    for api, cli in _PHRASES.items():
+        message = message.replace(api, cli)
+
+    def swap(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2)
+        if name in _DATA_ARGS:
+            return _DATA_ARGS[name]
+        if name not in _FLAGS:
+            return m.group(0)
+        flag = "--" + _RENAME.get(name, name).replace("_", "-")
+        if value in (None, "True"):
+            return flag
+        if value == "None":
+            return f"{flag} none"
+        return f"{flag} {value.strip(chr(39) + chr(34))}"
+
+    return _ARG.sub(swap, message)
+
+
+def _one_line(message: str) -> str:
+    return cli_words(
+        " | ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    )
+
+
 def _fail(message: str) -> None:
-    one_line = " | ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    one_line = _one_line(message)
     typer.echo(f"error: {one_line}", err=True)
     raise typer.Exit(2)
 
 
 DEBUG = {"on": False}  # set by the top-level --debug option
+
+
+def show_warnings_plainly() -> None:
+    """Warnings on the command line: 'warning: <message>' once each, in the CLI's words, not
+    Python's '<file>:<line>: UserWarning' with a line of our source."""
+    seen: set[str] = set()
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *_: Any, **__: Any) -> None:
+        text = _one_line(str(message))
+        if DEBUG["on"]:
+            text += f" ({category.__name__} at {filename}:{lineno})"
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def _guard(fn: Callable[[], T]) -> T:

@@ -29,7 +29,11 @@ def compress(
     val: str | None = typer.Option(None, help="validation data with labels (.npz X,y or .csv)"),
     target: str | None = typer.Option(None, help="target column of a .csv file"),
     metric: str | None = typer.Option(None, help="accuracy, f1, mse, mae, r2, cosine, agreement"),
-    max_drop: float | None = typer.Option(None, help="largest allowed metric drop (absolute)"),
+    max_drop: str = typer.Option(
+        "auto",
+        help="largest allowed metric drop (absolute); beyond it the package runs the original. "
+        "auto: 0.01 for accuracy, f1 and agreement, no budget for other metrics; none: no budget",
+    ),
     trust_pickle: bool = typer.Option(
         False, "--trust-pickle", help="allow loading pickle/joblib files"
     ),
@@ -41,14 +45,15 @@ def compress(
     def go() -> None:
         calib_x, _ = _data(calib, target)
         val_x, val_y = _data(val, target)
-        if max_drop is not None and val_x is None:
+        budget = _max_drop(max_drop)
+        if budget not in ("auto", None) and val_x is None:
             raise ConfigError("--max-drop needs --val DATA to measure the drop")
         with _progress(not quiet and sys.stderr.isatty()) as say:
             pkg = run_compress(
                 model, quantize=None if quantize.lower() == "none" else quantize, prune=prune,
                 prune_method=prune_method, calib=calib_x,
                 val=(val_x, val_y) if val_x is not None else None, metric=metric,
-                max_drop=max_drop, trust_pickle=trust_pickle, progress=say,
+                max_drop=budget, trust_pickle=trust_pickle, progress=say,
             )  # fmt: skip
         pkg.save(output)
         _show(_summary(pkg.manifest, output))
@@ -56,20 +61,55 @@ def compress(
     _guard(go)
 
 
+def _max_drop(text: str) -> float | str | None:
+    """--max-drop: a number >= 0, 'auto' or 'none'."""
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else "auto"
+    try:
+        value = float(word)
+    except ValueError:
+        raise ConfigError(
+            f"--max-drop takes a number such as 0.01, 'auto' or 'none'; got {text!r}"
+        ) from None
+    if not value >= 0:
+        raise ConfigError(f"--max-drop must be >= 0, got {text}")
+    return value
+
+
 def _times(ratio: float, better: str, worse: str) -> str:
     """'2.00x faster', or for a ratio under 1 '1.33x slower' (never '0.75x faster')."""
+    if round(ratio, 2) == 1:
+        return "no change"
     return f"{ratio:.2f}x {better}" if ratio >= 1 else f"{1 / ratio:.2f}x {worse}"
 
 
 def _summary(m: dict[str, Any], where: Path | str) -> str:
+    from ._common import cli_words
+
     steps = " + ".join(s["step"] for s in m["recipe"]) or "(none)"
-    lines = [f"package: {where}", f"recipe: {steps}"]
+    lines = [f"package: {where}"]
+    v = m.get("validation", {})
+    fallback = m.get("fallback")
+    if fallback:  # the recipe was rejected: say so first, and show what ships
+        lines.append(f"FALLBACK: the compressed model ({steps}) was rejected: "
+                     f"{cli_words(fallback['reason'])}")  # fmt: skip
+        lines.append("recipe: none (the original model, converted and graph-optimised)")
+    else:
+        lines.append(f"recipe: {steps}")
     lines.append(f"size: {m['baseline']['size_bytes']:,} B -> {m['model']['size_bytes']:,} B "
                  f"({_times(m['baseline']['size_bytes'] / max(1, m['model']['size_bytes']), 'smaller', 'larger')})")  # fmt: skip
-    v = m.get("validation", {})
-    if v.get("metric"):
+    if v.get("metric") and fallback:
+        lines.append(f"{v['metric']}: {v['baseline']:.4f}, the original's (the rejected "
+                     f"model: {fallback['compressed']:.4f})")  # fmt: skip
+    elif v.get("metric"):
+        budget = v.get("max_drop")
+        limit = "no budget" if budget is None else f"max drop {budget:g}"
+        if v.get("max_drop_source") == "default":
+            limit += " by default"
         lines.append(
-            f"{v['metric']}: baseline {v['baseline']:.4f}, package {v['package']:.4f} (drop {v['drop']:.4f})"
+            f"{v['metric']}: baseline {v['baseline']:.4f}, package {v['package']:.4f} "
+            f"(drop {v['drop']:.4f}; {limit})"
         )
     for key, b in m.get("benchmark", {}).items():
         ratio = b.get("speedup_p50") or b.get("speedup_throughput")
@@ -78,8 +118,6 @@ def _summary(m: dict[str, Any], where: Path | str) -> str:
             f"{key.replace('_', ' ')}: p50 {b['original']['p50_ms']:.3f} ms -> "
             f"{b['package']['p50_ms']:.3f} ms{gain}"
         )
-    if m.get("fallback"):
-        lines.append(f"FALLBACK: {m['fallback']['reason']}")
     return "\n".join(lines)
 
 

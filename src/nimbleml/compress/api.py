@@ -49,6 +49,21 @@ class PruneMethod(_Choice):
     MAGNITUDE = "magnitude"
 
 
+# the accuracy budget compress applies when none is given: an absolute drop of 0.01 on metrics
+# read as a share of rows (accuracy, f1, agreement); other metrics have no natural scale, so
+# they get no default budget (the drop is still measured and shown)
+DEFAULT_MAX_DROP = 0.01
+ACCURACY_LIKE = ("accuracy", "f1", "agreement")
+
+
+def budget_for(max_drop: float | str | None, metric_name: str | None) -> float | None:
+    """The budget in force: a number given, DEFAULT_MAX_DROP for 'auto' on an accuracy-like
+    metric, else None (no budget)."""
+    if max_drop != "auto":
+        return max_drop  # type: ignore[return-value]
+    return DEFAULT_MAX_DROP if metric_name in ACCURACY_LIKE else None
+
+
 @dataclass
 class CompressConfig:
     """What to do; validated on construction (bad values raise ConfigError)."""
@@ -56,7 +71,7 @@ class CompressConfig:
     quantize: Quantization | None = Quantization.INT8
     prune: float | None = None
     prune_method: PruneMethod = PruneMethod.STRUCTURED
-    max_drop: float | None = None
+    max_drop: float | str | None = "auto"
     calibration: str = "minmax"
     per_channel: bool | None = None
     graph_optimize: bool = True
@@ -70,7 +85,9 @@ class CompressConfig:
             from .base import fraction
 
             self.prune = fraction(self.prune, "prune")
-        if self.max_drop is not None:
+        if isinstance(self.max_drop, str) and self.max_drop.strip().lower() in ("auto", "none"):
+            self.max_drop = "auto" if self.max_drop.strip().lower() == "auto" else None
+        elif self.max_drop is not None:
             try:
                 self.max_drop = float(self.max_drop)
             except (TypeError, ValueError):
@@ -134,7 +151,7 @@ class ModelCompressor:
         quantization: str | None = "int8",
         prune: float | None = None,
         prune_method: str = "structured",
-        max_drop: float | None = None,
+        max_drop: float | str | None = "auto",
         calibration: str = "minmax",
         per_channel: bool | None = None,
         graph_optimize: bool = True,
@@ -174,7 +191,7 @@ class ModelCompressor:
     ) -> Package:
         say = progress or (lambda _msg: None)
         cfg = self._config
-        if cfg.max_drop is not None and val_parts(val)[0] is None:
+        if cfg.max_drop not in (None, "auto") and val_parts(val)[0] is None:
             raise ConfigError("max_drop needs validation data: pass val=(X, y)")
         prepared = prepare(model, example_inputs, calib, val, trust_pickle=trust_pickle, say=say)
         steps = plan(prepared.source, cfg)
@@ -184,7 +201,13 @@ class ModelCompressor:
         if chosen_metric is None and prepared.val_y is None:  # no labels: compare with the original
             chosen_metric = "agreement" if prepared.source.task == "classification" else "cosine"
         metric = resolve(chosen_metric, prepared.source.task) if prepared.val_feeds else None
-        validation, fallback = validate(prepared, candidate, metric, cfg.max_drop)
+        budget = budget_for(cfg.max_drop, metric.name if metric else None)
+        default_budget = cfg.max_drop == "auto" and budget is not None
+        validation, fallback = validate(prepared, candidate, metric, budget, default_budget)
+        if validation.get("metric"):
+            validation["max_drop_source"] = (
+                "default" if default_budget else "none" if budget is None else "given"
+            )
         validation["inputs"] = "validation" if prepared.val_feeds is not None else "example"
         if prepared.synthetic:
             note = (
@@ -215,7 +238,7 @@ def compress(
     calib: Any = None,
     val: Any = None,
     metric: str | Callable[..., float] | None = None,
-    max_drop: float | None = None,
+    max_drop: float | str | None = "auto",
     *,
     prune_method: str = "structured",
     calibration: str = "minmax",
@@ -229,8 +252,10 @@ def compress(
 
     ``quantize``: int8, int8-static, fp16, bf16, torch-int8, int16 (scikit-learn linear
     coefficients) or None (convert + graph-optimise). ``prune``: share of weights/units to
-    remove. ``val``: (X, y) to check ``metric``; with ``max_drop`` the package falls back to
-    the baseline when the metric drops more than that (absolute).
+    remove. ``val``: (X, y) to check ``metric``; when the metric drops by more than
+    ``max_drop`` (absolute) the package runs the baseline and a warning says so.
+    ``max_drop="auto"`` (the default) is 0.01 for accuracy-like metrics (accuracy, f1,
+    agreement) and no budget for the others; ``None`` turns the budget off.
     """
     compressor = ModelCompressor(
         quantization=quantize,

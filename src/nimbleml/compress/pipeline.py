@@ -361,7 +361,11 @@ def make_manifest(
 
 
 def validate(
-    p: Prepared, candidate: Model, metric: Metric | None, max_drop: float | None
+    p: Prepared,
+    candidate: Model,
+    metric: Metric | None,
+    max_drop: float | None,
+    default_budget: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The metric before and after; a fallback record when the drop exceeds ``max_drop``."""
     if p.val_feeds is None or metric is None:
@@ -381,9 +385,11 @@ def validate(
     if max_drop is not None and drop > max_drop:
         reason = (
             f"{metric.name} dropped by {drop:.4g} (baseline {base_value:.4g}, compressed "
-            f"{value:.4g}), more than max_drop={max_drop:g}; the package runs the baseline"
+            f"{value:.4g}), more than max_drop={max_drop:g}"
+            + (" (the default budget for this metric)" if default_budget else "")
+            + "; the package runs the baseline"
         )
-        warnings.warn(reason, UserWarning, stacklevel=3)
+        warnings.warn(reason, UserWarning, stacklevel=caller_level())
         validation["package"] = base_value
         return validation, {"reason": reason, "baseline": base_value, "compressed": value}
     return validation, None

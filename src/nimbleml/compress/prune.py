@@ -122,6 +122,12 @@ class StructuredPrune(Recipe):
         try:
             gm = torch.fx.symbolic_trace(copy.deepcopy(model.module))
         except Exception as exc:
+            if isinstance(model.module, torch.jit.ScriptModule):
+                raise UnsupportedError(
+                    "structured pruning rebuilds layers of the Python nn.Module, and a "
+                    "TorchScript file is a compiled graph; use prune_method='magnitude' (it "
+                    "zeroes weights of TorchScript layers too), or pass the nn.Module"
+                ) from exc
             raise UnsupportedError(
                 f"structured pruning needs a model torch.fx can trace ({str(exc)[:200]}); "
                 "use prune_method='magnitude' instead"
@@ -151,9 +157,18 @@ class StructuredPrune(Recipe):
         return model.with_module(gm.eval())
 
 
+_MAGNITUDE_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+
+
+def _kind(module: Any) -> str:
+    """A module's layer type; TorchScript modules keep it in ``original_name``."""
+    return str(getattr(module, "original_name", None) or type(module).__name__)
+
+
 @register
 class MagnitudePrune(Recipe):
-    """Zero the ``amount`` share of Linear/Conv weights with the smallest magnitude (global)."""
+    """Zero the ``amount`` share of Linear/Conv weights with the smallest magnitude (global);
+    works on TorchScript files too (their parameters are edited in place)."""
 
     name = "prune-magnitude"
     stage = "source"
@@ -168,11 +183,12 @@ class MagnitudePrune(Recipe):
 
         assert isinstance(model, TorchModel)
         module = copy.deepcopy(model.module)
-        weights = [
-            m.weight for m in module.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
-        ]
+        weights = [m.weight for m in module.modules() if _kind(m) in _MAGNITUDE_LAYERS]
         if not weights:
-            raise UnsupportedError("magnitude pruning found no Linear or Conv2d weights")
+            raise UnsupportedError(
+                f"magnitude pruning zeroes weights of {', '.join(_MAGNITUDE_LAYERS)} layers and "
+                "this model has none; prune a model built from them, or drop prune="
+            )
         with torch.no_grad():
             magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
             k = max(1, int(magnitudes.numel() * self._params["amount"]))

@@ -396,10 +396,26 @@ class TorchInt8(Recipe):
             raise UnsupportedError(f"this torch build has no int8 engine (it has {engines})")
         torch.backends.quantized.engine = engine
         self._params["engine"] = engine
+        if isinstance(tm.module, torch.jit.ScriptModule):
+            raise UnsupportedError(
+                "torch-int8 swaps nn.Linear layers for int8 ones, and a TorchScript file is a "
+                "compiled graph whose layers PyTorch cannot swap (it would quantise nothing); "
+                "use quantize='int8' (ONNX Runtime int8 on the exported graph), or pass the "
+                "Python nn.Module"
+            )
         with quiet():
             qmodule = torch.ao.quantization.quantize_dynamic(
                 copy.deepcopy(tm.module), {torch.nn.Linear}, dtype=torch.qint8
             )
+        swapped = sum(
+            isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in qmodule.modules()
+        )
+        if not swapped:
+            raise UnsupportedError(
+                "torch-int8 found no nn.Linear layer to quantise in this model, so it would "
+                "change nothing; use quantize='int8' (ONNX Runtime int8) instead"
+            )
+        self._params["layers"] = swapped
         return tm.with_module(qmodule)
 
 

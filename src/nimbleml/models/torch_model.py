@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import inspect
 import io
 import warnings
@@ -47,6 +48,29 @@ def quiet() -> Iterator[None]:
             logging.disable(previous)
 
 
+def _like_weights(feeds: Feeds, module: Any) -> Feeds:
+    """float64 examples (numpy's default) for a model with float32 weights become float32:
+    the model's input is float32, and torch would refuse a double tensor."""
+    torch = _torch()
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None or dtype == torch.float64:
+        return feeds
+    target = np.float32 if dtype != torch.float16 else np.float16
+    out = dict(feeds)
+    for name, arr in feeds.items():
+        if arr.dtype == np.float64:
+            with np.errstate(over="raise"):
+                try:
+                    out[name] = arr.astype(target)
+                except FloatingPointError:
+                    raise DataError(
+                        f"input '{name}' holds values beyond the range of {np.dtype(target)}, "
+                        f"the model's weights' type (largest {np.nanmax(np.abs(arr)):g}); "
+                        "rescale or clip the data"
+                    ) from None
+    return out
+
+
 def _flatten(out: Any) -> tuple[list[str], list[Any]]:
     """Output names and tensors from a tensor, a tuple/list, or a dict / ModelOutput."""
     if isinstance(out, Mapping) or hasattr(out, "to_tuple"):
@@ -79,11 +103,15 @@ class TorchModel(Model):
             )
         with contextlib.suppress(NotImplementedError):  # torch.export modules have no eval()
             module = module.eval()
-        self.module = module.to(device)
+        target = torch.device(device)
+        tensors = itertools.chain(module.parameters(), module.buffers())
+        if any(t.device.type != target.type for t in tensors):  # .to() on a model already
+            module = module.to(device)  # there warns about .grad of TorchScript weights
+        self.module = module
         self.device = device
         self.by_name = isinstance(example_inputs, Mapping)
         names = input_names or self._input_names(example_inputs)
-        self.example: Feeds = as_feeds(example_inputs, names)
+        self.example: Feeds = _like_weights(as_feeds(example_inputs, names), module)
         self._inputs = [self._spec(n, a) for n, a in self.example.items()]
         try:
             first_outputs = self._call(self.example)

@@ -78,10 +78,11 @@ def search_space(model: Model, caps: CpuCaps, has_calib: bool, prune: bool = Tru
             Spec("onnx fp16", FP16, 0.6 if not caps.bf16 else 1.2, onnx=(("fp16", _p()), GRAPH))
         )
     if model.framework == "torch":
-        specs.append(Spec("torch int8", TORCH, 1.5, torch=(("torch-int8", _p()),)))
+        if not _scripted(model):  # TorchScript layers cannot be swapped: it would be a no-op
+            specs.append(Spec("torch int8", TORCH, 1.5, torch=(("torch-int8", _p()),)))
         if bf16_support()[0]:
             specs.append(Spec("torch bf16", TORCH, 1.4, torch=(("bf16", _p()),)))
-        if prune:
+        if prune and not _scripted(model):  # structured pruning rebuilds nn.Module layers
             for amount in (0.25, 0.5):
                 specs.append(
                     Spec(f"pruned {amount:.0%} + onnx int8", f"{INT8_DYN}-pruned-{amount}",
@@ -111,3 +112,8 @@ def search_space(model: Model, caps: CpuCaps, has_calib: bool, prune: bool = Tru
                              family="coef-prune", level=amount)
                     )  # fmt: skip
     return sorted(specs, key=lambda s: -s.prior)
+
+
+def _scripted(model: Model) -> bool:
+    module = getattr(model, "module", None)
+    return module is not None and type(module).__module__.startswith("torch.jit")
