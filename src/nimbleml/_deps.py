@@ -25,6 +25,7 @@ _EXTRAS = {
     "psycopg": ("monitor", "psycopg[binary]"),
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
+    "cryptography": ("sign", "cryptography"),
 }
 
 

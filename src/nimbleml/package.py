@@ -21,6 +21,7 @@ from .models.base import Model
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
+_MODEL_SUFFIXES = (".onnx", ".skops", ".pt", ".pth", ".ts", ".pt2", ".pkl", ".joblib")
 
 
 class FallbackWarning(RuntimeWarning):
@@ -91,16 +92,28 @@ def _open_model(path: Path, manifest: dict[str, Any]) -> Model:
     return model
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
+def read_manifest(directory: Path, verify: Any = None) -> dict[str, Any]:
     """The manifest of the package in ``directory``, checked against the schema, with every
     file it lists present and unchanged; PackageError naming what is wrong. Opens no model:
-    ``nimbleml serve`` checks its packages this way before it says it is serving."""
+    ``nimbleml serve`` checks its packages this way before it says it is serving.
+
+    ``verify``: an Ed25519 public key (PEM path, PEM bytes or key object); the package must
+    then carry a valid signature by it over the manifest bytes read here, once (see
+    signing.py), and hold no file its manifest does not list."""
     path = directory / MANIFEST
     if not path.is_file():
         raise PackageError(f"{directory} is not a .nimble package: no {MANIFEST}")
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PackageError(f"cannot read {path}: {exc.strerror}") from exc
+    if verify is not None:  # before parsing: nothing unsigned is interpreted
+        from .signing import check_signature
+
+        check_signature(directory, raw, verify)
+    try:
+        manifest: dict[str, Any] = json.loads(raw)
+    except ValueError as exc:
         raise PackageError(f"{path} is not valid JSON ({exc}); the package is damaged") from exc
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         found = manifest.get("schema") if isinstance(manifest, dict) else None
@@ -124,6 +137,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
                 f"{directory.name}: file '{entry['path']}' was altered (its sha256 does "
                 "not match the manifest); rebuild the package"
             )
+    if verify is not None:
+        from .signing import check_complete
+
+        check_complete(directory, manifest)
     return manifest
 
 
@@ -149,10 +166,10 @@ def _inside(directory: Path, relative: str) -> Path:
 class Package:
     """A compressed model with its proof (manifest) and its fallback (baseline)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, verify: Any = None) -> None:
         self.directory = Path(directory)
         self._tmp: Any = None  # removes an unsaved package's temporary folder
-        self.manifest: dict[str, Any] = read_manifest(self.directory)
+        self.manifest: dict[str, Any] = read_manifest(self.directory, verify=verify)
         self.fallback_reason: str | None = None
         self.baseline = self._open("baseline")
         try:
@@ -183,6 +200,19 @@ class Package:
     @property
     def using_baseline(self) -> bool:
         return self.model is self.baseline or self.manifest.get("fallback") is not None
+
+    @property
+    def name(self) -> str:
+        """What to call the model (monitor records, bench labels): the folder's name without
+        .nimble once saved; before that (a temporary 'nimble-…' folder), the file or class it
+        was made from ('model' for model.onnx, 'Pipeline' for a scikit-learn Pipeline)."""
+        if self._tmp is None:
+            return self.directory.name.removesuffix(".nimble")
+        made_from = str(self.manifest.get("source", {}).get("object") or "")
+        path = Path(made_from)
+        if "/" in made_from or "\\" in made_from or path.suffix in _MODEL_SUFFIXES:
+            return path.stem or "model"
+        return made_from.rsplit(".", 1)[-1] or "model"
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -230,9 +260,14 @@ class Package:
         )
 
 
-def load(path: str | Path) -> Package:
-    """Open a .nimble package: checksums verified, fallback to the baseline if needed."""
-    return Package(path)
+def load(path: str | Path, verify: Any = None) -> Package:
+    """Open a .nimble package: checksums verified, fallback to the baseline if needed.
+
+    ``verify``: the signer's Ed25519 public key (a ``.pub.pem`` path, PEM bytes or a key
+    object). The package must then be signed by that key (``nimbleml sign``) and unchanged
+    since, or PackageError says what is wrong, before any model file is opened. Without it
+    a signature is not looked at."""
+    return Package(path, verify=verify)
 
 
 def write_package(manifest: dict[str, Any], model: Model, baseline: Model, same: bool) -> Package:

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -126,7 +127,9 @@ def test_alerts_need_evidence_persistence_and_respect_cooldown(tmp_path):
     for _ in range(100):
         m.record(50.0)
     assert m.flush(now + 1) == []  # first breach: hysteresis waits for a second one
-    fired = m.flush(now + 2)
+    assert m.flush(now + 2) == []  # the same records read again are not a second breach
+    m.record(50.0)
+    fired = m.flush(now + 3)
     assert [e.state for e in fired] == ["firing"] and events == fired
     assert m.health() == {
         "model": "default",
@@ -137,14 +140,16 @@ def test_alerts_need_evidence_persistence_and_respect_cooldown(tmp_path):
     m._windows.clear()  # the slow period ends: new windows are fast
     for _ in range(200):
         m.record(1.0)
-    assert m.flush(now + 3) == []
-    resolved = m.flush(now + 4)
+    assert m.flush(now + 4) == []
+    m.record(1.0)
+    resolved = m.flush(now + 5)
     assert [e.state for e in resolved] == ["resolved"] and m.health()["status"] == "healthy"
     m._windows.clear()
     for _ in range(200):
         m.record(50.0)
-    m.flush(now + 5)
-    assert m.flush(now + 6) == []  # within the cooldown: no new alert
+    m.flush(now + 6)
+    m.record(50.0)
+    assert m.flush(now + 7) == []  # within the cooldown: no new alert
     stored = m.store.query("SELECT rule, state FROM alerts ORDER BY ts")
     assert stored == [("slow", "firing"), ("slow", "resolved")]
     m.close()
@@ -325,3 +330,43 @@ def test_report_opens_stores_read_only_and_creates_nothing_on_failure(tmp_path):
     res = CliRunner().invoke(app, ["report", "--monitor", str(garbage), "-o", str(out)])
     assert res.exit_code == 2 and "is not an SQLite database" in res.output
     assert res.output.count("\n") == 1 and not out.exists()
+
+
+def test_flush_waits_for_a_background_flush_so_health_follows_at_once(tmp_path):
+    """flush() while the background thread was still writing the same records evaluated the
+    alerts without them: health() said 'healthy', then changed 0.5 s later (issue 11)."""
+    rule = AlertRule("wrong", "accuracy", 0.8, op="<", min_samples=10, for_windows=1)
+    m = ModelMonitor(store=f"sqlite:///{tmp_path / 'bg.db'}", flush_interval_s=0.01,
+                     resources_interval_s=None, alerts=[rule])  # fmt: skip
+    writing, write = threading.Event(), m.store.write
+
+    def slow_write(predictions, *args, **kwargs):  # the background flush carrying the records
+        if predictions and not writing.is_set():
+            writing.set()
+            time.sleep(0.3)
+        return write(predictions, *args, **kwargs)
+
+    m.store.write = slow_write  # type: ignore[method-assign]
+    for i in range(50):
+        m.record(1.0, prediction_id=i, output=0)
+        m.record_ground_truth(i, 1)
+    assert writing.wait(5)
+    m.flush()
+    assert m.health()["status"] == "degraded" and "wrong" in m.health()["reasons"][0]
+    m.close()
+
+
+def test_the_same_records_read_again_are_not_new_evidence(tmp_path):
+    """for_windows=2 fired without a new record: the background thread's next flush read the
+    same records again and counted them as a second breach (issue 11)."""
+    m = monitor(tmp_path, alerts=[AlertRule("errors", "error_rate", 0.1, min_samples=10)])
+    for _ in range(50):
+        m.record(1.0, error=True)
+    assert m.flush() == [] and m.health()["status"] == "healthy"  # one breach of two
+    assert m.flush() == [] and m.flush() == []  # nothing new recorded: nothing changes
+    assert m.health()["status"] == "healthy"
+    for _ in range(50):
+        m.record(1.0, error=True)
+    assert [e.state for e in m.flush()] == ["firing"]
+    assert m.health()["status"] == "degraded"
+    m.close()

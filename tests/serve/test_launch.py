@@ -43,10 +43,14 @@ def test_yaml_settings_with_flags_winning(tmp_path, digits_package):
         ("port: [1\n", "not valid YAML"),
         ("- a\n- b\n", "must hold a mapping"),
         ("max-batch-size: 0\n", "max_batch_size and max_queue"),
-        ("max-wait-ms: soon\n", "bad server setting"),
+        ("max-wait-ms: soon\n", "max_wait_ms must be a number, got 'soon'"),
+        ("max-batch-size: lots\n", "max_batch_size must be an integer, got 'lots'"),
+        ("port: '80x'\n", "port must be an integer, got '80x'"),
+        ("watch: maybe\n", "watch must be true or false, got 'maybe'"),
+        ("api-key: 12345\n", "api_key must be text, got 12345"),
         ("workers: 0\n", "workers must be a positive integer"),
         ("threads: 0\n", "threads must be a positive integer"),
-        ("threads: two\n", "threads must be a positive integer"),
+        ("threads: two\n", "threads must be an integer, got 'two'"),
     ],
 )
 def test_bad_yaml_is_refused_naming_the_setting(tmp_path, digits_package, text, message):

@@ -34,7 +34,7 @@ def as_entry(obj: Any, name: str | None, example: Any) -> Entry:
     if (isinstance(obj, str) and obj.endswith(".nimble")) or _is_package_dir(obj):
         obj = load(obj)
     if isinstance(obj, Package):
-        label = name or obj.directory.name.removesuffix(".nimble")
+        label = name or obj.name
         return Entry(label, obj.model, obj.size_bytes(), obj.num_parameters())
     model = load_model(obj, example)
     label = name or _default_name(obj, model)

@@ -1,40 +1,82 @@
 """The nimbleml command line: one verb per stage, thin over the Python API.
 
 One module per verb family (compress.py: compress, bench, inspect, optimize; serve.py;
-report.py: report, demo; ensemble.py); what they share (the one-line error handler,
-progress, data loading) lives in _common.py. User errors print one line (``error: ...``)
-and exit with code 2, without a traceback.
+report.py: report, demo; ensemble.py; sign.py: keygen, sign, verify); what they share (the
+one-line error handler, progress, data loading) lives in _common.py. User errors print one
+line (``error: ...``) and exit with code 2, without a traceback.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-from . import compress, ensemble, report, serve
+from . import compress, ensemble, report, serve, sign
+from ._help import PlainGroup, examples
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=PlainGroup,
     help="Make trained models small and fast, and prove it.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"nimbleml {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _options(
     debug: bool = typer.Option(False, "--debug", help="show the traceback of an internal error"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
 ) -> None:
     """Make trained models small and fast, and prove it."""
-    from ._common import DEBUG
+    from ._common import DEBUG, show_warnings_plainly
 
     DEBUG["on"] = debug
+    show_warnings_plainly()
 
 
-for verb in (
-    compress.compress, compress.bench, compress.inspect, compress.optimize, report.report,
-    serve.serve, ensemble.ensemble, report.demo,
-):  # fmt: skip
-    app.command()(verb)
+EXAMPLES: dict[Any, tuple[str, ...]] = {
+    compress.compress: (
+        "nimbleml compress model.ts --val val.npz -o model.nimble",
+        "nimbleml compress model.onnx --quantize int8-static --calib calib.npy --val val.npz --max-drop 0.005 -o model.nimble",
+    ),
+    compress.bench: (
+        "nimbleml bench model.ts model.nimble --data val.npz",
+        "nimbleml bench model.nimble --data val.npz --batch-size 1,64 --json bench.json --report bench/",
+    ),
+    compress.inspect: ("nimbleml inspect model.nimble",),
+    compress.optimize: (
+        "nimbleml optimize model.ts --val val.npz -o best.nimble",
+        "nimbleml optimize model.onnx --val val.npz --objective throughput --batch-size 64 --time-budget 300 -o best.nimble --report search/",
+    ),
+    report.report: ("nimbleml report --monitor monitor.db -o report/",),
+    serve.serve: (
+        "nimbleml serve model.nimble",
+        "nimbleml serve digits=model.nimble --port 8080 --workers 2 --api-key SECRET",
+        "nimbleml serve --config serve.yaml",
+    ),
+    ensemble.ensemble: (
+        "nimbleml ensemble a.nimble b.nimble --data val.npz",
+        "nimbleml ensemble --config ensemble.yaml --data val.npz --json ensemble.json",
+    ),
+    report.demo: ("nimbleml demo", "nimbleml demo --out /tmp/nimble-demo --quick"),
+    sign.keygen: ("nimbleml keygen team.pem",),
+    sign.sign: ("nimbleml sign model.nimble --key team.pem",),
+    sign.verify: ("nimbleml verify model.nimble --key team.pub.pem",),
+}
+for verb, lines in EXAMPLES.items():
+    app.command(**examples(*lines))(verb)
 
 
 def main() -> None:

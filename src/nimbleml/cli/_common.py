@@ -97,10 +97,11 @@ def show_warnings_plainly() -> None:
 def _guard(fn: Callable[[], T]) -> T:
     """User errors: one line, exit 2. Anything else is nimbleml's bug: one line too, exit 1,
     with the traceback only under --debug (a user never has to read one)."""
+    HINTS.clear()
     try:
         return fn()
     except NimbleError as exc:
-        _fail(str(exc))
+        _fail(" | ".join([str(exc), *HINTS]))
     except FileNotFoundError as exc:
         _fail(f"file not found: {exc.filename}")
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -135,12 +136,54 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda msg: bar.update(task, description=msg)
 
 
+# hints added to the next error line: what the CLI noticed while reading the arguments
+HINTS: list[str] = []
+LABEL_LIKE = ("label", "labels", "target", "y", "class", "outcome")
+
+
 def _data(path: str | None, target: str | None) -> tuple[Any, Any]:
     from ..inputs import load_data
 
     if path is None:
         return None, None
-    return load_data(path, target)
+    X, y = load_data(path, target)
+    if target is None and path.lower().endswith(".csv"):
+        with open(path, newline="") as fh:
+            header = [c.strip() for c in fh.readline().split(",")]
+        named = next((c for c in header if c.lower() in LABEL_LIKE), None)
+        hint = f"pass --target {named} if that column holds the labels" if named else (
+            "pass --target COLUMN to name the label column")  # fmt: skip
+        HINTS.append(f"{path} was read without --target, so all {len(header)} of its columns "
+                     f"are inputs; {hint}")  # fmt: skip
+    return X, y
+
+
+def check_writable(path: Any, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written before any work is done (a benchmark
+    must not run for minutes to fail at its last step). Creates nothing."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists() and (target.is_dir() != folder):
+        kind = "a folder" if target.is_dir() else "a file"
+        want = "a folder (a package or report)" if folder else "a file"
+        raise ConfigError(
+            f"{target} exists and is {kind}, but this output is {want}: give another path"
+        )
+    parent = target if folder and target.exists() else target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".nimbleml-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {target}: {parent} is not writable ({exc.strerror or exc})"
+        ) from None
+    if not os.access(parent, os.W_OK):  # pragma: no cover - root passes the test above
+        raise ConfigError(f"cannot write {target}: {parent} is not writable")
 
 
 def _batch_sizes(text: str) -> list[int]:

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
-from ._common import _batch_sizes, _data, _guard, _progress, _show
+from ._common import _batch_sizes, _data, _guard, _progress, _show, check_writable
 
 
 def compress(
@@ -35,14 +35,17 @@ def compress(
         "auto: 0.01 for accuracy, f1 and agreement, no budget for other metrics; none: no budget",
     ),
     trust_pickle: bool = typer.Option(
-        False, "--trust-pickle", help="allow loading pickle/joblib files"
+        False,
+        "--trust-pickle",
+        help="allow loading pickle/joblib files (they run code when loaded)",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Compress a model into a verified .nimble package."""
     from ..compress import compress as run_compress
 
     def go() -> None:
+        check_writable(output, folder=True)
         calib_x, _ = _data(calib, target)
         val_x, val_y = _data(val, target)
         budget = _max_drop(max_drop)
@@ -136,14 +139,22 @@ def bench(
     report: Path | None = typer.Option(
         None, help="write report.json, report.txt and PNG charts here"
     ),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="allow loading pickle/joblib files (they run code when loaded)",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Benchmark models side by side on the same inputs."""
     from ..bench import TimingConfig, benchmark
     from ..models import load_model
 
     def go() -> None:
+        if json_path:
+            check_writable(json_path)
+        if report:
+            check_writable(report, folder=True)
         X, y = _data(data, target)
         sizes = _batch_sizes(batch_size)
         if time_budget <= 0:
@@ -208,18 +219,27 @@ def optimize(
     time_budget: float = typer.Option(
         180.0, help="seconds the whole search may take, package included; 0 for no limit"
     ),
-    calib: str | None = typer.Option(None, help="calibration data for static int8 (default: val)"),
+    calib: str | None = typer.Option(
+        None, help="calibration data for static int8 [the --val data]"
+    ),
     report: Path | None = typer.Option(
         None, help="write optimization.json/.txt and pareto.png here"
     ),
     try_compile: bool = typer.Option(False, "--try-compile", help="also measure torch.compile"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="allow loading pickle/joblib files (they run code when loaded)",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Find the fastest model on this machine within an accuracy budget."""
     from ..optimizer import optimize as run_optimize
 
     def go() -> None:
+        check_writable(output, folder=True)
+        if report:
+            check_writable(report, folder=True)
         X, y = _data(val, target)
         calib_x, _ = _data(calib, target)
         with _live_candidates(not quiet) as show:

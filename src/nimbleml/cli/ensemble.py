@@ -24,7 +24,7 @@ import typer
 
 from .._yaml import read_mapping
 from ..errors import ConfigError
-from ._common import _data, _guard, _show
+from ._common import _data, _guard, _show, check_writable
 
 DEFAULTS: dict[str, Any] = {"batch_size": 128, "parallel": True, "mode": None, "mc_samples": 0,
                             "models": None, "fusion_method": "mean", "weights": None}  # fmt: skip
@@ -165,6 +165,8 @@ def ensemble(
                  "mode": mode, "mc_samples": mc_samples, "fusion_method": fusion,
                  "weights": _weights(weights) if weights else None}  # fmt: skip
         spec = settings(given, config)
+        if output is not None:
+            check_writable(output)
         if time_budget <= 0:
             raise ConfigError(f"--time-budget must be > 0 seconds, got {time_budget}")
         X, y = _data(data, target)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import _guard, _show
+from ._common import _guard, _show, check_writable
 
 
 def report(
@@ -21,6 +21,7 @@ def report(
     from ..monitor.report import write_report
 
     def go() -> None:
+        check_writable(output, folder=True)
         url = monitor if "://" in monitor else f"sqlite:///{monitor}"
         for path in write_report(url, output):
             _show(f"wrote {path}")

@@ -17,7 +17,7 @@ def serve(
         None, "--config", help="YAML file with these settings (and 'models'); flags win"
     ),
     host: str | None = typer.Option(None, help="address to listen on [127.0.0.1]"),
-    port: int | None = typer.Option(None, help="[8000]"),
+    port: int | None = typer.Option(None, help="port to listen on [8000]"),
     max_batch_size: int | None = typer.Option(None, help="samples per batch [32]"),
     max_wait_ms: float | None = typer.Option(
         None, help="batching window, anchored on the first queued request [2]"
@@ -51,6 +51,9 @@ def serve(
         "--allow-reload/--no-allow-reload",
         help="let the load route load a package from any path (prefer --repository) [off]",
     ),
+    verify_key: str | None = typer.Option(
+        None, help="serve only packages signed by this Ed25519 public key (PEM), also on reload"
+    ),
 ) -> None:
     """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
     from ..serve.launch import check_bind, make_spec, run
@@ -61,7 +64,8 @@ def serve(
                  "max_queue": max_queue, "timeout_ms": timeout_ms, "cache_mb": cache_mb,
                  "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
                  "workers": workers, "threads": threads, "watch": watch,
-                 "repository": repository, "allow_reload": allow_reload}  # fmt: skip
+                 "repository": repository, "allow_reload": allow_reload,
+                 "verify_key": verify_key}  # fmt: skip
         spec = make_spec(given, config)
         check_bind(spec["host"], spec["port"])
         _show(

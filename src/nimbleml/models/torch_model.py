@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import inspect
 import io
+import itertools
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping

@@ -29,6 +29,8 @@ class AlertRule:
     """Fire when ``metric`` ``op`` ``threshold`` over the last ``window_s`` seconds, in
     ``for_windows`` evaluations in a row, each with at least ``min_samples`` behind it;
     clear after ``clear_windows`` good evaluations; do not fire again within ``cooldown_s``.
+    An evaluation counts only when it sees new evidence (another value or sample count than
+    the last one): the background thread reading the same records again is not a second breach.
 
     Metrics: latency_p50/p95/p99 (ms), error_rate (0-1), throughput (requests/s),
     throughput_drop (share below the previous window), accuracy, mae (needs ground truth).
@@ -77,6 +79,7 @@ class AlertState:
     since: float | None = None
     last_cleared: float = field(default=-1e18)
     value: float | None = None
+    seen: tuple[float, int] | None = None  # (value, samples) of the last counted evaluation
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ class AlertEngine:
             state = self.states.setdefault((rule.name, model), AlertState())
             if value is None or samples < rule.min_samples:
                 continue  # too little evidence either way: keep the state as it is
-            state.value = value
+            if state.seen == (value, samples):
+                continue  # the records already judged, read again: not a new observation
+            state.seen, state.value = (value, samples), value
             if rule.breached(value):
                 state.breaching, state.ok = state.breaching + 1, 0
                 cooled = now - state.last_cleared >= rule.cooldown_s

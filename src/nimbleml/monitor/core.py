@@ -121,6 +121,7 @@ class ModelMonitor:
         self.store = open_store(store)
         self.engine = AlertEngine(list(alerts), list(callbacks))
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time (background or caller)
         self._cols = _Columns()
         self._labels: list[tuple[Any, Any, float]] = []
         self._counters: dict[str, tuple[Any, Any]] = {}  # model -> (requests, errors) counters
@@ -131,8 +132,13 @@ class ModelMonitor:
         self._gauges: dict[str, Callable[[], dict[str, float]]] = {}
         self.labels_unsampled = 0
         self._rand = random.random
-        self._last_resources = 0.0
+        self._last_resources: float | None = None  # when the last sample was taken
         self._last_retention = 0.0
+        if resources_interval_s is not None:
+            from .resources import prime
+
+            prime()  # CPU % is measured between samples: the first from here, not over 0 s
+        self._started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if background:
@@ -245,8 +251,16 @@ class ModelMonitor:
                 logging.getLogger("nimbleml.monitor").exception("monitor flush failed")
 
     def flush(self, now: float | None = None) -> list[AlertEvent]:
-        """Aggregate and write what was recorded since the last flush; evaluate alerts."""
-        now = time.time() if now is None else now
+        """Aggregate and write what was recorded since the last flush; evaluate alerts.
+
+        Flushes run one at a time: called while the background thread is writing, flush()
+        waits for it, so everything recorded before the call is in the store, the summaries
+        and the alert states (``health()``) when it returns. Without the wait, health() right
+        after flush() missed the background's batch and changed half a second later."""
+        with self._flush_lock:
+            return self._flush(time.time() if now is None else now)
+
+    def _flush(self, now: float, final: bool = False) -> list[AlertEvent]:
         with self._lock:
             cols, self._cols = self._cols, _Columns()
             labels, self._labels = self._labels, []
@@ -283,7 +297,7 @@ class ModelMonitor:
             )
         if self.task is None:
             self.task = next((_task_of(o) for o in cols.out if o is not None), None)
-        resources = self._sample_resources(now)
+        resources = self._sample_resources(now, final)
         rows = [
             (t, m, None if p is None else str(p), la, int(e), _plain(o))
             for t, m, p, la, e, o in zip(
@@ -317,11 +331,18 @@ class ModelMonitor:
         for key in [k for k in self._windows if k[1] < horizon]:
             del self._windows[key]
 
-    def _sample_resources(self, now: float) -> list[tuple[Any, ...]]:
-        if (
-            self.resources_interval_s is None
-            or now - self._last_resources < self.resources_interval_s
-        ):
+    def _sample_resources(self, now: float, final: bool = False) -> list[tuple[Any, ...]]:
+        """A sample every ``resources_interval_s`` from the start, and a last one on close
+        (unless one was just taken): a run shorter than the interval still has its CPU % and
+        memory, and a longer one its end."""
+        if self.resources_interval_s is None:
+            return []
+        last = self._last_resources
+        if final:
+            due = last is None or now - last >= 0.1
+        else:
+            due = now - (self._started if last is None else last) >= self.resources_interval_s
+        if not due:
             return []
         self._last_resources = now
         from .resources import sample
@@ -341,7 +362,8 @@ class ModelMonitor:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        self.flush()
+        with self._flush_lock:
+            self._flush(time.time(), final=True)
         self.store.close()
 
     def __enter__(self) -> ModelMonitor:
@@ -379,6 +401,18 @@ class ModelMonitor:
         for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
             out[f"{name}_ms"] = sk.quantile(q)
         return out
+
+    def latency_totals(self, model: str = "default") -> LogSketch:
+        """A copy of every latency flushed so far for ``model`` in one sketch: two readings
+        subtracted give the distribution between them (the dashboard's trailing percentiles)."""
+        sketch = LogSketch()
+        total = self._totals.get(model)
+        return sketch if total is None else sketch.merge(total)
+
+    @property
+    def background(self) -> bool:
+        """Whether a background thread flushes; else whoever reads calls flush()."""
+        return self._thread is not None
 
     def _rule_value(self, rule: AlertRule, model: str, now: float) -> tuple[float | None, int]:
         since = now - rule.window_s

@@ -70,18 +70,21 @@ def _collector(monitor: ModelMonitor) -> Any:
     return MonitorCollector()
 
 
-def registry(monitor: ModelMonitor) -> Any:
-    """A prometheus_client registry holding the monitor's metrics."""
+def registry(monitor: ModelMonitor, *extra: Any) -> Any:
+    """A prometheus_client registry holding the monitor's metrics (and ``extra``
+    collectors: the server's own)."""
     require("prometheus_client", "Prometheus metrics")
     from prometheus_client import CollectorRegistry
 
     reg = CollectorRegistry()
     reg.register(_collector(monitor))
+    for collector in extra:
+        reg.register(collector)
     return reg
 
 
-def metrics_text(monitor: ModelMonitor) -> str:
+def metrics_text(monitor: ModelMonitor, *extra: Any) -> str:
     """The Prometheus text exposition format, as served on /metrics."""
     from prometheus_client import generate_latest
 
-    return generate_latest(registry(monitor)).decode()
+    return generate_latest(registry(monitor, *extra)).decode()

@@ -17,6 +17,11 @@ def _process() -> Any:
     return proc
 
 
+def prime() -> None:
+    """Start the process CPU counter, so that the first sample measures from here."""
+    _process()
+
+
 def gpu() -> tuple[float | None, float | None]:
     """(memory used MB, utilisation %) of the first NVIDIA GPU, or (None, None)."""
     if not shutil.which("nvidia-smi"):

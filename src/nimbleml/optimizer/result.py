@@ -144,30 +144,51 @@ class OptimizationResult:
         return [out / "optimization.json", out / "optimization.txt", self._plot(out / "pareto.png")]
 
     def _plot(self, path: Path) -> Path:
-        from ..bench.plots import _pyplot
+        self._figure().savefig(path, dpi=100)
+        return path
 
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(8, 5))
+    def _figure(self) -> Any:
+        """Metric against p50 latency, one numbered point per timed candidate, the key to the
+        numbers beside the chart. Names written next to their points piled into one unreadable
+        block where candidates timed alike; numbers are short and placed where they overlap
+        no other number and no point."""
+        from ..bench.plots import new_figure, place_labels
+
         timed = [c for c in self.candidates if c.timed and c.metric is not None]
+        fig = new_figure((11, 5.5))
+        ax = fig.add_subplot()
         front = {c.name for c in self.pareto}
-        for c in timed:
-            color = (
-                "#c44e52"
-                if c.name == self.best_name
-                else ("#4c72b0" if c.name in front else "#999999")
-            )
-            size = 30 + 200 * (c.size_bytes or 0) / max(x.size_bytes or 1 for x in timed)
-            ax.scatter(c.p50_ms, c.metric, s=size, color=color, alpha=0.8)
-            ax.annotate(
-                c.name, (c.p50_ms, c.metric), fontsize=7, xytext=(4, 2), textcoords="offset points"
-            )
+        biggest = max((c.size_bytes or 1 for c in timed), default=1)
+        colors = [
+            "#c44e52" if c.name == self.best_name else "#4c72b0" if c.name in front else "#999999"
+            for c in timed
+        ]
+        sizes = [30 + 200 * (c.size_bytes or 0) / biggest for c in timed]
+        points = [(c.p50_ms or 0.0, c.metric or 0.0) for c in timed]
+        handles = []
+        for (x, y), size, color in zip(points, sizes, colors, strict=True):
+            handles.append(ax.scatter(x, y, s=size, color=color, alpha=0.8))
         line = sorted((c for c in timed if c.name in front), key=lambda c: c.p50_ms or 0)
         ax.plot([c.p50_ms for c in line], [c.metric for c in line], color="#4c72b0", lw=1)
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.6, not 6x10^-1
+        xs = [x for x, _ in points if x > 0]
+        ax.xaxis.set_major_formatter(plain)  # within a decade, label the 0.2 ... 0.9 ticks too
+        ax.xaxis.set_minor_formatter(plain if xs and max(xs) < 10 * min(xs) else NullFormatter())
         ax.set_xlabel(f"p50 latency at batch {self.settings.get('batch_size')} (ms, log)")
         ax.set_ylabel(str(self.settings.get("metric")))
         ax.set_title("candidates: Pareto front in blue, best in red, size as area")
+        names = [
+            f"{i}  {c.name}" + ("  (best)" if c.name == self.best_name else "")
+            for i, c in enumerate(timed, 1)
+        ]
+        if timed:
+            ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+                      markerscale=0.5, ncol=1 + (len(timed) - 1) // 25, title="candidates")  # fmt: skip
+        ax.margins(0.08)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        fig.draw_without_rendering()  # limits and layout final: labels are placed in pixels
+        place_labels(ax, points, [str(i) for i in range(1, len(timed) + 1)], sizes, colors)
+        return fig

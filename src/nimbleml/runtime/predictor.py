@@ -78,7 +78,7 @@ def _resolve(model_or_package: Any, example_inputs: Any) -> tuple[Model, str, st
     if isinstance(obj, Package):
         entry = (obj.model is obj.baseline and obj.manifest["baseline"]) or obj.manifest["model"]
         digest = next(f["sha256"] for f in obj.manifest["files"] if f["path"] == entry["path"])
-        return obj.model, digest, obj.directory.name.removesuffix(".nimble")
+        return obj.model, digest, obj.name
     model = load_model(obj, example_inputs)
     return model, content_hash(model), type(getattr(model, "module", model)).__name__
 

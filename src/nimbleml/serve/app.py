@@ -57,6 +57,8 @@ class ServeConfig:
     # Triton's explicit mode: packages under ``repository`` only, or any path
     repository: str | None = None
     allow_reload: bool = False
+    # an Ed25519 public key (PEM file): every package, also on reload, must be signed by it
+    verify_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -69,6 +71,10 @@ class ServeConfig:
             raise ConfigError("a Redis tier sits below the memory cache: give cache_mb > 0")
         if self.repository is not None and not Path(self.repository).is_dir():
             raise ConfigError(f"repository {self.repository} is not a folder")
+        if self.verify_key is not None:  # a bad key is refused at start, not at first load
+            from ..signing import public_key
+
+            public_key(self.verify_key)
 
 
 class _PredictionIds:
@@ -198,7 +204,9 @@ class Server:
         from ..package import Package, load
 
         config = self.config
-        pkg = obj if isinstance(obj, Package) else load(obj)
+        if isinstance(obj, Package) and config.verify_key:  # opened unverified: open it again
+            obj = obj.directory
+        pkg = obj if isinstance(obj, Package) else load(obj, verify=config.verify_key)
         entry_file = (
             pkg.manifest["model"]["path"]
             if pkg.model is not pkg.baseline
@@ -501,14 +509,16 @@ def create_app(
     require("fastapi", "nimbleml serve")
     require("orjson", "nimbleml serve")
     from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
     from ..monitor import ModelMonitor, metrics_text
+    from .dashboard import History
 
     config = config or ServeConfig()
     monitor = monitor or ModelMonitor(store="sqlite:///:memory:", resources_interval_s=None)
     server = Server(models, config, monitor)
     entries = server.entries
+    history = History(server)  # the dashboard's last 15 minutes, a row a second
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -516,7 +526,9 @@ def create_app(
             await server.start(entry)
         stop = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(server.watch(stop)) if watch else None
+        history.start()
         yield
+        await history.stop()
         stop.set()
         if watcher is not None:
             await watcher
@@ -526,7 +538,7 @@ def create_app(
 
     app = FastAPI(title="nimbleml serve", lifespan=lifespan)
     app.state.server, app.state.entries, app.state.monitor = server, entries, monitor
-    app.state.config = config
+    app.state.config, app.state.history = config, history
 
     @app.exception_handler(HttpError)
     async def http_error(_request: Request, exc: HttpError) -> JSONResponse:
@@ -616,15 +628,14 @@ def create_app(
 
     @app.get("/dashboard")
     async def dashboard() -> HTMLResponse:
-        from .dashboard import PAGE
+        from .dashboard_page import PAGE
 
         return HTMLResponse(PAGE)
 
     @app.get("/dashboard/data")
-    async def dashboard_json() -> dict[str, Any]:
-        from .dashboard import dashboard_data
-
-        return dashboard_data(entries, monitor)
+    async def dashboard_json(since: float | None = None) -> Response:
+        """The last 15 minutes of series (only rows after ``since`` when given)."""
+        return Response(protocol.dumps(history.data(since)), media_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

@@ -47,6 +47,7 @@ class BatcherStats:
     batches: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
     samples: int = 0
+    requests: int = 0  # requests taken into a batch: queue_wait_s is summed over them
     shed: int = 0
     errors: int = 0
     queue_wait_s: float = 0.0
@@ -181,6 +182,7 @@ class DynamicBatcher:
         started = time.perf_counter()
         for r in batch:
             self.stats.queue_wait_s += started - r.enqueued
+        self.stats.requests += len(batch)
         outputs: list[np.ndarray] | None = None
         error: Exception | None = None
         try:

@@ -62,10 +62,32 @@ def model_map(items: Any) -> dict[str, str]:
     return models
 
 
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+}  # fmt: skip
+_WORDS = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false"}
+SERVER_TYPES = {"host": "str", "port": "int", "workers": "int", "monitor_store": "str",
+                "watch": "bool"}  # fmt: skip
+CONFIG_TYPES = {f.name: str(f.type).split("|")[0].strip() for f in dataclasses.fields(ServeConfig)}
+
+
+def check_types(values: dict[str, Any], where: str) -> None:
+    """Each setting of the right type, named with where it came from: a bad value says
+    'max_batch_size must be an integer, got "lots"', not a TypeError from deep inside."""
+    for key, value in values.items():
+        kind = SERVER_TYPES.get(key) or CONFIG_TYPES.get(key)
+        if value is None or kind not in _KINDS:
+            continue
+        ok = isinstance(value, _KINDS[kind]) and (kind == "bool" or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be {_WORDS[kind]}, got {value!r}")
+
+
 def make_spec(cli: dict[str, Any], config_file: str | Path | None = None) -> dict[str, Any]:
     """Everything a server process needs, as plain JSON-able values: command-line values
     that were given (not None) over the file's, over the defaults; checked here."""
     from_file = read_config(config_file) if config_file else {}
+    check_types(from_file, f"config file {config_file}")
     spec: dict[str, Any] = {**SERVER_KEYS, **CONFIG_KEYS}
     for key in spec:
         if cli.get(key) is not None:
@@ -78,11 +100,15 @@ def make_spec(cli: dict[str, Any], config_file: str | Path | None = None) -> dic
     from ..errors import PackageError
     from ..package import read_manifest
 
+    if spec["verify_key"] is not None:  # a bad key is named once, not once per package
+        from ..signing import public_key
+
+        public_key(spec["verify_key"])
     for name, path in models.items():
         if not (Path(path) / "manifest.json").is_file():
             raise ConfigError(f"model '{name}': {path} is not a .nimble package (no manifest.json)")
-        try:  # a damaged package is refused before anything says "serving"
-            read_manifest(Path(path))
+        try:  # a damaged (or, with --verify-key, unsigned) package is refused before "serving"
+            read_manifest(Path(path), verify=spec["verify_key"])
         except PackageError as exc:
             raise ConfigError(f"model '{name}': {exc}") from None
     spec["models"] = models

@@ -143,6 +143,22 @@ def _tensor(
     return name, arr, used
 
 
+def check_datatypes(feeds: dict[str, np.ndarray], specs: Any, model: str) -> None:
+    """Each input's declared datatype must be the one the model's metadata gives: an INT64
+    or FP64 tensor into an FP32 input is the client's mistake, not ours to guess at."""
+    for spec in specs:
+        arr = feeds.get(spec.name)
+        if arr is None:
+            continue
+        want = NP_TO_V2.get(spec.dtype, "BYTES")
+        got = v2_datatype(arr)
+        if got != want:
+            raise ProtocolError(
+                f"input '{spec.name}' was sent as {got}, but the model takes {want} (GET "
+                f"/v2/models/{model} lists every input's datatype): send it as {want}"
+            )
+
+
 def nulls_to_nan(data: Any) -> Any:
     """JSON nulls (None) in a nested list of numbers as NaN: a missing value."""
     if isinstance(data, list):
@@ -178,12 +194,29 @@ def v2_datatype(arr: np.ndarray) -> str:
     return kind
 
 
+def requested_outputs(body: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The request's 'outputs' by name (empty: all), checked against the model's outputs."""
+    requested = body.get("outputs") or []
+    if not isinstance(requested, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+    ):
+        raise ProtocolError("'outputs' must be a list of objects with a 'name'")
+    wanted = {o["name"]: o for o in requested}
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ProtocolError(
+            f"outputs: the model has no output {', '.join(repr(u) for u in unknown)}; it "
+            f"gives {', '.join(names)}"
+        )
+    return wanted
+
+
 def output_tensors(
     names: list[str], outputs: list[np.ndarray], body: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     """(output objects, binary chunks) for a response: the requested outputs only, binary
     where the request asked for it."""
-    wanted = {o.get("name"): o for o in body.get("outputs") or [] if isinstance(o, dict)}
+    wanted = requested_outputs(body, names)
     all_binary = bool((body.get("parameters") or {}).get("binary_data_output"))
     out, chunks = [], []
     for name, arr in zip(names, outputs, strict=True):
