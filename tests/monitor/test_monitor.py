@@ -247,7 +247,7 @@ def test_prometheus_and_cache_gauges(tmp_path, pipeline, digits):
     name = p.name
     assert f'nimbleml_predictions_total{{model="{name}"}} 5.0' in text
     assert f'nimbleml_latency_ms_bucket{{le="+Inf",model="{name}"}} 5.0' in text
-    assert f'nimbleml_cache_{name}{{key="memory_hits"}} 4.0' in text
+    assert f'nimbleml_cache_hits_total{{model="{name}",tier="memory"}} 4.0' in text
     assert m.store.query("SELECT COUNT(*) FROM predictions WHERE output IS NOT NULL")[0][0] == 5
     m.close()
 

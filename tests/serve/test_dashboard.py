@@ -269,3 +269,49 @@ def test_dashboard_in_the_browser(browser, digits_package, digits, tmp_path):
     pixels = image[..., :3].reshape(-1, 3)
     assert pixels.std() > 0.05  # not one colour
     assert len(np.unique((pixels * 255).astype(np.uint8), axis=0)) > 20  # lines, text, colours
+
+
+def test_dashboard_behind_the_api_key_in_the_browser(browser, digits_package, digits):
+    """With an API key, /metrics and the dashboard need it too (issue 11): a scraper sends it
+    as a Bearer token, a browser as the password of HTTP Basic auth, which it then re-sends
+    for the page's own polling; --public-metrics opens them."""
+    key = "s3cret"
+    app = create_app({"digits": digits_package}, ServeConfig(api_key=key))
+    with ServerThread(app) as s, httpx.Client(base_url=s.url) as c:
+        for path in ("/metrics", "/dashboard", "/dashboard/data"):
+            c.cookies.clear()
+            r = c.get(path)
+            assert r.status_code == 401 and "API key" in r.json()["error"], path
+            assert r.headers["www-authenticate"] == 'Basic realm="nimbleml"'
+            assert c.get(path, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+            assert httpx.get(s.url + path, auth=("anyone", "wrong")).status_code == 401
+            assert httpx.get(s.url + path, auth=("anyone", key)).status_code == 200
+        # the page's cookie (not the key) lets its polling through, and nothing else
+        page = httpx.get(s.url + "/dashboard", headers={"Authorization": f"Bearer {key}"})
+        cookie = page.cookies["nimbleml_dashboard"]
+        assert cookie and key not in cookie
+        polled = httpx.get(s.url + "/dashboard/data", cookies={"nimbleml_dashboard": cookie})
+        assert polled.status_code == 200
+        forged = {"nimbleml_dashboard": "0" * 64}
+        assert httpx.get(s.url + "/dashboard/data", cookies=forged).status_code == 401
+        assert c.post("/v2/models/digits/infer", json=v2_body(digits[1][:1]),
+                      headers={"Authorization": f"Bearer {key}"}).status_code == 200  # fmt: skip
+        browser.get(s.url.replace("http://", f"http://viewer:{key}@") + "/dashboard")
+        deadline = time.monotonic() + 20
+        shown = ""
+        while time.monotonic() < deadline:
+            shown = browser.execute_script(
+                "const e = document.getElementById('requests-digits'); return e ? e.textContent : ''"
+            )
+            if shown.strip().isdigit() and int(shown) >= 1:
+                break
+            time.sleep(0.2)
+        assert shown.strip().isdigit() and int(shown) >= 1, (
+            browser.page_source[:500],
+            browser.get_log("browser"),
+            browser.get_cookies(),
+        )
+    public = create_app({"digits": digits_package}, ServeConfig(api_key=key, public_metrics=True))
+    with ServerThread(public) as s, httpx.Client(base_url=s.url) as c:
+        assert c.get("/metrics").status_code == 200
+        assert c.post("/v2/models/digits/infer", json=v2_body(digits[1][:1])).status_code == 401

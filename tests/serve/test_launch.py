@@ -113,7 +113,7 @@ def test_servers_share_the_redis_tier(tmp_path, digits_package, digits):
             second = httpx.post(f"{b.url}/v2/models/digits/infer", json=v2_body(x))
             assert second.json()["outputs"] == first.json()["outputs"]
             metrics = httpx.get(f"{b.url}/metrics").text
-            assert 'nimbleml_server_digits{key="cache_redis_hits"} 1.0' in metrics
+            assert 'nimbleml_cache_hits_total{model="digits",tier="redis"} 1.0' in metrics
     finally:
         redis.stop()
 

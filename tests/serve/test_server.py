@@ -181,14 +181,17 @@ def test_concurrent_requests_are_batched_and_all_answered(server, digits_package
         assert np.allclose(got, ref, atol=1e-4)
     with httpx.Client(base_url=server.url) as c:
         text = c.get("/metrics").text
-    assert "nimbleml_server_digits" in text and 'nimbleml_predictions_total{model="digits"}' in text
-    sizes = [
-        line
-        for line in text.splitlines()
-        if line.startswith('nimbleml_server_digits{key="batch_size_')
-    ]
-    assert sizes  # a batch-size histogram, with the reasons beside it
-    assert 'key="batches_idle"' in text
+    assert 'nimbleml_predictions_total{model="digits"}' in text
+    # Prometheus conventions: counters and a histogram, dimensions as labels
+    assert "# TYPE nimbleml_batch_size histogram" in text
+    assert 'nimbleml_batch_size_count{model="digits"}' in text
+    inf = float(text.split('nimbleml_batch_size_bucket{le="+Inf",model="digits"} ')[1].split()[0])
+    one = float(text.split('nimbleml_batch_size_bucket{le="1",model="digits"} ')[1].split()[0])
+    assert inf >= 1 and one <= inf
+    assert "# TYPE nimbleml_batches_total counter" in text and 'reason="idle"' in text
+    assert "# TYPE nimbleml_http_responses_total counter" in text
+    assert 'nimbleml_http_responses_total{code="200"}' in text
+    assert 'key="' not in text  # no gauge per value any more
     del expected
 
 

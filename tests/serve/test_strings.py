@@ -86,7 +86,9 @@ def test_texts_as_json_bytes_and_v1_instances(served):
         )
         metrics = c.get("/metrics").text
     hits = [
-        line for line in metrics.splitlines() if "cache_memory_hits" in line and "intent" in line
+        line
+        for line in metrics.splitlines()
+        if line.startswith('nimbleml_cache_hits_total{model="intent",tier="memory"}')
     ]
     assert hits and float(hits[0].split()[-1]) >= 1
 

@@ -35,7 +35,14 @@ def serve(
     monitor_store: str | None = typer.Option(
         None, help="monitor store URL (sqlite:///file.db, postgresql://...) [in memory]"
     ),
-    api_key: str | None = typer.Option(None, help="require 'Authorization: Bearer KEY'"),
+    api_key: str | None = typer.Option(
+        None, help="require 'Authorization: Bearer KEY' (on /metrics and /dashboard too)"
+    ),
+    public_metrics: bool | None = typer.Option(
+        None,
+        "--public-metrics/--no-public-metrics",
+        help="serve /metrics and /dashboard without the API key [off]",
+    ),
     workers: int | None = typer.Option(None, help="worker processes sharing the port [1]"),
     threads: int | None = typer.Option(
         None, help="ONNX Runtime threads per model [the cores per worker, less one]"
@@ -63,6 +70,7 @@ def serve(
                  "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
                  "max_queue": max_queue, "timeout_ms": timeout_ms, "cache_mb": cache_mb,
                  "redis": redis, "monitor_store": monitor_store, "api_key": api_key,
+                 "public_metrics": public_metrics,
                  "workers": workers, "threads": threads, "watch": watch,
                  "repository": repository, "allow_reload": allow_reload,
                  "verify_key": verify_key}  # fmt: skip

@@ -129,7 +129,7 @@ class ModelMonitor:
         self._windows: dict[tuple[str, float], _Window] = {}
         self._totals: dict[str, LogSketch] = {}
         self._latency_sum: dict[str, float] = {}
-        self._gauges: dict[str, Callable[[], dict[str, float]]] = {}
+        self._collectors: dict[str, Any] = {}  # extra Prometheus collectors, by name
         self.labels_unsampled = 0
         self._rand = random.random
         self._last_resources: float | None = None  # when the last sample was taken
@@ -511,10 +511,11 @@ class ModelMonitor:
     def models(self) -> list[str]:
         return sorted(self._counters)
 
-    def add_gauges(self, name: str, read: Callable[[], dict[str, float]]) -> None:
-        """Expose extra gauges (a cache's hit counts, a queue's depth) on /metrics; ``read``
-        is called at scrape time only."""
-        self._gauges[name] = read
+    def add_collector(self, name: str, collector: Any) -> None:
+        """Expose more metrics on /metrics (a cache's hits, a server's queues): a
+        prometheus_client collector, read at scrape time only; ``name`` replaces an earlier
+        one of that name."""
+        self._collectors[name] = collector
 
 
 def same_label(a: Any, b: Any) -> bool:

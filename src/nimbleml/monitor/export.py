@@ -58,16 +58,32 @@ def _collector(monitor: ModelMonitor) -> Any:
             yield errors
             yield hist
             yield quantiles
-            for name, read in monitor._gauges.items():
-                values = read()
-                gauge = GaugeMetricFamily(
-                    f"nimbleml_{name}", f"{name} (read at scrape time)", labels=["key"]
-                )
-                for key, value in values.items():
-                    gauge.add_metric([key], float(value))
-                yield gauge
+            for collector in list(monitor._collectors.values()):
+                yield from collector.collect()
 
     return MonitorCollector()
+
+
+def cache_collector(model: str, cache: Any) -> Any:
+    """Hits and misses of a TieredCache by tier, as counters labelled model and tier."""
+    require("prometheus_client", "Prometheus metrics")
+    from prometheus_client.core import CounterMetricFamily
+
+    class CacheCollector:
+        def collect(self) -> Any:
+            hits = CounterMetricFamily(
+                "nimbleml_cache_hits", "Cache hits by tier", labels=["model", "tier"]
+            )
+            misses = CounterMetricFamily(
+                "nimbleml_cache_misses", "Cache misses by tier", labels=["model", "tier"]
+            )
+            for tier, info in cache.info()["tiers"].items():
+                hits.add_metric([model, tier], info["hits"])
+                misses.add_metric([model, tier], info["misses"])
+            yield hits
+            yield misses
+
+    return CacheCollector()
 
 
 def registry(monitor: ModelMonitor, *extra: Any) -> Any:

@@ -41,14 +41,6 @@ def content_hash(model: Model) -> str:
     return h.hexdigest()
 
 
-def _cache_gauges(cache: TieredCache) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for tier, info in cache.info()["tiers"].items():
-        out[f"{tier}_hits"] = info["hits"]
-        out[f"{tier}_misses"] = info["misses"]
-    return out
-
-
 def _hash_tensors(h: Any, value: Any) -> None:
     """Feed tensors (and tuples of them, as quantised modules keep) into ``h``."""
     if isinstance(value, tuple | list):
@@ -126,8 +118,9 @@ class OptimizedPredictor:
         self._key = KeyMaker(self.model_hash)
         self.monitor = monitor
         if monitor is not None and self.cache is not None:
-            cache_ref = self.cache
-            monitor.add_gauges(f"cache_{self.name}", lambda: _cache_gauges(cache_ref))
+            from ..monitor.export import cache_collector
+
+            monitor.add_collector(f"cache_{self.name}", cache_collector(self.name, self.cache))
         self._last_ns: int | None = None
         self._latencies: list[int] = []  # a ring of the last WINDOW latencies (ns)
         self._calls = itertools.count()  # exact without a lock (atomic under the GIL)

@@ -59,6 +59,9 @@ class ServeConfig:
     allow_reload: bool = False
     # an Ed25519 public key (PEM file): every package, also on reload, must be signed by it
     verify_key: str | None = None
+    # /metrics, /dashboard and /dashboard/data without the API key (a Prometheus scraper
+    # inside the cluster); by default they need it, as inference does, when one is set
+    public_metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -108,6 +111,9 @@ def serving_threads(threads: int | None, tuned: int | None = None, workers: int 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     auto = max(1, (cores or 1) // workers - 1)
     return min(auto, tuned) if tuned else auto
+
+
+COOKIE = "nimbleml_dashboard"  # set by /dashboard when the server has an API key
 
 
 class HttpError(Exception):
@@ -195,9 +201,9 @@ class Server:
         self.entries: dict[str, ModelEntry] = {n: self.build(n, o) for n, o in models.items()}
         self.codes: collections.Counter[int] = collections.Counter()  # responses by status
         self._draining: set[asyncio.Task[None]] = set()
-        for name, entry in self.entries.items():
-            monitor.add_gauges(f"server_{name}", _gauges(entry))
-        monitor.add_gauges("server_http", lambda: {f"code_{c}": n for c, n in self.codes.items()})
+        from .metrics import server_collector
+
+        monitor.add_collector("server", server_collector(self))
 
     def build(self, name: str, obj: Any) -> ModelEntry:
         """Open (and checksum) a package; raises NimbleError for a broken one."""
@@ -232,12 +238,17 @@ class Server:
         await entry.batcher.submit(_placeholder(entry.model.inputs))
         entry.ready = True
 
-    def entry(self, name: str) -> ModelEntry:
+    def entry(self, name: str, version: str | None = None) -> ModelEntry:
         entry = self.entries.get(name)
         if entry is None:
             raise HttpError(
                 404, f"unknown model '{name}'; this server has: {', '.join(sorted(self.entries))}"
             )
+        if version is not None and version != entry.version:
+            raise HttpError(
+                404, f"model '{name}' has no version '{version}'; it serves version "
+                f"'{entry.version}' (GET /v2/models/{name} lists it)",
+            )  # fmt: skip
         return entry
 
     async def run(
@@ -249,6 +260,8 @@ class Server:
             raise HttpError(422, str(exc)) from exc
         first = next(iter(feeds.values()))
         rows = int(first.shape[0]) if first.ndim else 1
+        if rows == 0:
+            raise HttpError(422, "the request holds no samples (a batch of 0 rows)")
         if rows > self.config.max_queue:  # no retry could ever fit it: not a 503
             raise HttpError(
                 413,
@@ -274,13 +287,15 @@ class Server:
         return out
 
     async def infer_v2(
-        self, name: str, raw: bytes, header_length: str | None
+        self, name: str, raw: bytes, header_length: str | None, version: str | None = None
     ) -> tuple[dict[str, Any], list[bytes], str]:
         """(response JSON, binary chunks, prediction id) for a v2 infer request."""
-        first = self.entry(name)  # an unknown model is a 404 whatever the body
+        first = self.entry(name, version)  # an unknown model is a 404 whatever the body
         body, tail = protocol.split_body(raw, header_length)
         feeds = protocol.input_tensors(body, tail, first.missing_ok)
         entry = self.entry(name)  # again, last: a reload cannot slip in before the queue
+        protocol.check_datatypes(feeds, entry.model.inputs, name)
+        protocol.requested_outputs(body, entry.model.output_names)  # before the work
         pid = str(body.get("id") or new_id())
         out = await self.run(entry, feeds, pid)
         outputs, chunks = protocol.output_tensors(entry.model.output_names, out, body)
@@ -298,18 +313,32 @@ class Server:
             raise HttpError(400, "'instances' must be a non-empty list")
         entry = self.entry(name)
         specs = entry.model.inputs
+        names = [s.name for s in specs]
+        by_name = all(isinstance(inst, dict) for inst in instances)
+        if by_name:  # the dict form, {"input": value} per instance, for any number of inputs
+            for i, inst in enumerate(instances):
+                if set(inst) != set(names):
+                    raise HttpError(
+                        400, f"instances[{i}] has keys {sorted(inst)}; the model's inputs are "
+                        f"{names}",
+                    )  # fmt: skip
+        elif len(specs) > 1:
+            raise HttpError(
+                400, f"the model takes several inputs {names}: send each instance as an "
+                "object with those keys",
+            )  # fmt: skip
         try:
             fix = protocol.nulls_to_nan if entry.missing_ok else (lambda v: v)
-            if len(specs) == 1:
-                feeds = {specs[0].name: _column(instances, specs[0].dtype, fix)}
-            else:
+            if by_name:
                 feeds = {
                     s.name: _column([inst[s.name] for inst in instances], s.dtype, fix)
                     for s in specs
                 }
-        except (KeyError, TypeError, ValueError) as exc:
+            else:
+                feeds = {specs[0].name: _column(instances, specs[0].dtype, fix)}
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise HttpError(
-                400, f"'instances' do not match the model's inputs {[s.name for s in specs]}: {exc}"
+                400, f"'instances' do not match the model's inputs {names}: {str(exc)[:200]}"
             ) from exc
         for k, v in feeds.items():
             if v.dtype.kind != "f":
@@ -327,18 +356,19 @@ class Server:
         """Open the new version, warm it up, then swap it in atomically; the old version
         answers what it already accepted. A broken version is refused (HttpError 409)."""
         loop = asyncio.get_running_loop()
+        old = self.entries.get(name)
         try:
             new = await loop.run_in_executor(None, self.build, name, source)
+            if old is not None:
+                _same_interface(old.model, new.model)
             await self.start(new)
         except Exception as exc:
             detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise HttpError(
                 409, f"new version of '{name}' refused, the old one keeps serving: {detail}"
             ) from exc
-        old = self.entries.get(name)
         self.entries[name] = new  # one assignment on the event loop: requests see old or new
         self.sources[name] = source
-        self.monitor.add_gauges(f"server_{name}", _gauges(new))
         if old is not None:
             old.ready = False
             task = loop.create_task(old.batcher.drain())
@@ -381,10 +411,46 @@ class Server:
                 {"Retry-After": "1"},
             )
 
-    def check_key(self, authorization: str | None) -> None:
+    def check_key(self, authorization: str | None, browser: bool = False) -> None:
+        """401 unless the API key (when one is set) comes as 'Bearer KEY', or, for the pages a
+        browser opens (``browser``), as the password of HTTP Basic auth, which makes the
+        browser ask for it."""
         key = self.config.api_key
-        if key is not None and authorization != f"Bearer {key}":
-            raise HttpError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+        if key is None or authorization == f"Bearer {key}":
+            return
+        if browser and authorization and authorization.startswith("Basic "):
+            import base64
+            import binascii
+
+            with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                _, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+                if secrets.compare_digest(password, key):
+                    return
+        headers = {"WWW-Authenticate": 'Basic realm="nimbleml"'} if browser else None
+        raise HttpError(
+            401, "missing or wrong API key: send 'Authorization: Bearer <key>'", headers
+        )
+
+    def check_observer(self, authorization: str | None, cookie: str | None = None) -> None:
+        """The key for /metrics and the dashboard, unless the server made them public. The
+        dashboard's own polling carries the cookie its page was served with (browsers do
+        not re-send credentials typed into a URL for a page's fetches)."""
+        if self.config.public_metrics:
+            return
+        token = self.dashboard_token()
+        if token is not None and cookie is not None and secrets.compare_digest(cookie, token):
+            return
+        self.check_key(authorization, browser=True)
+
+    def dashboard_token(self) -> str | None:
+        """A cookie value derived from the API key (not the key itself), or None without one."""
+        import hashlib
+        import hmac
+
+        key = self.config.api_key
+        if key is None:
+            return None
+        return hmac.new(key.encode(), b"nimbleml dashboard", hashlib.sha256).hexdigest()
 
     def check_size(self, declared: int) -> None:
         if declared > self.config.max_body_bytes:
@@ -410,11 +476,13 @@ class HotPath:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if scope["method"] == "POST" and path.startswith(("/v2/models/", "/v1/models/")):
-                if path.endswith("/infer") and path.count("/") == 4:
-                    return await self._answer(path[11:-6], True, scope, receive, send)
-                if path.endswith(":predict") and path.count("/") == 3:
-                    return await self._answer(path[11:-8], False, scope, receive, send)
+            if path.startswith(("/v2/models/", "/v1/models/")):
+                route = _inference_route(path)
+                if route is not None and scope["method"] != "POST":
+                    return await self._refuse(405, f"{path} takes POST", send, {"allow": "POST"})
+                if route is not None:
+                    name, version, v2 = route
+                    return await self._answer(name, v2, scope, receive, send, version)
             codes = self.server.codes
 
             async def counted(message: dict[str, Any]) -> None:
@@ -425,8 +493,25 @@ class HotPath:
             return await self.app(scope, receive, counted)
         return await self.app(scope, receive, send)
 
+    async def _refuse(
+        self, status: int, message: str, send: Send, extra: dict[str, str] | None = None
+    ) -> None:
+        body = protocol.dumps({"error": message})
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]  # fmt: skip
+        headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+        self.server.codes[status] += 1
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def _answer(
-        self, name: str, v2: bool, scope: dict[str, Any], receive: Receive, send: Send
+        self,
+        name: str,
+        v2: bool,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        version: str | None = None,
     ) -> None:
         server = self.server
         headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
@@ -446,7 +531,7 @@ class HotPath:
             raw = await _read_body(receive, server.config.max_body_bytes)
             chunks: list[bytes] = []
             if v2:
-                response, chunks, pid = await server.infer_v2(name, raw, header_length)
+                response, chunks, pid = await server.infer_v2(name, raw, header_length, version)
             else:
                 response, pid = await server.predict_v1(name, raw)
             body = protocol.dumps(response)
@@ -470,6 +555,20 @@ class HotPath:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _inference_route(path: str) -> tuple[str, str | None, bool] | None:
+    """(model, version, v2) of an inference path: /v2/models/M/infer,
+    /v2/models/M/versions/V/infer or /v1/models/M:predict; None for any other path."""
+    parts = path.split("/")
+    if parts[1] == "v2" and parts[-1] == "infer":
+        if len(parts) == 5:
+            return parts[3], None, True
+        if len(parts) == 7 and parts[4] == "versions":
+            return parts[3], parts[5], True
+    if parts[1] == "v1" and len(parts) == 4 and parts[3].endswith(":predict"):
+        return parts[3][: -len(":predict")], None, False
+    return None
 
 
 class _Disconnected(Exception):
@@ -544,6 +643,28 @@ def create_app(
     async def http_error(_request: Request, exc: HttpError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
+    # FastAPI's own refusals (no such route, wrong method, a bad query value) in the same
+    # {"error": ...} shape as every other answer, naming what was wrong
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"no route {request.method} {request.url.path}; see GET /v2 and "
+                        "docs/serve.md for the routes",
+                   405: f"{request.url.path} does not take {request.method}"}.get(
+            exc.status_code, str(exc.detail))  # fmt: skip
+        return JSONResponse({"error": message}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))  # fmt: skip
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        return JSONResponse({"error": problems or "invalid request"}, status_code=422)
+
     async def body_of(request: Request) -> dict[str, Any]:
         server.check_key(request.headers.get("authorization"))
         server.check_size(int(request.headers.get("content-length") or 0))
@@ -575,7 +696,7 @@ def create_app(
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def metadata(name: str, version: str | None = None) -> dict[str, Any]:
-        entry = server.entry(name)
+        entry = server.entry(name, version)
 
         def spec(s: Any) -> dict[str, Any]:
             return {"name": s.name, "datatype": protocol.NP_TO_V2.get(s.dtype, "BYTES"),
@@ -589,7 +710,7 @@ def create_app(
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
-        ok = server.entry(name).ready
+        ok = server.entry(name, version).ready
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @app.post("/v2/models/{name}/feedback")
@@ -627,18 +748,25 @@ def create_app(
         return {"name": name, "version": new.version, "loaded": True}
 
     @app.get("/dashboard")
-    async def dashboard() -> HTMLResponse:
+    async def dashboard(request: Request) -> HTMLResponse:
+        server.check_observer(request.headers.get("authorization"), request.cookies.get(COOKIE))
         from .dashboard_page import PAGE
 
-        return HTMLResponse(PAGE)
+        page = HTMLResponse(PAGE)
+        token = server.dashboard_token()
+        if token is not None:
+            page.set_cookie(COOKIE, token, path="/dashboard", httponly=True, samesite="strict")
+        return page
 
     @app.get("/dashboard/data")
-    async def dashboard_json(since: float | None = None) -> Response:
+    async def dashboard_json(request: Request, since: float | None = None) -> Response:
         """The last 15 minutes of series (only rows after ``since`` when given)."""
+        server.check_observer(request.headers.get("authorization"), request.cookies.get(COOKIE))
         return Response(protocol.dumps(history.data(since)), media_type="application/json")
 
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
+    async def metrics(request: Request) -> PlainTextResponse:
+        server.check_observer(request.headers.get("authorization"))
         monitor.flush()
         return PlainTextResponse(metrics_text(monitor), media_type="text/plain; version=0.0.4")
 
@@ -651,6 +779,31 @@ def _column(values: list[Any], dtype: str, fix: Any) -> np.ndarray:
     return np.asarray(fix(values) if dtype.startswith("float") else values, dtype=dtype)
 
 
+def _same_interface(old: Model, new: Model) -> None:
+    """A new version must take the inputs the served one takes (names, types, shapes) and
+    give the same outputs: clients were written against them. Otherwise serve it under a new
+    name."""
+
+    def interface(m: Model) -> tuple[Any, ...]:
+        return (
+            [(s.name, s.dtype, tuple(d if isinstance(d, int) else -1 for d in s.shape))
+             for s in m.inputs],
+            m.output_names,
+        )  # fmt: skip
+
+    (old_in, old_out), (new_in, new_out) = interface(old), interface(new)
+    if old_in != new_in:
+        raise ConfigError(
+            f"it takes inputs {new_in}, the served version takes {old_in}; load it under a "
+            "new model name"
+        )
+    if old_out != new_out:
+        raise ConfigError(
+            f"it gives outputs {new_out}, the served version gives {old_out}; load it under "
+            "a new model name"
+        )
+
+
 def _verified_on_missing(manifest: dict[str, Any]) -> bool:
     """Whether verification compared the package with the original on missing numbers (only
     kept when the original itself handles them: an imputer, trees with NaN support)."""
@@ -658,27 +811,3 @@ def _verified_on_missing(manifest: dict[str, Any]) -> bool:
     from ..verify import MISSING_NUMBERS
 
     return any(isinstance(c, dict) and c.get("case") == MISSING_NUMBERS for c in cases)
-
-
-def _gauges(entry: ModelEntry) -> Any:
-    def read() -> dict[str, float]:
-        s = entry.batcher.stats
-        values: dict[str, float] = {
-            "queue_samples": entry.batcher.queued_samples,
-            "shed_total": s.shed,
-            "batches_idle": s.batches["idle"],
-            "batches_full": s.batches["full"],
-            "batches_window": s.batches["window"],
-            "samples_total": s.samples,
-            "queue_wait_seconds_total": s.queue_wait_s,
-            "compute_seconds_total": s.compute_s,
-        }
-        for size, count in sorted(s.batch_sizes.items()):
-            values[f"batch_size_{size}"] = count
-        if entry.cache is not None:
-            for tier, info in entry.cache.info()["tiers"].items():
-                values[f"cache_{tier}_hits"] = info["hits"]
-                values[f"cache_{tier}_misses"] = info["misses"]
-        return values
-
-    return read

@@ -1,12 +1,13 @@
-"""/dashboard: one self-contained page (no CDN, no external script: it draws its own SVG
-charts) and the 15 minutes of history behind it.
+"""/dashboard: one self-contained page (``dashboard_page.py``: no CDN, no external script,
+it draws its own SVG charts) and the 15 minutes of history behind it.
 
 ``History`` reads the server once a second, on a small task of the app's event loop that
 hands the reading to a worker thread (the accuracy join is an SQL query), into fixed-size
-ring buffers: 900 rows of floats a model (about 0.2 MB) and ten latency sketches for the
-trailing percentiles (0.12 MB). A page opened now shows the last 15 minutes, not only what
-happened since it was opened; each later poll, ``/dashboard/data?since=T``, carries only the
-rows after T (the whole history of one model is about 150 kB of JSON, one more row 1 kB).
+ring buffers: 900 rows of floats a model (0.17 MB) and eleven readings of the latency sketch
+for the trailing percentiles (0.13 MB). A page opened now shows the last 15 minutes, not only
+what happened since it was opened; each later poll, ``/dashboard/data?since=T``, carries only
+the rows after T (the whole history of one model is about 150 kB of JSON, one row under 1 kB).
+A reading costs about 0.5 ms of CPU here, 5 ms when the accuracy is recomputed (every 5 s).
 """
 
 from __future__ import annotations

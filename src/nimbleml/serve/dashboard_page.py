@@ -234,28 +234,37 @@ function drawTables(data) {
   document.getElementById("alerts").innerHTML =
     (active.length ? `<ul>${active.join("")}</ul>` : "no alert is firing") +
     (events.length ? "<table><thead><tr><th>when</th><th>model</th><th>rule</th><th>severity</th><th>state</th>" +
-      `<th>value</th><th>threshold</th></tr></thead><tbody>${events.join("")}</tbody></table>` : "; none fired or resolved in the last 15 min");
+      `<th>value</th><th>threshold</th></tr></thead><tbody>${events.join("")}</tbody></table>` :
+      `; none fired or resolved in the last ${windowS / 60} min`);
 }
 
 // the new rows of a poll appended to what the page holds, rows older than the window dropped
 function merge(old, fresh, x0) {
   if (!old) return fresh;
   const first = old.t.findIndex(t => t >= x0), keep = first < 0 ? old.t.length : first;
-  const out = {};
-  for (const k of Object.keys(fresh)) out[k] = (old[k] || old.t.map(() => null)).slice(keep).concat(fresh[k]);
+  const out = {}, gap = rows => rows.t.map(() => null);
+  for (const k of new Set([...Object.keys(old), ...Object.keys(fresh)])) {
+    out[k] = (old[k] || gap(old)).slice(keep).concat(fresh[k] || gap(fresh));
+  }
   return out;
 }
 
 async function refresh() {
   try {
-    const r = await fetch("/dashboard/data" + (latest === null ? "" : "?since=" + latest), {cache: "no-store"});
+    // location.origin, not a relative URL: a page opened as http://user:key@host/ would
+    // resolve one with the credentials in it, which fetch refuses
+    const url = location.origin + "/dashboard/data" + (latest === null ? "" : "?since=" + latest);
+    const r = await fetch(url, {cache: "no-store", credentials: "same-origin"});
     if (!r.ok) throw new Error("HTTP " + r.status);
     const data = await r.json();
     windowS = data.window_s;
     const x0 = data.time - windowS;
     processSeries = merge(processSeries, data.process, x0);
     for (const name of Object.keys(models)) {
-      if (!data.models.some(m => m.name === name)) { delete models[name]; document.getElementById("model-" + name).remove(); }
+      if (!data.models.some(m => m.name === name)) {  // no longer served
+        delete models[name];
+        document.getElementById("model-" + name)?.remove();
+      }
     }
     for (const m of data.models) {
       m.series = merge(models[m.name] && models[m.name].series, m.series, x0);

@@ -106,7 +106,7 @@ def _tensor(
     if not isinstance(name, str):
         raise ProtocolError(f"{where}.name is missing or not a string")
     datatype = item.get("datatype")
-    if datatype not in V2_TYPES:
+    if not isinstance(datatype, str) or datatype not in V2_TYPES:
         raise ProtocolError(f"{where}.datatype {datatype!r} is not one of {', '.join(V2_TYPES)}")
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(
@@ -128,9 +128,14 @@ def _tensor(
             data = item["data"]
             if missing_ok and datatype.startswith("FP"):
                 data = nulls_to_nan(data)
-            arr = np.asarray(data, dtype=V2_TYPES[datatype]).reshape(shape)
+            with np.errstate(over="raise", invalid="raise"):
+                arr = np.asarray(data, dtype=V2_TYPES[datatype]).reshape(shape)
         else:
             raise ProtocolError(f"{where}.data is missing (or parameters.binary_data_size)")
+    except FloatingPointError:
+        raise ProtocolError(
+            f"{where} ('{name}') holds values outside the range of {datatype}"
+        ) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise ProtocolError(  # OverflowError: 300 as UINT8; RecursionError: absurd nesting
             f"{where} ('{name}'): data does not fit shape {shape} as {datatype} ({str(exc)[:200]})"
