@@ -237,12 +237,17 @@ def load_data(path: str, target: str | None = None) -> tuple[Any, np.ndarray | N
     lower = path.lower()
     if lower.endswith((".npy", ".npz")):
         try:
-            return _load_numpy(path)
+            X, y = _load_numpy(path)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(_numpy_problem(path, exc)) from None
-    if lower.endswith(".csv"):
-        return _load_csv(path, target)
-    raise DataError(f"unknown data format for {path}: use .npz (X and y), .npy, or .csv")
+    elif lower.endswith(".csv"):
+        X, y = _load_csv(path, target)
+    else:
+        raise DataError(f"unknown data format for {path}: use .npz (X and y), .npy, or .csv")
+    first = next(iter(X.values())) if isinstance(X, dict) else X
+    if getattr(first, "ndim", 1) == 0 or len(first) == 0:
+        raise DataError(f"{path} holds no rows: X needs at least one sample")
+    return X, y
 
 
 def _numpy_problem(path: str, exc: Exception) -> str:

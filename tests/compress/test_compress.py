@@ -135,3 +135,19 @@ def test_non_finite_validation_data_is_refused_where_the_model_cannot_take_it(ml
     trees = HistGradientBoostingClassifier(max_iter=10).fit(nan, yte)
     pkg = nimbleml.compress(trees, quantize=None, val=(nan, yte), **FAST)  # handles NaN
     assert pkg.manifest["validation"]["package"] == pytest.approx(trees.score(nan, yte))
+
+
+def test_a_package_slower_everywhere_is_said_so():
+    """bf16 on a CPU without native bf16 made 0.028 ms into 0.100 ms, silently (issue 11)."""
+    from nimbleml.compress.pipeline import slower_note
+
+    def timed(original, package):
+        return {"original": {"p50_ms": original}, "package": {"p50_ms": package},
+                "speedup_p50": original / package}  # fmt: skip
+
+    slow = {"batch_1": timed(0.028, 0.100), "batch_32": timed(0.2, 0.5)}
+    note = slower_note(slow, "bf16")
+    assert note and "bf16" in note and "batch 1: 0.028 -> 0.100 ms" in note
+    assert slower_note({"batch_1": timed(0.028, 0.100), "batch_32": timed(0.5, 0.2)}, "x") is None
+    assert slower_note({"batch_1": timed(0.1, 0.105)}, "x") is None  # within noise
+    assert slower_note({}, "x") is None

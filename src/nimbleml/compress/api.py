@@ -14,6 +14,7 @@ from ..models.base import Model
 from ..package import Package, write_package
 from .base import Recipe, get_recipe
 from .pipeline import (
+    SlowerPackageWarning,
     SyntheticInputsWarning,
     agreement,
     build,
@@ -21,6 +22,7 @@ from .pipeline import (
     make_manifest,
     prepare,
     quick_bench,
+    slower_note,
     val_parts,
     validate,
 )
@@ -226,6 +228,11 @@ class ModelCompressor:
             self.benchmark_time_s,
         )
         validation["agreement"] = agreement(prepared, candidate)
+        steps = " + ".join(r.name for r in applied) or "conversion only"
+        note = None if fallback else slower_note(bench, steps)
+        if note:
+            validation["speed_note"] = note
+            warnings.warn(note, SlowerPackageWarning, stacklevel=caller_level())
         manifest = make_manifest(prepared, applied, validation, fallback, bench)
         return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
 

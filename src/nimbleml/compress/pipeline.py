@@ -16,7 +16,7 @@ import numpy as np
 from .. import __version__
 from ..bench.core import run_chunked
 from ..bench.machine import cpu_caps, machine_info
-from ..errors import ConfigError, ConversionError
+from ..errors import ConfigError, ConversionError, DataError
 from ..inputs import Feeds, batch_size, cast_to_specs, rows
 from ..metrics import Metric, evaluate, infer_task
 from ..models.base import Model
@@ -208,6 +208,9 @@ def prepare(
     """Adapt ``model``, normalise the data, and convert it to a verified ONNX baseline."""
     say = say or (lambda _msg: None)
     val_x, val_y = val_parts(val)
+    for what, data in (("example_inputs", example_inputs), ("calib", calib), ("val", val_x)):
+        if data is not None and _row_count(data) == 0:
+            raise DataError(f"{what} holds no rows: give at least one sample")
     example_raw = next((x for x in (example_inputs, calib, val_x) if x is not None), None)
     synthetic = None
     if example_raw is None:
@@ -325,6 +328,43 @@ def quick_bench(
         entry["speedup_p50"] = entry["original"]["p50_ms"] / entry["package"]["p50_ms"]
         out[f"batch_{bs}"] = entry
     return out
+
+
+def _row_count(data: Any) -> int | None:
+    """Rows in user data of any accepted form (array, DataFrame, dict, list), None if unknown."""
+    if isinstance(data, dict):
+        data = next(iter(data.values()), None)
+    elif isinstance(data, tuple) and data and not np.isscalar(data[0]):
+        data = data[0]
+    shape = getattr(data, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else 1
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+class SlowerPackageWarning(UserWarning):
+    """The package runs slower than the original on this machine at every batch size timed."""
+
+
+def slower_note(bench: dict[str, Any], steps: str, margin: float = 0.9) -> str | None:
+    """A sentence when the package is slower than the original at every batch size timed
+    (by more than ``1 / margin``), else None: a compressed model that costs time is worth
+    saying so, not shipping quietly."""
+    timed = {k: b for k, b in bench.items() if b.get("speedup_p50")}
+    if not timed or any(b["speedup_p50"] >= margin for b in timed.values()):
+        return None
+    detail = ", ".join(
+        f"{key.replace('_', ' ')}: {b['original']['p50_ms']:.3f} -> {b['package']['p50_ms']:.3f} ms"
+        for key, b in timed.items()
+    )
+    return (
+        f"the package ({steps}) is slower than the original on this machine ({detail}); "
+        "this recipe does not pay off here: try another quantize=, or nimbleml.optimize to "
+        "measure them all"
+    )
 
 
 def _describe_source(model: Any) -> str:

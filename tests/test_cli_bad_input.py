@@ -1,0 +1,126 @@
+"""Every CLI verb fed careless input: one `error: ...` line naming the problem, exit code 2,
+no traceback, nothing written (issue 11, "Make it systematic")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nimbleml.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def f(tmp_path_factory, mlp, digits):
+    d = tmp_path_factory.mktemp("bad")
+    _, Xte, _, yte = digits
+    torch.jit.save(torch.jit.trace(mlp, torch.from_numpy(Xte[:2])), str(d / "m.ts"))
+    np.savez(d / "val.npz", X=Xte, y=yte)
+    np.savez(d / "narrow.npz", X=Xte[:, :63], y=yte)
+    np.savez(d / "nan.npz", X=np.where(np.eye(len(Xte), 64) > 0, np.nan, Xte), y=yte)
+    np.savez(d / "huge.npz", X=Xte.astype(np.float64) * 1e300, y=yte)
+    np.savez(d / "empty.npz", X=Xte[:0], y=yte[:0])
+    np.savez(d / "flat.npz", X=Xte[0], y=yte[:1])
+    (d / "garbage.npz").write_bytes(b"this is not a zip file")
+    (d / "garbage.ts").write_bytes(b"\x00\x01 not torchscript")
+    (d / "text.csv").write_text("a,b\nx,y\n")
+    (d / "bad.yaml").write_text("max-batch-size: lots\n")
+    (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "ens.yaml").write_text("ensemble:\n  fusion_method: magic\n")
+    (d / "store.db").write_bytes(b"not sqlite at all")
+    return d
+
+
+# each case: argv with {d} for the fixture folder, and words the error line must hold
+CASES = {
+    "compress": [
+        ("compress {d}/missing.ts -o {d}/o1", "not found"),
+        ("compress {d}/garbage.ts -o {d}/o1", "garbage.ts"),
+        ("compress {d}/m.ts --val {d}/garbage.npz -o {d}/o1", "garbage.npz"),
+        ("compress {d}/m.ts --val {d}/narrow.npz -o {d}/o1", "takes 64 features"),
+        ("compress {d}/m.ts --val {d}/nan.npz -o {d}/o1", "NaN"),
+        ("compress {d}/m.ts --val {d}/huge.npz -o {d}/o1", "range of float32"),
+        ("compress {d}/m.ts --val {d}/empty.npz -o {d}/o1", "no rows"),
+        ("compress {d}/m.ts --val {d}/text.csv -o {d}/o1", "numbers only"),
+        ("compress {d}/m.ts --quantize int3 -o {d}/o1", "not a valid quantization"),
+        ("compress {d}/m.ts --prune 1.5 --val {d}/val.npz -o {d}/o1", "between 0 and 1"),
+        ("compress {d}/m.ts --metric bogus --val {d}/val.npz -o {d}/o1", "unknown metric"),
+        ("compress {d}/m.ts --max-drop -1 --val {d}/val.npz -o {d}/o1", "--max-drop must be >= 0"),
+        ("compress {d}/m.ts --max-drop 0.1 -o {d}/o1", "--max-drop needs --val"),
+        ("compress {d}/m.ts --val {d}/val.npz -o {d}/val.npz", "exists and is a file"),
+        ("compress {d}/m.ts --val {d}/val.npz -o /proc/nope.nimble", "cannot write"),
+    ],
+    "bench": [
+        ("bench {d}/m.ts --data {d}/missing.npz", "not found"),
+        ("bench {d}/m.ts --data {d}/garbage.npz", "garbage.npz"),
+        ("bench {d}/m.ts --data {d}/narrow.npz --time-budget 0.1", "64 features"),
+        ("bench {d}/m.ts --data {d}/val.npz --batch-size 0", "positive integers"),
+        ("bench {d}/m.ts --data {d}/val.npz --batch-size x", "comma-separated integers"),
+        ("bench {d}/m.ts --data {d}/val.npz --time-budget -1", "--time-budget must be > 0"),
+        ("bench {d}/m.ts --data {d}/val.npz --metric mse --time-budget 0.1", "mse"),
+        ("bench {d}/m.ts --data {d}/val.npz --json /proc/x.json", "cannot write"),
+        ("bench {d}/m.ts --data {d}/huge.npz --time-budget 0.1", "range of float32"),
+    ],
+    "inspect": [
+        ("inspect {d}/missing.nimble", "missing.nimble"),
+        ("inspect {d}", "manifest"),
+        ("inspect {d}/val.npz", "val.npz"),
+    ],
+    "optimize": [
+        ("optimize {d}/m.ts --val {d}/narrow.npz -o {d}/o2", "64 features"),
+        ("optimize {d}/m.ts --val {d}/nan.npz -o {d}/o2", "NaN"),
+        ("optimize {d}/m.ts --val {d}/val.npz --objective speed -o {d}/o2", "objective"),
+        ("optimize {d}/m.ts --val {d}/val.npz --time-budget -5 -o {d}/o2", "time"),
+        ("optimize {d}/m.ts --val {d}/val.npz -o {d}/o2 --report /proc/r", "cannot write"),
+    ],
+    "report": [
+        ("report --monitor {d}/none.db -o {d}/r1", "not found"),
+        ("report --monitor {d}/store.db -o {d}/r1", "store.db"),
+        ("report --monitor postgres://nope -o {d}/r1", "postgres"),
+    ],
+    "serve": [
+        ("serve {d}/missing.nimble", "not a .nimble package"),
+        ("serve {d}/val.npz --port 99999", "not a .nimble package"),
+        ("serve --config {d}/bad.yaml", "max_batch_size must be an integer"),
+        ("serve --config {d}/list.yaml", "must hold a mapping"),
+        ("serve --config {d}/nothing.yaml", "does not exist"),
+        ("serve", "no packages"),
+    ],
+    "ensemble": [
+        ("ensemble {d}/missing.nimble --data {d}/val.npz", "missing.nimble"),
+        ("ensemble --config {d}/ens.yaml --data {d}/val.npz", "fusion_method"),
+        ("ensemble {d}/m.ts {d}/m.ts --data {d}/garbage.npz", "garbage.npz"),
+        ("ensemble {d}/m.ts {d}/m.ts --data {d}/val.npz --fusion magic", "fusion"),
+    ],
+    "sign": [
+        ("sign {d}/missing.nimble --key {d}/missing.pem", "missing"),
+        ("verify {d}/missing.nimble --key {d}/val.npz", "missing.nimble"),
+        ("keygen {d}/val.npz", "val.npz"),
+    ],
+}
+FLAT = [(verb, argv, words) for verb, cases in CASES.items() for argv, words in cases]
+
+
+def test_every_verb_has_bad_input_cases():
+    from nimbleml.cli import EXAMPLES
+
+    covered = {argv.split()[0] for _, argv, _ in FLAT}
+    assert {verb.__name__ for verb in EXAMPLES} - {"demo"} <= covered
+
+
+@pytest.mark.parametrize(
+    "verb, argv, words", FLAT, ids=[f"{v}-{i}" for i, (v, _, _) in enumerate(FLAT)]
+)
+def test_bad_input_is_one_error_line(f, verb, argv, words):
+    before = sorted(p.name for p in f.iterdir())
+    res = runner.invoke(app, argv.format(d=f).split())
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit), res.exception
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and words in errors[0], res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in f.iterdir()) == before  # nothing written
