@@ -228,8 +228,8 @@ class ModelCompressor:
             self.benchmark_time_s,
         )
         validation["agreement"] = agreement(prepared, candidate)
-        steps = " + ".join(r.name for r in applied) or "conversion only"
-        note = None if fallback else slower_note(bench, steps)
+        names = " + ".join(r.name for r in applied) or "conversion only"
+        note = None if fallback else slower_note(bench, names)
         if note:
             validation["speed_note"] = note
             warnings.warn(note, SlowerPackageWarning, stacklevel=caller_level())
