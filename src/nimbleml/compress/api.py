@@ -229,10 +229,10 @@ class ModelCompressor:
         )
         validation["agreement"] = agreement(prepared, candidate)
         names = " + ".join(r.name for r in applied) or "conversion only"
-        note = None if fallback else slower_note(bench, names)
-        if note:
-            validation["speed_note"] = note
-            warnings.warn(note, SlowerPackageWarning, stacklevel=caller_level())
+        slower = None if fallback else slower_note(bench, names)
+        if slower:
+            validation["speed_note"] = slower
+            warnings.warn(slower, SlowerPackageWarning, stacklevel=caller_level())
         manifest = make_manifest(prepared, applied, validation, fallback, bench)
         return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
 
