@@ -1,5 +1,7 @@
 """nimbleml.compress end to end: verified, budget-checked, packaged, with fallback."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,21 @@ def test_encoder_int8_with_cosine_and_no_labels(encoder, tokens):
     with torch.inference_mode():
         ref = encoder(**{k: torch.from_numpy(a) for k, a in tokens.items()}).numpy()
     assert out.shape == ref.shape
+
+
+@pytest.mark.parametrize("quantize", ["torch-int8", "fp16"])
+def test_encoder_torch_int8_and_fp16_run_and_reload(encoder, tokens, tmp_path, quantize):
+    """torch-int8 broke TransformerEncoderLayer's fast path ('function' object has no
+    attribute 'device'); fp16 of the dynamo graph failed in ONNX Runtime on a Cast typed
+    float32 (issue 11, noticed)."""
+    pkg = nimbleml.compress(encoder, quantize=quantize, val=(tokens, None), metric="cosine", **FAST)
+    assert not pkg.manifest["fallback"] and pkg.manifest["validation"]["package"] >= 0.99
+    assert pkg.manifest["recipe"][0]["step"] == quantize
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the baseline once saved and reloaded
+        again = nimbleml.load(pkg.save(tmp_path / "enc.nimble"))
+        assert again.model is not again.baseline
+        assert np.allclose(again.predict(tokens), pkg.predict(tokens), atol=1e-5)
 
 
 def test_unconvertible_estimator_stays_runnable():

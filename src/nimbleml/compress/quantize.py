@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -272,13 +273,35 @@ class Float16(Recipe):
 
         assert isinstance(model, OnnxModel)
         self._params["device"] = "cuda" if has_cuda() else "cpu"
-        with _quiet_ort():
+        with _quiet_ort(), warnings.catch_warnings():
+            # masks hold -inf, which fp16 keeps as -1e4: the same effect after softmax
+            warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
             proto = float16.convert_float_to_float16(
                 model.proto(),
                 keep_io_types=True,
                 op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32],
             )
+        self._params["casts_fixed"] = _fp16_casts(proto)
         return OnnxModel(proto.SerializeToString(), task=model.task)
+
+
+def _fp16_casts(proto: Any) -> int:
+    """Casts to float32 whose output the converter typed float16 (the dynamo exporter's
+    ``_to_copy`` of an attention mask) cast to float16, as their output now is; left alone
+    ONNX Runtime refuses the graph. The number fixed."""
+    from onnx import TensorProto
+
+    graph = proto.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    fixed = 0
+    for node in graph.node:
+        if node.op_type != "Cast":
+            continue
+        to = next(a for a in node.attribute if a.name == "to")
+        if to.i == TensorProto.FLOAT and types.get(node.output[0]) == TensorProto.FLOAT16:
+            to.i = TensorProto.FLOAT16
+            fixed += 1
+    return fixed
 
 
 # text operators of scikit-learn pipelines: their float outputs are float32 by schema, so
@@ -416,6 +439,14 @@ class TorchInt8(Recipe):
                 "change nothing; use quantize='int8' (ONNX Runtime int8) instead"
             )
         self._params["layers"] = swapped
+        layers = [m for m in qmodule.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)]
+        for layer in layers:
+            # the fast path of TransformerEncoder(Layer) reads Linear weights as tensors, which
+            # int8 Linear layers keep behind a method; this flag is what it checks to take
+            # the regular path (the activation itself is self.activation either way)
+            layer.activation_relu_or_gelu = 0
+        if layers:
+            self._params["transformer_fast_path"] = False
         return tm.with_module(qmodule)
 
 
