@@ -77,3 +77,15 @@ class BenchmarkError(NimbleError):
 
 class ServingError(NimbleError):
     """The model server cannot take or answer a request (queue full, shutting down...)."""
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside nimbleml: the user's line that
+    called us, never a line of our source (issue 11)."""
+    import sys
+    import warnings
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("nimbleml"):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level + 1)

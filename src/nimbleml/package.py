@@ -8,14 +8,13 @@ import hashlib
 import json
 import shutil
 import tempfile
-import warnings
 import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ModelLoadError, PackageError
+from .errors import ModelLoadError, PackageError, warn
 from .inputs import Feeds, TensorSpec
 from .models.base import Model
 
@@ -177,11 +176,10 @@ class Package:
             self.model.run(_placeholder(self.model.inputs))
         except Exception as exc:  # whatever stops it running here, the baseline serves
             self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-            warnings.warn(
+            warn(
                 f"the optimised model of {self.directory.name} cannot run here "
                 f"({self.fallback_reason}); using its baseline",
                 FallbackWarning,
-                stacklevel=2,
             )
             self.model = self.baseline
 

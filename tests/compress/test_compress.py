@@ -168,3 +168,13 @@ def test_a_package_slower_everywhere_is_said_so():
     assert slower_note({"batch_1": timed(0.028, 0.100), "batch_32": timed(0.5, 0.2)}, "x") is None
     assert slower_note({"batch_1": timed(0.1, 0.105)}, "x") is None  # within noise
     assert slower_note({}, "x") is None
+
+
+def test_warnings_point_at_the_callers_line_not_ours(mlp, digits):
+    """A warning shows the user's line (this file), never a line of nimbleml (issue 11)."""
+    _, Xte, _, yte = digits
+    with pytest.warns(UserWarning) as caught:
+        nimbleml.compress(mlp, quantize=None, prune=0.95, prune_method="magnitude",
+                          val=(Xte, yte), **FAST)  # fmt: skip
+    fallback = [w for w in caught if "the package runs the baseline" in str(w.message)]
+    assert fallback and all(w.filename == __file__ for w in fallback)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..errors import ConfigError, UnsupportedError
+from ..errors import ConfigError, UnsupportedError, warn
 from ..metrics import resolve
 from ..models.base import Model
 from ..package import Package, write_package
@@ -18,7 +17,6 @@ from .pipeline import (
     SyntheticInputsWarning,
     agreement,
     build,
-    caller_level,
     make_manifest,
     prepare,
     quick_bench,
@@ -217,7 +215,7 @@ class ModelCompressor:
                 "measured: pass val=(X, y) to measure it"
             )
             validation.update(inputs="synthetic", note=note)
-            warnings.warn(note, SyntheticInputsWarning, stacklevel=caller_level())
+            warn(note, SyntheticInputsWarning)
         chosen = prepared.baseline if fallback else candidate
         say("timing")
         bench = quick_bench(
@@ -232,7 +230,7 @@ class ModelCompressor:
         slower = None if fallback else slower_note(bench, names)
         if slower:
             validation["speed_note"] = slower
-            warnings.warn(slower, SlowerPackageWarning, stacklevel=caller_level())
+            warn(slower, SlowerPackageWarning)
         manifest = make_manifest(prepared, applied, validation, fallback, bench)
         return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..bench.core import run_chunked
 from ..bench.machine import cpu_caps, machine_info
-from ..errors import ConfigError, ConversionError, DataError
+from ..errors import ConfigError, ConversionError, DataError, warn
 from ..inputs import Feeds, batch_size, cast_to_specs, rows
 from ..metrics import Metric, evaluate, infer_task
 from ..models.base import Model
@@ -30,16 +29,6 @@ Say = Callable[[str], None]
 
 class ConversionWarning(UserWarning):
     """The model could not be converted to ONNX; its original form is packaged instead."""
-
-
-def caller_level() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside nimbleml."""
-    import sys
-
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("nimbleml"):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level
 
 
 class SyntheticInputsWarning(UserWarning):
@@ -243,7 +232,7 @@ def prepare(
 
         if not isinstance(exc, NoConverterError):
             raise
-        warnings.warn(str(exc), ConversionWarning, stacklevel=3)
+        warn(str(exc), ConversionWarning)
         baseline, conversion = source, {"converter": None, "reason": str(exc), "cases": []}
     return Prepared(
         synthetic=synthetic,
@@ -429,7 +418,7 @@ def validate(
             + (" (the default budget for this metric)" if default_budget else "")
             + "; the package runs the baseline"
         )
-        warnings.warn(reason, UserWarning, stacklevel=caller_level())
+        warn(reason, UserWarning)
         validation["package"] = base_value
         return validation, {"reason": reason, "baseline": base_value, "compressed": value}
     return validation, None

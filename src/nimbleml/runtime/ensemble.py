@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.stats import LatencyStats, is_stable, summarize
-from ..errors import ConfigError, ConversionError
+from ..errors import ConfigError, ConversionError, warn
 from ..models.base import Model
 from ..models.onnx_model import OnnxModel
 from .fused import FusedEnsemble, probe_feeds
@@ -226,7 +225,7 @@ class EnsemblePredictor:
         except ConversionError as exc:
             if self.mode == "fused":
                 raise
-            warnings.warn(f"{exc}; the members run unfused", RuntimeWarning, stacklevel=4)
+            warn(f"{exc}; the members run unfused", RuntimeWarning)
             self.fused, self.fused_unavailable = None, str(exc)
             return False
         return True
