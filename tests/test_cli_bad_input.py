@@ -93,6 +93,8 @@ CASES = {
         ("ensemble {d}/missing.nimble --data {d}/val.npz", "missing.nimble"),
         ("ensemble --config {d}/ens.yaml --data {d}/val.npz", "fusion_method"),
         ("ensemble {d}/m.ts {d}/m.ts --data {d}/garbage.npz", "garbage.npz"),
+        ("ensemble {d}/m.ts {d}/m.ts --data {d}/narrow.npz", "64 features"),
+        ("ensemble {d}/m.ts {d}/m.ts --data {d}/val.npz -o /proc/p.npz", "cannot write"),
         ("ensemble {d}/m.ts {d}/m.ts --data {d}/val.npz --fusion magic", "fusion"),
     ],
     "sign": [
