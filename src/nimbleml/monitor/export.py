@@ -64,24 +64,31 @@ def _collector(monitor: ModelMonitor) -> Any:
     return MonitorCollector()
 
 
-def cache_collector(model: str, cache: Any) -> Any:
-    """Hits and misses of a TieredCache by tier, as counters labelled model and tier."""
+def cache_families(caches: Any) -> list[Any]:
+    """Hits and misses of TieredCaches by tier, as counters labelled model and tier, from
+    (model, cache) pairs."""
     require("prometheus_client", "Prometheus metrics")
     from prometheus_client.core import CounterMetricFamily
 
+    hits = CounterMetricFamily(
+        "nimbleml_cache_hits", "Cache hits by tier", labels=["model", "tier"]
+    )
+    misses = CounterMetricFamily(
+        "nimbleml_cache_misses", "Cache misses by tier", labels=["model", "tier"]
+    )
+    for model, cache in caches:
+        for tier, info in cache.info()["tiers"].items():
+            hits.add_metric([model, tier], info["hits"])
+            misses.add_metric([model, tier], info["misses"])
+    return [hits, misses]
+
+
+def cache_collector(model: str, cache: Any) -> Any:
+    """A collector of one predictor's cache (see cache_families)."""
+
     class CacheCollector:
         def collect(self) -> Any:
-            hits = CounterMetricFamily(
-                "nimbleml_cache_hits", "Cache hits by tier", labels=["model", "tier"]
-            )
-            misses = CounterMetricFamily(
-                "nimbleml_cache_misses", "Cache misses by tier", labels=["model", "tier"]
-            )
-            for tier, info in cache.info()["tiers"].items():
-                hits.add_metric([model, tier], info["hits"])
-                misses.add_metric([model, tier], info["misses"])
-            yield hits
-            yield misses
+            yield from cache_families([(model, cache)])
 
     return CacheCollector()
 

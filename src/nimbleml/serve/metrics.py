@@ -31,6 +31,8 @@ def server_collector(server: Server) -> Any:
         HistogramMetricFamily,
     )
 
+    from ..monitor.export import cache_families
+
     class ServerCollector:
         def collect(self) -> Any:
             responses = CounterMetricFamily(
@@ -61,12 +63,6 @@ def server_collector(server: Server) -> Any:
             computed = CounterMetricFamily(
                 "nimbleml_compute_seconds", "Time spent running batches", labels=["model"]
             )
-            hits = CounterMetricFamily(
-                "nimbleml_cache_hits", "Cache hits by tier", labels=["model", "tier"]
-            )
-            misses = CounterMetricFamily(
-                "nimbleml_cache_misses", "Cache misses by tier", labels=["model", "tier"]
-            )
             largest = server.config.max_batch_size
             for name, entry in sorted(server.entries.items()):
                 s = entry.batcher.stats
@@ -81,10 +77,9 @@ def server_collector(server: Server) -> Any:
                 samples.add_metric([name], s.samples)
                 waited.add_metric([name], s.queue_wait_s)
                 computed.add_metric([name], s.compute_s)
-                if entry.cache is not None:
-                    for tier, info in entry.cache.info()["tiers"].items():
-                        hits.add_metric([name, tier], info["hits"])
-                        misses.add_metric([name, tier], info["misses"])
-            yield from (queue, shed, batches, sizes, samples, waited, computed, hits, misses)
+            yield from (queue, shed, batches, sizes, samples, waited, computed)
+            yield from cache_families(
+                (name, e.cache) for name, e in sorted(server.entries.items()) if e.cache
+            )
 
     return ServerCollector()
