@@ -37,16 +37,24 @@ from .package import Package, load
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
     from .monitor import ModelMonitor
     from .runtime import EnsemblePredictor, OptimizedPredictor
+    from .train import Trainer, TrainResult, find_batch_size, train
 
 # in-process inference and monitoring, imported on first use (``import nimbleml`` stays cheap)
 _LAZY = {
     "OptimizedPredictor": "runtime",
     "EnsemblePredictor": "runtime",
     "ModelMonitor": "monitor",
+    "Trainer": "train",
+    "TrainResult": "train",
+    "find_batch_size": "train",
 }
 
 
 def __getattr__(name: str) -> object:
+    if name == "train":  # the package, callable as the function (nimbleml.train(model, data))
+        import importlib
+
+        return importlib.import_module(".train", __name__)
     if name in _LAZY:
         import importlib
 
@@ -57,7 +65,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"train"})
 
 
 __all__ = [
@@ -82,6 +90,8 @@ __all__ = [
     "Quantization",
     "ServingError",
     "TimingConfig",
+    "TrainResult",
+    "Trainer",
     "UnsupportedError",
     "UntrustedPickleError",
     "__version__",
@@ -90,5 +100,7 @@ __all__ = [
     "get_recipe",
     "load",
     "load_model",
+    "find_batch_size",
     "optimize",
+    "train",
 ]

@@ -1,0 +1,177 @@
+"""Training data as batches: (X, y) arrays or tensors sliced in memory (no per-sample
+Python calls), a torch Dataset or DataLoader, dict inputs (HF-style encoders). Every epoch's
+order comes from (seed, epoch), so a resumed run sees the same batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._deps import require
+from ..errors import DataError
+
+TARGET_KEYS = ("labels", "label", "y", "target", "targets")
+
+
+@dataclass
+class Batch:
+    inputs: Any  # a tensor, a tuple of tensors, or a dict name -> tensor
+    target: Any  # a tensor
+    n: int  # samples in this batch
+
+
+def _tensor(x: Any, name: str) -> Any:
+    torch = require("torch", "nimbleml.train")
+    if torch.is_tensor(x):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype == object or arr.dtype.kind in "USO":
+        raise DataError(f"{name} holds non-numbers ({arr.dtype}); give numeric arrays")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)  # numpy's default; models train in float32
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _rows(x: Any) -> int:
+    first = next(iter(x.values())) if isinstance(x, dict) else x
+    return int(first.shape[0])
+
+
+def _take(x: Any, index: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
+class InMemory:
+    """(X, y) held as tensors; batches are index slices of a per-epoch permutation. Under
+    data parallelism each process takes its share (every ``world``-th row) of each global
+    batch, so a global batch is the same samples whatever the number of processes."""
+
+    def __init__(self, X: Any, y: Any, batch_size: int, shuffle: bool = True,
+                 seed: int = 0, rank: int = 0, world: int = 1) -> None:  # fmt: skip
+        self.X = (
+            {k: _tensor(v, f"X['{k}']") for k, v in X.items()}
+            if isinstance(X, dict)
+            else _tensor(X, "X")
+        )
+        self.y = _tensor(y, "y")
+        n = _rows(self.X)
+        if n == 0:
+            raise DataError("the training data holds no rows: give at least one sample")
+        if len(self.y) != n:
+            raise DataError(f"X has {n} rows but y has {len(self.y)}")
+        self.n_samples, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def __len__(self) -> int:
+        return -(-self.n_samples // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        torch = require("torch", "nimbleml.train")
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.n_samples, generator=g)
+        else:
+            order = torch.arange(self.n_samples)
+        for start in range(0, self.n_samples, self.batch_size):
+            index = order[start : start + self.batch_size][self.rank :: self.world]
+            yield Batch(_take(self.X, index), self.y[index], len(index))
+
+    def sample(self, n: int = 8) -> Batch:
+        index = slice(0, min(n, self.n_samples))
+        return Batch(_take(self.X, index), self.y[index], min(n, self.n_samples))
+
+
+class FromLoader:
+    """A torch Dataset (batched by a DataLoader made here) or a DataLoader of the user's."""
+
+    def __init__(self, data: Any, batch_size: int, loader_args: dict[str, Any] | None = None,
+                 seed: int = 0) -> None:  # fmt: skip
+        torch = require("torch", "nimbleml.train")
+        from torch.utils.data import DataLoader
+
+        self.seed = seed
+        if isinstance(data, DataLoader):
+            self.loader, self.generator = data, None
+        else:
+            try:
+                size = len(data)
+            except TypeError:
+                raise DataError(
+                    "the training data is an iterable without a length; give a Dataset, a "
+                    "DataLoader or (X, y)"
+                ) from None
+            if size == 0:
+                raise DataError("the training dataset is empty: give at least one sample")
+            self.generator = torch.Generator()
+            args = {"shuffle": True, **(loader_args or {})}
+            self.loader = DataLoader(data, batch_size=batch_size, generator=self.generator, **args)
+        self.batch_size = getattr(self.loader, "batch_size", None) or batch_size
+        try:
+            self.n_samples = len(self.loader.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            self.n_samples = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed * 100_003 + epoch)
+        sampler: Any = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # DistributedSampler: a new order each epoch
+        for item in self.loader:
+            yield split(item)
+
+    def sample(self, n: int = 8) -> Batch:
+        return next(iter(self.epoch(0)))
+
+
+def split(item: Any) -> Batch:
+    """(inputs, target) from what a DataLoader yields: a pair, or a dict with a label key."""
+    if isinstance(item, dict):
+        key = next((k for k in TARGET_KEYS if k in item), None)
+        if key is None:
+            raise DataError(
+                f"a batch is a dict without a target: name it one of {', '.join(TARGET_KEYS)} "
+                f"(it has {', '.join(map(str, item))})"
+            )
+        inputs = {k: v for k, v in item.items() if k != key}
+        target = item[key]
+    elif isinstance(item, tuple | list) and len(item) == 2:
+        inputs, target = item
+    else:
+        raise DataError(
+            "each batch must be (inputs, target) or a dict with a 'labels' key, got "
+            f"{type(item).__name__}"
+        )
+    return Batch(inputs, _tensor(target, "the target"), len(target))
+
+
+def batches(data: Any, batch_size: int, loader_args: dict[str, Any] | None = None,
+            seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1) -> Any:  # fmt: skip
+    """InMemory for (X, y), FromLoader for a Dataset / DataLoader."""
+    if isinstance(data, tuple | list) and len(data) == 2 and not _is_dataset(data):
+        X, y = data
+        if X is None or y is None:
+            raise DataError("training data (X, y) needs both X and y")
+        return InMemory(X, y, batch_size, shuffle, seed, rank, world)
+    if _is_dataset(data):
+        return FromLoader(data, batch_size, loader_args, seed)
+    raise DataError(
+        f"training data of type {type(data).__name__}: give (X, y) arrays or tensors, a torch "
+        "Dataset, or a DataLoader"
+    )
+
+
+def _is_dataset(data: Any) -> bool:
+    try:
+        from torch.utils.data import DataLoader, Dataset
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(data, Dataset | DataLoader)

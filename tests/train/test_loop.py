@@ -1,0 +1,237 @@
+"""nimbleml.train: the points where training loops are known to go wrong, each checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import nimbleml
+from nimbleml.errors import ConfigError, DataError
+from nimbleml.train import Trainer, TrainingError
+
+
+@pytest.fixture(scope="module")
+def data():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return (X / 16).astype(np.float32), y
+
+
+def mlp(seed: int = 0, dropout: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(32, 10)
+    )
+
+
+def weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_accumulation_is_exact_including_a_short_last_micro_batch(data):
+    """batch 16 x 4 micro-steps == batch 64, also for a last group of 16 + 16 + 4 samples."""
+    X, y = data[0][:100], data[1][:100]
+    one = nimbleml.train(mlp(), (X, y), epochs=1, batch_size=64, optimizer="sgd", lr=0.5)
+    acc = nimbleml.train(mlp(), (X, y), epochs=1, batch_size=16, grad_accum=4,
+                         optimizer="sgd", lr=0.5)  # fmt: skip
+    diff = float((weights(one.model) - weights(acc.model)).abs().max())
+    assert diff < 1e-6, diff
+    assert diff < float((weights(one.model) - weights(mlp())).abs().max())  # it did train
+    # normalising by the micro-batch count instead would not be exact: a guard on the test
+    plain = nimbleml.train(mlp(), (X, y), epochs=1, batch_size=16, optimizer="sgd", lr=0.5)
+    assert float((weights(one.model) - weights(plain.model)).abs().max()) > 1e-4
+
+
+def test_auto_precision_on_this_cpu_is_stated(data):
+    from nimbleml.bench.machine import cpu_caps, has_cuda
+
+    res = nimbleml.train(mlp(), data, epochs=1, batch_size=256)
+    report = res.report.to_dict()["precision"]
+    if not has_cuda() and not cpu_caps().bf16:
+        assert report["chosen"] == "fp32" and "no native bf16" in report["reason"]
+    assert report["reason"]
+
+
+def test_explicit_bf16_on_a_cpu_without_it_runs_but_warns_with_the_cost(data):
+    from nimbleml.bench.machine import cpu_caps
+
+    if cpu_caps().bf16:
+        pytest.skip("this CPU runs bf16 natively")
+    with pytest.warns(RuntimeWarning, match=r"emulated .* measured [0-9.]+x the time of fp32"):
+        res = nimbleml.train(mlp(), data, epochs=1, batch_size=256, precision="bf16-mixed")
+    assert res.report.precision == "bf16-mixed" and np.isfinite(res.history[-1]["train_loss"])
+
+
+def test_loss_scaling_skips_inf_steps_without_advancing_the_schedule(data):
+    """fp16 gradients that overflow at the initial scale: the scaler skips those steps and
+    halves its scale, the scheduler does not step for them (and no 'scheduler before
+    optimizer' warning: warnings are errors here), and clipping sees unscaled gradients."""
+    import math
+
+    X = data[0][:256]
+    y = (data[1][:256] * 50.0).astype(np.float32)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 1))
+    steps: list[dict] = []
+    seen_norms: list[float] = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        seen_norms.append(float(torch.stack([p.grad.norm() for p in params]).norm()))
+        return original(params, max_norm, *a, **k)
+
+    lrs: list[float] = []
+    torch.nn.utils.clip_grad_norm_ = spy
+    try:
+        with pytest.warns(RuntimeWarning, match="emulated"):
+            res = nimbleml.train(
+                model, (X, y), epochs=4, batch_size=32, precision="fp16-mixed", loss="mse",
+                scheduler="cosine", grad_clip=1e6, lr=1e-3,
+                callbacks=[lambda e, i: e == "step_end" and (steps.append(i) or lrs.append(
+                    i["lr"]))],
+            )  # fmt: skip
+    finally:
+        torch.nn.utils.clip_grad_norm_ = original
+    skipped = sum(r["skipped_steps"] for r in res.history)
+    assert 1 <= skipped < 32
+    assert len(steps) == 32 - skipped and steps[-1]["step"] == 32 - skipped
+    # the schedule advanced once per step taken: the first taken step saw step 1 of 32
+    assert lrs[0] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 1 / 32)) / 2)
+    # clipping saw the true gradients: finite ones far below the scaled size (x 2**16)
+    finite = [n for n in seen_norms if math.isfinite(n)]
+    assert finite and max(finite) < 1e5
+
+
+def test_nonfinite_losses_are_skipped_then_refused(data):
+    X, y = data[0][:256].copy(), data[1][:256]
+    X[:32] = np.nan  # the first batch of epoch 1 in some order: one bad step, skipped
+    res = nimbleml.train(mlp(), (X, y), epochs=1, batch_size=256, max_nonfinite=3)
+    assert res.history[0]["skipped_steps"] == 1
+    assert torch.isfinite(weights(res.model)).all()
+    X[:] = np.nan
+    with pytest.raises(TrainingError, match="NaN or infinite 3 steps in a row.*lower lr"):
+        nimbleml.train(mlp(), (X, y), epochs=1, batch_size=32, max_nonfinite=3)
+
+
+RESUME = textwrap.dedent("""
+    import os, signal, sys, numpy as np, torch, nimbleml
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True); X = (X / 16).astype(np.float32)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(32, 10))
+    kill_at = int(os.environ.get("KILL_AT", "0"))
+    def die(event, info):
+        if event == "step_end" and info["step"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    res = nimbleml.train(model, (X[:1200], y[:1200]), (X[1200:], y[1200:]), epochs=4,
+                         batch_size=64, scheduler="cosine", checkpoint_dir=sys.argv[1],
+                         resume=True, callbacks=[die])
+    torch.save(res.model.state_dict(), sys.argv[2])
+""")
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RESUME)
+
+    def run(ckpt, out, kill_at=0):
+        env = {**__import__("os").environ, "KILL_AT": str(kill_at)}
+        return subprocess.run([sys.executable, str(script), str(ckpt), str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    whole = run(tmp_path / "a", tmp_path / "a.pt")
+    assert whole.returncode == 0, whole.stderr
+    killed = run(tmp_path / "b", tmp_path / "b.pt", kill_at=19 * 2 + 7)  # mid third epoch
+    assert killed.returncode == -9 and not (tmp_path / "b.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "b").glob("epoch-*.pt")) == [
+        "epoch-0001.pt",
+        "epoch-0002.pt",
+    ]  # keep_last=2; no half-written file left
+    assert not list((tmp_path / "b").glob(".*.tmp"))
+    resumed = run(tmp_path / "b", tmp_path / "b.pt")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    keys = ("epoch", "train_loss", "val_loss", "val_metric")
+    history = [[{k: json.loads(line)[k] for k in keys} for line in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+               for d in ("a", "b")]  # fmt: skip
+    assert history[0] == history[1] and len(history[0]) == 4
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_keys(tmp_path, data):
+    nimbleml.train(mlp(), data, epochs=1, batch_size=256, checkpoint_dir=str(tmp_path))
+    other = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    with pytest.raises(ConfigError, match=r"another model: .*0.weight \(32, 64\) vs \(16, 64\)"):
+        nimbleml.train(other, data, epochs=2, batch_size=256, checkpoint_dir=str(tmp_path),
+                       resume=True)  # fmt: skip
+
+
+def test_activation_checkpointing_gives_the_same_model_and_is_undone(data):
+    X, y = data[0][:256], data[1][:256]
+    plain = nimbleml.train(mlp(), (X, y), epochs=1, batch_size=64)
+    model = mlp()
+    checked = nimbleml.train(model, (X, y), epochs=1, batch_size=64, checkpointing=True)
+    assert float((weights(plain.model) - weights(checked.model)).abs().max()) < 1e-6
+    assert all("forward" not in vars(m) for m in model.modules())  # wrappers removed
+    with pytest.raises(ConfigError, match="no submodule nope"):
+        nimbleml.train(mlp(), (X, y), epochs=1, checkpointing=["nope"])
+
+
+def test_report_history_checkpoints_and_early_stopping(tmp_path, data):
+    X, y = data
+    res = nimbleml.train(mlp(), (X[:1200], y[:1200]), (X[1200:], y[1200:]), epochs=30,
+                         batch_size=128, lr=0.05, early_stopping=2, keep_last=2,
+                         scheduler="plateau", checkpoint_dir=str(tmp_path))  # fmt: skip
+    assert len(res.history) < 30 and res.history[-1].get("stopped_early")
+    assert (
+        res.history[-1]["metric"] == "accuracy" and max(r["val_metric"] for r in res.history) > 0.9
+    )
+    assert res.best_checkpoint == tmp_path / "best.pt"
+    assert len(list(tmp_path.glob("epoch-*.pt"))) == 2
+    for name in ("report.json", "report.txt", "curves.png", "history.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == len(res.history)
+    assert "precision: fp32" in res.report.table() or "precision:" in res.report.table()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"precision": "fp8"}, "precision 'fp8' is not one of auto, fp32"),
+    ({"scheduler": "linear"}, "scheduler 'linear' is not one of cosine"),
+    ({"loss": "hinge"}, "loss 'hinge' is not one of cross_entropy"),
+    ({"optimizer": "lion"}, "optimizer 'lion' is not one of adamw"),
+    ({"metric": "auc"}, "metric 'auc' is not one of"),
+    ({"epochs": "ten"}, "epochs must be an integer"),
+    ({"lr": -1}, "lr must be > 0"),
+    ({"learning_rate": 0.1}, "unknown training option(s) learning_rate"),
+    ({"resume": True}, "resume=True needs checkpoint_dir"),
+])  # fmt: skip
+def test_bad_options_name_the_value_and_the_allowed_ones(options, message):
+    with pytest.raises(ConfigError) as err:
+        Trainer(**options)
+    assert message in str(err.value)
+
+
+def test_bad_data_names_the_problem(data):
+    X, y = data[0][:64], data[1][:64]
+    cases = [
+        (((X[:0], y[:0]),), {}, "holds no rows"),
+        (((X, y[:10]),), {}, "X has 64 rows but y has 10"),
+        (((X, y + 0.5),), {"loss": "cross_entropy"}, "fractional floats"),
+        (((X, y + 20),), {}, "targets run from 20 to 29, but the model gives 10 class scores"),
+        (((X, np.zeros((64, 3), np.float32)),), {"loss": "mse"}, "element by element"),
+        (("train.csv",), {}, "training data of type str"),
+        ((["a", "b"],), {}, "X holds non-numbers"),
+    ]
+    for args, options, message in cases:
+        with pytest.raises(DataError, match=message):
+            nimbleml.train(mlp(), *args, epochs=1, **options)
