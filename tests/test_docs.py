@@ -69,6 +69,7 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
     "docs/benchmark-report.md": [("json", "{", REPORT_JSON)],
     "docs/cli.md": [],
     "docs/monitor.md": [("python", "from nimbleml.monitor import", PYTHON)],
+    "docs/train.md": [("python", "import nimbleml", PYTHON)],
     "docs/optimize.md": [
         ("python", "result = nimbleml.optimize(", PYTHON),
         ("bash", "nimbleml optimize model.ts", COMMANDS),
@@ -322,8 +323,18 @@ def given_runtime(digits, mlp) -> dict[str, Any]:
     return {"monitor": monitor, "x": Xte[:1], "X": Xte}
 
 
+def given_train(digits, mlp) -> dict[str, Any]:
+    import torch
+
+    Xtr, Xte, ytr, yte = digits
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    return {"model": model, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
+
+
 # names a file's python blocks take from the text around them (the model, the data)
 GIVEN = {
+    "docs/train.md": given_train,
     "docs/monitor.md": given_monitor,
     "docs/optimize.md": given_optimize,
     "docs/runtime.md": given_runtime,
