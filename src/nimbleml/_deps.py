@@ -26,6 +26,8 @@ _EXTRAS = {
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
     "cryptography": ("sign", "cryptography"),
+    "tensorboard": ("train-logs", "tensorboard"),
+    "mlflow": ("train-logs", "mlflow-skinny"),
 }
 
 

@@ -1,8 +1,9 @@
 """The nimbleml command line: one verb per stage, thin over the Python API.
 
 One module per verb family (compress.py: compress, bench, inspect, optimize; serve.py;
-report.py: report, demo; ensemble.py; sign.py: keygen, sign, verify); what they share (the
-one-line error handler, progress, data loading) lives in _common.py. User errors print one
+report.py: report, demo; ensemble.py; sign.py: keygen, sign, verify; train.py, with
+_train_run.py for one training process); what they share (the one-line error handler,
+progress, data loading) lives in _common.py. User errors print one
 line (``error: ...``) and exit with code 2, without a traceback.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import typer
 
-from . import compress, ensemble, report, serve, sign
+from . import compress, ensemble, report, serve, sign, train
 from ._help import PlainGroup, examples
 
 app = typer.Typer(
@@ -69,6 +70,10 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
     ensemble.ensemble: (
         "nimbleml ensemble a.nimble b.nimble --data val.npz",
         "nimbleml ensemble --config ensemble.yaml --data val.npz --json ensemble.json",
+    ),
+    train.train: (
+        "nimbleml train --model mypkg.models:build --data train.npz --val val.npz --epochs 20 --checkpoint-dir runs/x",
+        "nimbleml train --config train.yaml --amp --batch-size 64 --grad-accum 4 --scheduler cosine --nproc 2 --optimize --max-drop 0.01 -o model.nimble",
     ),
     report.demo: ("nimbleml demo", "nimbleml demo --out /tmp/nimble-demo --quick"),
     sign.keygen: ("nimbleml keygen team.pem",),

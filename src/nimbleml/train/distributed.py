@@ -5,6 +5,7 @@ micro-steps that do not end an accumulation, sums across processes for exact ave
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,27 @@ class Distributed:
         t = torch.tensor([float(value)], dtype=torch.float64)
         dist.all_reduce(t)
         return float(t.item())
+
+    def all_finite(self, value: float) -> bool:
+        """True when ``value`` (a micro-batch's loss) is finite in every process. Under DDP
+        the processes must skip a backward together: one that skipped alone would leave the
+        others waiting in DDP's all-reduce for good. One small all-reduce per micro-batch."""
+        finite = math.isfinite(value)
+        if self.world == 1:
+            return finite
+        return self.sum(0.0 if finite else 1.0) == 0.0
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` in every process (what only rank 0 computes: the validation
+        figures, a callback's "stop"), so that every process decides 'best', early stopping
+        and the plateau schedule on the same numbers and they stop at the same epoch."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if self.started_here:

@@ -217,9 +217,10 @@ class Trainer:
             for epoch in range(state.epoch, cfg.epochs):
                 record = self._epoch(net, train, epoch, optimizer, scaler, scheduler, stepping,
                                      loss_fn, precision, device, dist, state)  # fmt: skip
-                if val_data is not None and dist.main:
-                    record.update(self._evaluate(model, val_data, loss_fn, precision, device,
-                                                 int(batch_size), task))  # fmt: skip
+                if val_data is not None:  # rank 0 evaluates; every rank judges on its figures
+                    measured = (self._evaluate(model, val_data, loss_fn, precision, device,
+                                               int(batch_size), task) if dist.main else None)  # fmt: skip
+                    record.update(dist.share(measured))
                 self._after_epoch(record, scheduler, stepping, optimizer, state, model,
                                   scaler, out_dir, dist)  # fmt: skip
                 if state.stop:
@@ -260,7 +261,7 @@ class Trainer:
                         out = call(net, _to(b.inputs, device))
                         loss_sum = loss_fn(out, _to(b.target, device))
                     value = float(loss_sum.detach())
-                    if not math.isfinite(value):
+                    if not dist.all_finite(value):
                         finite = False
                         continue
                     loss_total += value
@@ -301,6 +302,7 @@ class Trainer:
                                       "loss": loss_total / max(samples, 1), "samples": samples,
                                       "lr": optimizer.param_groups[0]["lr"]})  # fmt: skip
         seconds = time.perf_counter() - started
+        loss_total, samples = dist.sum(loss_total), int(dist.sum(samples))  # every process's
         return {
             "epoch": epoch + 1,
             "train_loss": loss_total / samples if samples else float("nan"),
@@ -357,6 +359,7 @@ class Trainer:
             if callback("epoch_end", dict(record)) == "stop":
                 state.stop = True
                 record["stopped_by_callback"] = True
+        state.stop = bool(dist.share(state.stop))  # rank 0's say, or the processes part ways
         if out_dir is not None and dist.main:
             ckpt.save(self._state_dict(model, optimizer, scaler, scheduler, state), out_dir,
                       record["epoch"], cfg.keep_last, better)  # fmt: skip
