@@ -15,10 +15,11 @@ from typing import Any
 from .config import TrainConfig
 from .loop import Trainer, TrainingError, train
 from .result import TrainReport, TrainResult
-from .tuning import BatchSizeResult, find_batch_size
+from .tuning import BatchSizeResult, LoaderDecision, find_batch_size, tune_loader
 
 __all__ = [
     "BatchSizeResult",
+    "LoaderDecision",
     "TrainConfig",
     "TrainReport",
     "TrainResult",
@@ -26,6 +27,7 @@ __all__ = [
     "TrainingError",
     "find_batch_size",
     "train",
+    "tune_loader",
 ]
 
 

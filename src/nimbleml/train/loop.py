@@ -168,9 +168,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         device = self._device()
         dist = Distributed.from_env(device)
+        threads = torch.get_num_threads()  # loader tuning may change them for the run
         try:
             return self._fit(model, train_data, val_data, device, dist)
         finally:
+            torch.set_num_threads(threads)
             dist.close()
 
     def _fit(self, model: Any, train_data: Any, val_data: Any, device: str,
