@@ -53,6 +53,12 @@ SERVE_YAML = "serve --config example: read by nimbleml.serve.launch.make_spec"
 ENSEMBLE_YAML = "ensemble --config example: read by nimbleml.cli.ensemble.read_config"
 REPORT_JSON = "report.json example: keys compared with BenchmarkReport.to_dict()"
 PACKAGE_TREE = "illustrative: the package folder (checked: it names a real package's files)"
+TRAIN_OPTIONS = (
+    "train command lines: every option checked against the train command (they need the "
+    "reader's model module, and two machines for torchrun --nnodes 2; tests/train/test_cli.py "
+    "and test_ddp.py run the same options end to end on digits)"
+)
+TRAIN_YAML = "train --config example: read by nimbleml.cli.train.read_config"
 
 # every block of every file, in order: (language, start of its first line, how handled)
 BLOCKS: dict[str, list[tuple[str, str, str]]] = {
@@ -69,7 +75,13 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
     "docs/benchmark-report.md": [("json", "{", REPORT_JSON)],
     "docs/cli.md": [],
     "docs/monitor.md": [("python", "from nimbleml.monitor import", PYTHON)],
-    "docs/train.md": [("python", "import nimbleml", PYTHON)],
+    "docs/train.md": [
+        ("python", "import nimbleml", PYTHON),
+        ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),
+        ("yaml", "model:", TRAIN_YAML),
+        ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),
+        ("bash", "torchrun --nnodes 2", TRAIN_OPTIONS),
+    ],
     "docs/optimize.md": [
         ("python", "result = nimbleml.optimize(", PYTHON),
         ("bash", "nimbleml optimize model.ts", COMMANDS),
@@ -495,6 +507,36 @@ def test_ensemble_yaml_is_read_by_ensemble(block, workdir):
 
     (workdir / "ensemble.yaml").write_text(block.text)
     settings = read_config(workdir / "ensemble.yaml")
+    flat = {k: v for section in yaml.safe_load(block.text).values() for k, v in section.items()}
+    assert settings == flat
+
+
+@pytest.mark.parametrize("block", of_kind(TRAIN_OPTIONS))
+def test_train_command_lines_use_the_train_options(block):
+    import typer.main
+
+    from nimbleml.cli import app
+
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    options = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+    for line in command_lines(block):
+        if line.startswith("torchrun "):  # torchrun's own options, then the train command's
+            assert " -m nimbleml.train.launch " in line, line
+            line = line.split(" -m nimbleml.train.launch ", 1)[1]
+        else:
+            assert line.startswith("nimbleml train "), line
+        shown = set(re.findall(r"(?:^|\s)(--?[a-z][a-z-]*)", line))
+        assert shown <= options, f"{line}: options the train command lacks: {shown - options}"
+
+
+@pytest.mark.parametrize("block", of_kind(TRAIN_YAML))
+def test_train_yaml_is_read_by_train(block, tmp_path):
+    import yaml
+
+    from nimbleml.cli.train import read_config
+
+    (tmp_path / "train.yaml").write_text(block.text)
+    settings = read_config(tmp_path / "train.yaml")
     flat = {k: v for section in yaml.safe_load(block.text).values() for k, v in section.items()}
     assert settings == flat
 

@@ -97,10 +97,10 @@ __all__ = [
     "__version__",
     "benchmark",
     "compress",
+    "find_batch_size",
     "get_recipe",
     "load",
     "load_model",
-    "find_batch_size",
     "optimize",
     "train",
 ]

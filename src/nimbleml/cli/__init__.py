@@ -2,8 +2,8 @@
 
 One module per verb family (compress.py: compress, bench, inspect, optimize; serve.py;
 report.py: report, demo; ensemble.py; sign.py: keygen, sign, verify; train.py, with
-_train_run.py for one training process); what they share (the one-line error handler,
-progress, data loading) lives in _common.py. User errors print one
+_train_run.py for one training process; bench_train.py); what they share (the one-line
+error handler, progress, data loading) lives in _common.py. User errors print one
 line (``error: ...``) and exit with code 2, without a traceback.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from . import compress, ensemble, report, serve, sign, train
+from . import bench_train, compress, ensemble, report, serve, sign, train
 from ._help import PlainGroup, examples
 
 app = typer.Typer(
@@ -74,6 +74,10 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
     train.train: (
         "nimbleml train --model mypkg.models:build --data train.npz --val val.npz --epochs 20 --checkpoint-dir runs/x",
         "nimbleml train --config train.yaml --amp --batch-size 64 --grad-accum 4 --scheduler cosine --nproc 2 --optimize --max-drop 0.01 -o model.nimble",
+    ),
+    bench_train.bench_train: (
+        "nimbleml bench-train --model mypkg.models:build --data train.npz --val val.npz --compare-amp -o bench/",
+        "nimbleml bench-train --model mypkg.models:build --data train.npz --epochs 2 --full-suite --repeats 3 -o bench/",
     ),
     report.demo: ("nimbleml demo", "nimbleml demo --out /tmp/nimble-demo --quick"),
     sign.keygen: ("nimbleml keygen team.pem",),

@@ -1,0 +1,362 @@
+"""The train verb: a PyTorch model trained from the command line, on one process or several
+(``--nproc N``, under torchrun), optionally ending with a verified package (``--optimize``).
+
+A YAML file (``--config``) holds the same settings in the API's three parts; a flag given
+wins; an unknown key is an error that lists the known ones:
+
+    model:
+      factory: mypkg.models:build   # module:function returning a torch.nn.Module
+      # arch: resnet18              # or a torchvision architecture (needs torchvision)
+      num_classes: 10               # passed to the function / the architecture
+      kwargs: {hidden: 128}         # more keyword arguments for it
+    data:
+      train: train.npz              # .npz, .csv (with target), an image folder, module:function
+      val: val.npz
+      target: null                  # the label column of a .csv file
+      image_size: null              # image folders: resize to image_size x image_size
+    training:                       # nimbleml.train's options (TrainConfig), and:
+      epochs: 20
+      batch_size: 64                # the global batch, whatever the number of processes
+      precision: fp32               # the command line's default; --amp means auto
+      scheduler: cosine
+      checkpoint_dir: runs/x
+      nproc: 1                      # processes (torchrun); --nproc
+      log: [tensorboard:runs/tb]    # tensorboard[:DIR], mlflow[:URI]; --log
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .._yaml import read_mapping
+from ..errors import ConfigError
+from ..train.config import LOSSES, OPTIMIZERS, SCHEDULERS, TrainConfig
+from ..train.precision import PRECISIONS
+from ._common import DEBUG, _guard, check_writable
+
+TRAINING = (*(n for n in TrainConfig.names() if n != "callbacks"), "nproc", "log")
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "model": ("factory", "arch", "num_classes", "kwargs"),
+    "data": ("train", "val", "target", "image_size"),
+    "training": TRAINING,
+}
+# the flag that sets a key, where its name differs from --key-with-dashes
+FLAGS = {"factory": "--model", "train": "--data", "kwargs": "model.kwargs"}
+CLI_PRECISION = "fp32"  # without --amp / --precision the command line trains in fp32
+
+
+def _defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {k: None for k in (*SECTIONS["model"], *SECTIONS["data"])}
+    out["kwargs"] = {}
+    api = TrainConfig()  # the API's defaults
+    out.update({name: getattr(api, name) for name in TRAINING if hasattr(api, name)})
+    out.update(precision=CLI_PRECISION, nproc=1, log=[])
+    return out
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The settings in a train YAML file, flat; every key and value checked, an error naming
+    ``section.key`` (and the known keys) otherwise."""
+    data = read_mapping(path, f"with sections {', '.join(SECTIONS)}")
+    out: dict[str, Any] = {}
+    for section, body in data.items():
+        section = str(section)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"config file {path}: unknown section '{section}'; known: {', '.join(SECTIONS)}"
+            )
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"config file {path}: '{section}' must be a mapping of settings")
+        for key, value in body.items():
+            key = str(key).replace("-", "_")
+            if key not in SECTIONS[section]:
+                raise ConfigError(
+                    f"config file {path}: unknown setting '{section}.{key}'; "
+                    f"known in '{section}': {', '.join(SECTIONS[section])}"
+                )
+            out[key] = check(key, value, f"config file {path}: {section}.{key}")
+    return out
+
+
+_INT = {"epochs": 1, "grad_accum": 1, "keep_last": 1, "max_nonfinite": 1, "nproc": 1,
+        "num_classes": 1, "image_size": 1, "early_stopping": 1, "warmup_steps": 0, "seed": 0}  # fmt: skip
+_NUMBER = {"lr": ">", "weight_decay": ">=", "grad_clip": ">", "grad_clip_value": ">"}
+_TEXT = ("factory", "arch", "train", "val", "target", "checkpoint_dir")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_NULLABLE = ("early_stopping", "grad_clip", "grad_clip_value", "num_classes", "image_size",
+             "loss", "metric", "scheduler", *_TEXT)  # fmt: skip
+
+
+def check(key: str, value: Any, where: str) -> Any:
+    """``value`` if it is a valid ``key``, else ConfigError naming ``where``, the value and
+    what is allowed."""
+    from ..metrics import METRIC_NAMES
+    from ..train.loggers import KINDS, check_spec
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where} must be {expected}, got {value!r}")
+
+    if value is None and key in _NULLABLE:
+        return None
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    choices = {"precision": PRECISIONS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
+               "loss": LOSSES, "metric": METRIC_NAMES}  # fmt: skip
+    if key in choices and value not in choices[key]:
+        raise ConfigError(f"{where} {value!r} is not one of {', '.join(choices[key])}")
+    if key in _INT and not (is_int and value >= _INT[key]):
+        raise bad(f"an integer >= {_INT[key]}")
+    if key in _NUMBER:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad(f"a number {_NUMBER[key]} 0") from None
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not (value > 0 if _NUMBER[key] == ">" else value >= 0):
+            raise bad(f"a number {_NUMBER[key]} 0")
+        return float(value)
+    if key == "batch_size" and not (value == "auto" or (is_int and value >= 1)):
+        raise bad("an integer >= 1 or 'auto'")
+    if key == "resume" and not isinstance(value, bool):
+        raise bad("true or false")
+    if key == "checkpointing" and not (
+        isinstance(value, bool)
+        or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    ):
+        raise bad("true, false or a list of submodule names")
+    if key in _TEXT and not isinstance(value, str):
+        raise bad("a string")
+    if key == "device" and not (isinstance(value, str) and _DEVICE.match(value)):
+        raise bad("auto, cpu, cuda or cuda:N")
+    if key in ("kwargs", "dataloader") and not (
+        (key == "dataloader" and value == "auto")
+        or (isinstance(value, dict) and all(isinstance(k, str) for k in value))
+    ):
+        raise bad("a mapping of keyword arguments" + (" or 'auto'" if key == "dataloader" else ""))
+    if key == "log":
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(f"a list of {', '.join(KINDS)}")
+        for spec in value:
+            check_spec(spec)
+    return value
+
+
+def _batch_size(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"--batch-size must be an integer >= 1 or 'auto', got {text!r}")
+    return value
+
+
+def settings(given: dict[str, Any], config: Path | None) -> dict[str, Any]:
+    """Flags given (not None) over the file's settings, over the defaults; all checked."""
+    from_file = read_config(config) if config else {}
+    spec = _defaults()
+    for key in spec:
+        if given.get(key) is not None:
+            spec[key] = check(key, given[key], FLAGS.get(key, "--" + key.replace("_", "-")))
+        elif key in from_file:
+            spec[key] = from_file[key]
+    if not spec["train"]:
+        raise ConfigError("no training data: give --data FILE or 'data.train' in --config")
+    TrainConfig(**options(spec))  # the values together (resume needs checkpoint_dir, ...)
+    return spec
+
+
+def options(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer's options in ``spec``."""
+    return {k: spec[k] for k in TRAINING if k not in ("nproc", "log")}
+
+
+def _precision(amp: bool, precision: str | None) -> str | None:
+    if amp and precision not in (None, "auto"):
+        raise ConfigError(
+            f"--amp (precision auto) and --precision {precision} disagree: give one of them"
+        )
+    return "auto" if amp else precision
+
+
+def given_args(ctx: typer.Context, leave_out: tuple[str, ...] = ("nproc",)) -> list[str]:
+    """The options given on this command line, as arguments again (for each process)."""
+    out: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        source = ctx.get_parameter_source(name)  # typer's click or click: compare by name
+        if name in leave_out or getattr(source, "name", None) != "COMMANDLINE":
+            continue
+        value = ctx.params[name]
+        opt = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            if value:
+                out.append(opt)
+            elif param.secondary_opts:
+                out.append(param.secondary_opts[0])
+        elif param.multiple:
+            for v in value:
+                out += [opt, str(v)]
+        else:
+            out += [opt, str(value)]
+    return out
+
+
+def train(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML with model:, data:, training: sections; flags win"
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="module:function (or file.py:function) returning a torch.nn.Module"
+    ),
+    arch: str | None = typer.Option(None, help="a torchvision architecture, e.g. resnet18"),
+    num_classes: int | None = typer.Option(None, help="passed to --model / --arch"),
+    data: str | None = typer.Option(
+        None,
+        help="training data: .npz (X, y), .csv with --target, an image folder, module:function",
+    ),
+    val: str | None = typer.Option(None, help="validation data, the same kinds as --data"),
+    target: str | None = typer.Option(None, help="the label column of .csv data"),
+    image_size: int | None = typer.Option(None, help="image folders: resize to N x N"),
+    epochs: int | None = typer.Option(None, help="passes over the data [10]"),
+    batch_size: str | None = typer.Option(
+        None, help="samples per optimizer step, all processes together (or auto) [64]"
+    ),
+    grad_accum: int | None = typer.Option(None, help="micro-batches per optimizer step [1]"),
+    lr: float | None = typer.Option(None, help="learning rate [0.001]"),
+    optimizer: str | None = typer.Option(None, help="adamw, adam, sgd [adamw]"),
+    weight_decay: float | None = typer.Option(None, help="weight decay [0]"),
+    loss: str | None = typer.Option(
+        None, help="cross_entropy, mse, l1, smooth_l1, bce_with_logits [by target dtype]"
+    ),
+    metric: str | None = typer.Option(None, help="validation metric [accuracy for classes]"),
+    scheduler: str | None = typer.Option(None, help="cosine, plateau, onecycle, step"),
+    warmup_steps: int | None = typer.Option(None, help="linear learning-rate warm-up steps [0]"),
+    grad_clip: float | None = typer.Option(None, help="clip the gradient norm to this"),
+    amp: bool = typer.Option(
+        False, "--amp", help="mixed precision where this hardware runs it natively (auto)"
+    ),
+    precision: str | None = typer.Option(None, help="auto, fp32, fp16-mixed, bf16-mixed [fp32]"),
+    checkpointing: bool = typer.Option(
+        False, "--checkpointing", help="activation checkpointing: less memory, more compute"
+    ),
+    early_stopping: int | None = typer.Option(
+        None, help="stop after this many epochs without a better validation score"
+    ),
+    checkpoint_dir: str | None = typer.Option(
+        None, help="checkpoints, history.jsonl, report.json/.txt and curves.png go here"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="go on from the last checkpoint"),
+    seed: int | None = typer.Option(None, help="seed of the weights and the data order [0]"),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N [auto]"),
+    nproc: int | None = typer.Option(
+        None, help="processes (data parallel, under torchrun; gloo on CPU, nccl on GPU) [1]"
+    ),
+    log: list[str] | None = typer.Option(
+        None, "--log", help="tensorboard[:DIR] or mlflow[:URI]; repeat for both"
+    ),
+    save_model: Path | None = typer.Option(
+        None, help="write the trained model's state_dict here (torch.save)"
+    ),
+    optimize: bool = typer.Option(
+        False, "--optimize", help="then search for the fastest verified package (-o)"
+    ),
+    max_drop: float = typer.Option(0.01, help="--optimize: largest allowed metric drop"),
+    time_budget: float = typer.Option(180.0, help="--optimize: seconds the search may take"),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="--optimize: where to write the .nimble package"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+) -> None:
+    """Train a PyTorch model: one process or many (--nproc), checkpoints, reports, trackers."""
+    from ..train import launch
+
+    def go() -> None:
+        given = {
+            "factory": model, "arch": arch, "num_classes": num_classes, "train": data,
+            "val": val, "target": target, "image_size": image_size, "epochs": epochs,
+            "batch_size": _batch_size(batch_size) if batch_size is not None else None,
+            "grad_accum": grad_accum, "lr": lr, "optimizer": optimizer,
+            "weight_decay": weight_decay, "loss": loss, "metric": metric,
+            "scheduler": scheduler, "warmup_steps": warmup_steps, "grad_clip": grad_clip,
+            "precision": _precision(amp, precision), "checkpointing": checkpointing or None,
+            "early_stopping": early_stopping, "checkpoint_dir": checkpoint_dir,
+            "resume": resume or None, "seed": seed, "device": device, "nproc": nproc,
+            "log": list(log) if log else None,
+        }  # fmt: skip
+        spec = settings(given, config)
+        _check_outputs(spec, save_model, optimize, output, max_drop, time_budget)
+        if spec["nproc"] > 1 and not launch.inside_torchrun():
+            _preflight(spec)
+            code = launch.relaunch(given_args(ctx), spec["nproc"], debug=DEBUG["on"],
+                                   progress=_progress_mode(quiet))  # fmt: skip
+            raise typer.Exit(code)
+        from ._train_run import run
+
+        run(spec, progress=_progress_mode(quiet), save_model=save_model,
+            optimize=(max_drop, time_budget, output) if optimize else None)  # fmt: skip
+
+    _guard(go)
+
+
+def _check_outputs(spec: dict[str, Any], save_model: Path | None, optimize: bool,
+                   output: Path | None, max_drop: float, time_budget: float) -> None:  # fmt: skip
+    if optimize:
+        if output is None:
+            raise ConfigError("--optimize needs -o OUT.nimble: where the verified package goes")
+        if not spec["val"]:
+            raise ConfigError("--optimize needs --val DATA: the package is verified on it")
+        if not max_drop >= 0:
+            raise ConfigError(f"--max-drop must be >= 0, got {max_drop}")
+        if not time_budget > 0:
+            raise ConfigError(f"--time-budget must be > 0 seconds, got {time_budget}")
+        check_writable(output, folder=True)
+    elif output is not None:
+        raise ConfigError("-o names the package --optimize writes: add --optimize")
+    if save_model is not None:
+        check_writable(save_model)
+    if spec["checkpoint_dir"]:
+        check_writable(spec["checkpoint_dir"], folder=True)
+
+
+def _preflight(spec: dict[str, Any]) -> None:
+    """What can be checked before starting processes: the model and data can be found (the
+    modules are found, not imported: importing torch here would cost each run seconds)."""
+    from ..errors import DataError
+    from ..train import sources
+
+    if spec["arch"] and not spec["factory"]:
+        sources.check_arch(spec["arch"])
+    elif spec["factory"] and not spec["arch"]:
+        sources.find(spec["factory"], "--model")
+    else:
+        sources.build_model(spec["factory"], spec["arch"])  # the error for both / neither
+    for key, flag in (("train", "--data"), ("val", "--val")):
+        path = spec[key]
+        if path and sources.is_reference(path):
+            sources.find(path, flag)
+        elif path and not os.path.exists(path):
+            raise DataError(f"data file not found: {path} ({flag} takes {sources.DATA_FORMATS})")
+
+
+def _progress_mode(quiet: bool) -> str:
+    """rich: a live bar on a terminal; lines: one line per epoch (logs, pipes); off."""
+    from ..train.launch import PROGRESS
+
+    if os.environ.get(PROGRESS):
+        return os.environ[PROGRESS]  # decided by the parent process
+    if quiet:
+        return "off"
+    return "rich" if sys.stderr.isatty() else "lines"

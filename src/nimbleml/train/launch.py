@@ -1,0 +1,321 @@
+"""Data-parallel training through PyTorch's own launcher.
+
+``nimbleml train ... --nproc N`` runs :func:`relaunch`: ``python -m torch.distributed.run
+--nproc_per_node N --master_addr 127.0.0.1 --master_port <free port> -m
+nimbleml.train.launch <the same arguments>``. Each process torchrun starts runs :func:`main`,
+which parses the same arguments through the same ``train`` command and trains with the
+process group torchrun describes (gloo on CPU, nccl on GPU, see distributed.py).
+
+Threads: each process gets cores // N (OMP_NUM_THREADS and torch.set_num_threads): N
+processes with all the cores each would run N x cores OpenMP threads on cores CPUs, threads
+that wait on each other at every parallel region (the same effect tests/test_docs.py's
+fixture notes for two threads on this shared 2-core machine: 2-27 s for a 0.3 s training).
+
+What the user sees: rank 0's output (its progress display on the terminal, its messages
+relayed), one ``error: ...`` line when a process fails (the first process's own line, not
+torchrun's traceback of the failure), and the exit code of the failure (2 for a user error).
+The parent forwards SIGINT / SIGTERM to torchrun, which stops its processes; every process
+also gets SIGTERM when its parent dies (Linux), and the parent ends any it saw that outlive
+torchrun, so no process is left behind.
+
+More machines: run the same module under torchrun with its c10d rendezvous on every node
+(docs/train.md, "Distributed")::
+
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST:29400 --rdzv-id run1 -m nimbleml.train.launch --model ... --data ...
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+WORKER = "NIMBLEML_TRAIN_WORKER"  # set in the processes torchrun starts: train here, no relaunch
+STATUS = "NIMBLEML_TRAIN_STATUS"  # folder for each process's stderr and exit code
+THREADS = "NIMBLEML_TRAIN_THREADS"
+PROGRESS = "NIMBLEML_TRAIN_PROGRESS"  # rich | lines | off, decided by the parent
+DEBUG = "NIMBLEML_TRAIN_DEBUG"
+STOP_WAIT_S = 60.0  # how long torchrun has to stop its processes after a signal
+
+
+def inside_torchrun() -> bool:
+    """True in a process torchrun started (train here; never launch again)."""
+    return os.environ.get(WORKER) == "1" or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def threads_per_process(nproc: int) -> int:
+    return max(1, cores() // max(1, nproc))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def command(args: list[str], nproc: int, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(port),
+        "-m", "nimbleml.train.launch", *args,
+    ]  # fmt: skip
+
+
+def _parent_death_signal() -> Any:
+    """A function that makes the calling process get SIGTERM when its parent dies (Linux
+    prctl PR_SET_PDEATHSIG), resolved here: it runs between fork and exec, where importing
+    could deadlock on a lock another thread held at the fork. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _launcher_setup(die_with_parent: Any) -> Any:
+    def setup() -> None:  # in torchrun's process, between fork and exec: no imports here
+        os.setsid()  # its own session: the terminal's Ctrl-C reaches the parent only
+        if die_with_parent is not None:
+            die_with_parent()
+
+    return setup
+
+
+# -- the parent: nimbleml train --nproc N ---------------------------------------------------
+def relaunch(args: list[str], nproc: int, *, debug: bool = False, progress: str = "lines") -> int:
+    """Run ``args`` (the train command's own) in ``nproc`` processes under torchrun; wait,
+    relay rank 0's output, forward SIGINT/SIGTERM; return the exit code."""
+    threads = threads_per_process(nproc)
+    with tempfile.TemporaryDirectory(prefix="nimbleml-train-") as status:
+        env = dict(os.environ)
+        env.update({WORKER: "1", STATUS: status, THREADS: str(threads), PROGRESS: progress,
+                    DEBUG: "1" if debug else "0", "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+        here = os.getcwd()  # the user's module:function models import from here, as in-process
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen(
+            command(args, nproc, free_port()), env=env, stderr=subprocess.PIPE,
+            preexec_fn=_launcher_setup(_parent_death_signal()),
+        )  # fmt: skip
+        return _Supervisor(proc, Path(status), debug).wait()
+
+
+class _Supervisor:
+    def __init__(self, proc: subprocess.Popen[bytes], status: Path, debug: bool) -> None:
+        self.proc, self.status, self.debug = proc, status, debug
+        self.launcher_lines: collections.deque[str] = collections.deque(maxlen=40)
+        self.shown: set[str] = set()
+        self.signalled: int | None = None
+        self.seen: dict[int, Any] = {}  # pid -> psutil.Process: torchrun's processes
+        self.done = threading.Event()
+
+    def wait(self) -> int:
+        threads = [threading.Thread(target=self._read_launcher, daemon=True),
+                   threading.Thread(target=self._relay_rank0, daemon=True)]  # fmt: skip
+        for t in threads:
+            t.start()
+        previous = self._forward_signals()
+        try:
+            while self.proc.poll() is None:
+                self._note_children()
+                time.sleep(0.2)
+        finally:
+            self._restore(previous)
+            self.done.set()
+            for t in threads:
+                t.join(timeout=5)
+            self._end_leftovers()
+        return self._outcome(self.proc.returncode)
+
+    # -- signals and processes
+    def _forward_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def forward(signum: int, _frame: Any) -> None:
+            if self.signalled is None:
+                self.signalled = signum
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signum)  # torchrun stops its processes
+                threading.Thread(target=self._kill_after, daemon=True).start()
+            else:  # a second signal: stop now
+                self._kill_all()
+
+        return {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _kill_after(self) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=STOP_WAIT_S)
+            return
+        self._kill_all()
+
+    def _note_children(self) -> None:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+
+    def _kill_all(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        for child in self.seen.values():
+            with contextlib.suppress(Exception):
+                child.kill()
+
+    def _end_leftovers(self) -> None:
+        """Any process torchrun started that outlived it: SIGTERM, then SIGKILL after 10 s."""
+        import psutil
+
+        alive = [p for p in self.seen.values() if _running(p)]
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(alive, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+    # -- output
+    def _read_launcher(self) -> None:
+        """torchrun's own stderr: kept for the error line, shown with --debug."""
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line.strip():
+                self.launcher_lines.append(line)
+                if self.debug:
+                    print(line, file=sys.stderr, flush=True)
+
+    def _relay_rank0(self) -> None:
+        """Rank 0's stderr (its messages, epoch lines, errors) as it writes them."""
+        path = self.status / "rank-0.log"
+        handle = None
+        pending = ""
+        while True:
+            finished = self.done.is_set()
+            if handle is None and path.exists():
+                handle = open(path, errors="replace")  # noqa: SIM115 - read as it grows
+            chunk = handle.read() if handle is not None else ""
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    self._show(line)
+            elif finished:
+                if pending:
+                    self._show(pending)
+                break
+            else:
+                time.sleep(0.1)
+        if handle is not None:
+            handle.close()
+
+    def _show(self, line: str) -> None:
+        if line.startswith(("error: ", "warning: ")):
+            if line in self.shown:
+                return
+            self.shown.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+    def _outcome(self, returncode: int) -> int:
+        logs = sorted(self.status.glob("rank-*.log"), key=lambda p: int(p.stem.split("-")[1]))
+        for log in logs[1:]:  # other ranks: their error lines (all of it with --debug)
+            for line in log.read_text(errors="replace").splitlines():
+                if self.debug or line.startswith("error: "):
+                    self._show(line if line.startswith("error: ") else f"[{log.stem}] {line}")
+        if self.signalled is not None:
+            name = signal.Signals(self.signalled).name
+            self._show(f"error: training interrupted ({name}): every process was stopped")
+            return 128 + self.signalled
+        if returncode == 0:
+            return 0
+        codes = []
+        for path in self.status.glob("rank-*.exit"):
+            with contextlib.suppress(ValueError):
+                codes.append(int(path.read_text().strip() or 1))
+        failed = [c for c in codes if c != 0]
+        if failed:
+            if not any(s.startswith("error: ") for s in self.shown):
+                self._show("error: a training process failed without saying why; run "
+                           "nimbleml --debug train ... for its output")  # fmt: skip
+            return 2 if 2 in failed else max(failed)
+        last = next((line for line in reversed(self.launcher_lines)
+                     if "Error" in line or "error" in line), None)  # fmt: skip
+        last = last or (self.launcher_lines[-1] if self.launcher_lines else "no output")
+        self._show(f"error: the training processes failed (torchrun exited {returncode}): "
+                   f"{last.strip()[:300]}; run nimbleml --debug train ... for the full output")  # fmt: skip
+        return 1
+
+
+def _running(p: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+# -- each process torchrun starts ------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """``python -m nimbleml.train.launch ARGS``: ``nimbleml train ARGS`` in this process, as
+    one rank of the group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...)."""
+    args = sys.argv[1:] if argv is None else argv
+    rank = os.environ.get("RANK", "0")
+    status = os.environ.get(STATUS)
+    if status:  # the parent relays rank 0's stderr and reads the others' on failure
+        log = open(Path(status) / f"rank-{rank}.log", "w", buffering=1)  # noqa: SIM115
+        os.dup2(log.fileno(), 2)
+    die_with_parent = _parent_death_signal()
+    if die_with_parent is not None:
+        die_with_parent()  # torchrun gone, this process goes too
+    os.environ[WORKER] = "1"
+    threads = os.environ.get(THREADS)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    from ..cli import app
+
+    code = 1
+    try:
+        app(["--debug", "train", *args] if os.environ.get(DEBUG) == "1" else ["train", *args],
+            prog_name="nimbleml")  # fmt: skip
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        if status:
+            (Path(status) / f"rank-{rank}.exit").write_text(str(code))
+        sys.stderr.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""`nimbleml train --nproc 2`: two gloo processes under a real torchrun on a free port reach
+the weights one process reaches with the same global batch and seed; only rank 0 writes; a
+failure in the processes is one error line with its exit code; SIGINT stops every process
+(issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nimbleml.cli import app
+from nimbleml.train import launch
+
+MODELS = """
+import torch
+
+def build():
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+def five():
+    return torch.nn.Linear(64, 5)
+"""
+# 641 rows: ten batches of 64, then one of a single sample, so that process 1's share of it
+# is empty (it must still join the all-reduce); --grad-accum 2 makes the first micro-step of
+# each pair skip the all-reduce (no_sync), and the last step is that one-sample batch alone
+ARGS = ["--model", "ddp_models:build", "--data", "train.npz", "--val", "val.npz",
+        "--epochs", "3", "--batch-size", "64", "--grad-accum", "2", "--lr", "0.01",
+        "--scheduler", "cosine", "--seed", "7", "--device", "cpu", "-q"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    d = tmp_path_factory.mktemp("ddp")
+    np.savez(d / "train.npz", X=X[:641], y=y[:641])
+    np.savez(d / "val.npz", X=X[1400:], y=y[1400:])
+    (d / "ddp_models.py").write_text(MODELS)
+    return d
+
+
+def nimbleml(*args: str, cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nimbleml.cli", "train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=240, **kw)  # type: ignore[call-overload]  # fmt: skip
+
+
+def test_two_gloo_processes_reach_the_weights_of_one(folder, monkeypatch):
+    monkeypatch.chdir(folder)
+    one = runner_invoke([*ARGS, "--save-model", "one.pt", "--checkpoint-dir", "one"])
+    assert one.exit_code == 0, one.output
+    two = nimbleml(*ARGS, "--nproc", "2", "--save-model", "two.pt", "--checkpoint-dir", "two",
+                   cwd=folder)  # fmt: skip
+    assert two.returncode == 0, two.stdout + two.stderr
+    a, b = torch.load(folder / "one.pt"), torch.load(folder / "two.pt")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff < 1e-5, diff
+    assert max(float((a[k] - torch.load(folder / "one" / "best.pt", weights_only=False)["model"][k]).abs().max()) for k in a) < 1e-12  # fmt: skip
+    # only rank 0 wrote: one history line per epoch, one report, no other files
+    files = sorted(p.name for p in (folder / "two").iterdir())
+    assert files == sorted(p.name for p in (folder / "one").iterdir())
+    lines = (folder / "two" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # the history is the group's: the same figures as one process's (val by rank 0, shared)
+    for x, y in zip(
+        lines, (folder / "one" / "history.jsonl").read_text().splitlines(), strict=True
+    ):
+        rx, ry = json.loads(x), json.loads(y)
+        assert abs(rx["train_loss"] - ry["train_loss"]) < 1e-5
+        assert rx["val_metric"] == ry["val_metric"]
+    assert two.stdout.count("precision: fp32") == 1  # only rank 0 printed the table
+
+
+def runner_invoke(args: list[str]) -> object:
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def test_an_error_in_the_processes_is_one_line_with_exit_2(folder):
+    res = nimbleml("--model", "ddp_models:five", "--data", "train.npz", "--nproc", "2",
+                   "--device", "cpu", cwd=folder)  # fmt: skip
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert res.returncode == 2, res.stderr
+    assert len(errors) == 1 and "the model gives 5 class scores" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr
+
+
+def test_sigint_stops_every_process(folder, tmp_path):
+    out = tmp_path / "run"  # the processes are stopped wherever they are: importing, training
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nimbleml.cli", "train", "--model", "ddp_models:build", "--data",
+         "train.npz", "--epochs", "1000", "--nproc", "2", "--device", "cpu", "--checkpoint-dir",
+         str(out), "-q"],
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(tree := _tree(proc.pid)) < 3:  # torchrun and its two processes
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)  # as Ctrl-C would (the parent's process group)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "error: training interrupted (SIGINT)" in err
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def test_the_launch_command_and_threads():
+    cmd = launch.command(["--data", "x.npz"], 2, 29555)
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                       "127.0.0.1", "--master_port", "29555", "-m", "nimbleml.train.launch",
+                       "--data", "x.npz"]  # fmt: skip
+    assert launch.threads_per_process(2) == max(1, launch.cores() // 2)
+    assert launch.threads_per_process(64) == 1
+
+
+def test_more_processes_than_gpus_is_an_error():
+    from types import SimpleNamespace
+
+    from nimbleml.cli._train_run import _check_gpus
+    from nimbleml.errors import ConfigError
+
+    def fake(gpus: int) -> SimpleNamespace:
+        cuda = SimpleNamespace(is_available=lambda: gpus > 0, device_count=lambda: gpus)
+        return SimpleNamespace(cuda=cuda)
+
+    with pytest.raises(ConfigError, match=r"--nproc 2 on 1 GPU\(s\).*--device cpu"):
+        _check_gpus(fake(1), "auto", 2)
+    _check_gpus(fake(1), "cpu", 2)  # gloo on the CPU
+    _check_gpus(fake(2), "cuda", 2)
+    _check_gpus(fake(0), "auto", 2)
