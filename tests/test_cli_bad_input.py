@@ -117,6 +117,7 @@ CASES = {
         ("bench-train --model nimbleml.demo:digits --data {d}/missing.npz -o {d}/bt", "not found"),
         ("bench-train --model nimbleml.demo:digits --data {d}/val.npz --epochs 0", "--epochs"),
         ("bench-train --model nimbleml.demo:digits --data {d}/val.npz --device tpu", "--device"),
+        ("bench-train --model nimbleml.demo:digits --data {d}/val.npz --full-suite --lr 0", "--lr"),
         ("bench-train --model nimbleml.demo:digits --data {d}/val.npz -o /proc/b", "cannot write"),
     ],
 }

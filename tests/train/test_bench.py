@@ -55,6 +55,7 @@ def test_table_has_the_guides_columns_and_the_fp32_row_is_the_baseline(result):
     assert fp32.steps == 3 and fp32.step_p50_ms is not None  # 4 steps, the first left out
     assert fp32.peak_memory_mb is not None and fp32.peak_memory_mb >= 0
     assert "p95 of fewer than 200 steps" in table and "*" in table
+    assert "give more epochs or repeats" in table  # 4 steps: the ratios are noise
     # exact accumulation: the same optimizer steps, so the same final loss and metric
     accum = result.row("accum 16x4")
     assert accum.batch_size == 64 and accum.train_loss == pytest.approx(fp32.train_loss, rel=1e-5)
@@ -132,6 +133,15 @@ def test_a_row_that_cannot_run_says_why_and_the_others_stand(data):
 def test_bad_configurations_are_refused_before_training(data, configs, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         bench_train(mlp, data[0], configs)
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_a_config_error(data):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        compare_amp("cuda")
+    with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+        bench_train(mlp, data[0], [{"label": "fp32"}], device="cuda")
 
 
 def test_peak_memory_counts_what_a_run_allocates():

@@ -44,6 +44,7 @@ from ..errors import ConfigError, NimbleError
 SCHEMA = 1
 P95_MIN_STEPS = 200  # 10 steps beyond the 95th percentile (nimbleml.bench.stats.MIN_SAMPLES)
 SPECIAL = ("label", "note", "skip")  # config keys that are not Trainer options
+SHORT_S = 2.0  # a row timed for less than this per run gets a note: its ratios are noisy
 
 
 @dataclass
@@ -199,9 +200,14 @@ def _grid(rows: list[list[str]], header: list[str]) -> str:
 # -- presets -------------------------------------------------------------------------------
 def _resolve_device(device: str) -> str:
     torch = require("torch", "nimbleml.train")
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r}: torch {torch.__version__} sees no CUDA GPU here; give "
+            "device='cpu' or 'auto'"
+        )
+    return device
 
 
 def compare_amp(device: str = "auto") -> list[dict[str, Any]]:
@@ -322,13 +328,17 @@ def bench_train(model_factory: Any, data: Any, configs: Sequence[dict[str, Any]]
     base_sps = rows[ref].samples_per_s if rows[ref].ran else 0.0
     for r in ran:
         r.speedup = r.samples_per_s / base_sps if base_sps > 0 else None
+    notes = [f"torch {torch.__version__}, {torch.get_num_threads()} threads; each row warmed up "
+             "untimed on two batches first", *(f"warning: {w}" for w in said)]  # fmt: skip
+    short = min((r.seconds / len(r.runs) for r in ran), default=SHORT_S)
+    if short < SHORT_S:
+        notes.append(f"rows timed for as little as {short:.2f} s a run: differences of 10-20% "
+                     "can be noise here; give more epochs or repeats")  # fmt: skip
     return TrainBenchResult(
         rows=list(rows.values()), baseline=ref, device=device, epochs=epochs, repeats=repeats,
         memory=_describe(memory), samples=_samples(data), model=(names or ["?"])[0],
-        machine=machine_info().to_dict(),
+        machine=machine_info().to_dict(), notes=notes,
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        notes=[f"torch {torch.__version__}, {torch.get_num_threads()} threads; each row warmed "
-               "up untimed on two batches first", *(f"warning: {w}" for w in said)],
     )  # fmt: skip
 
 
