@@ -204,8 +204,8 @@ def _resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"device {device!r}: torch {torch.__version__} sees no CUDA GPU here; give "
-            "device='cpu' or 'auto'"
+            f"device {device!r}: torch {torch.__version__} sees no CUDA GPU here; train on "
+            "the CPU (device cpu, or auto)"
         )
     return device
 
