@@ -34,7 +34,9 @@ def _to(x: Any, device: Any) -> Any:
         return {k: _to(v, device) for k, v in x.items()}
     if isinstance(x, tuple | list):
         return type(x)(_to(v, device) for v in x)
-    return x.to(device, non_blocking=True) if hasattr(x, "to") else x
+    if not hasattr(x, "to") or getattr(getattr(x, "device", None), "type", None) == device:
+        return x  # already there (or not a tensor): no call at all
+    return x.to(device, non_blocking=True)
 
 
 def call(model: Any, inputs: Any) -> Any:
@@ -289,8 +291,11 @@ class Trainer:
                 if cfg.grad_clip_value is not None:
                     torch.nn.utils.clip_grad_value_(params, cfg.grad_clip_value)
             scale = scaler.get_scale() if scaler.is_enabled() else None
-            scaler.step(optimizer)
-            scaler.update()
+            if scale is None:
+                optimizer.step()  # no loss scaling: the scaler would only pass it through
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if scale is not None and scaler.get_scale() < scale:
                 skipped += 1  # the scaler found inf gradients and skipped the step: the
