@@ -30,3 +30,37 @@ def read_mapping(path: str | Path, holds: str) -> dict[Any, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping {holds}")
     return data
+
+
+def read_sections(
+    path: str | Path,
+    sections: dict[str, Any],
+    check: Any,
+    where: Any = None,
+) -> dict[str, Any]:
+    """The settings of a YAML file made of sections (``{section: {key: value}}``), flat,
+    keys with underscores; an unknown section or key, or a section that is not a mapping,
+    is a ConfigError naming it and the known ones. ``check(key, value, where)`` checks (and
+    may convert) each value; ``where(section, key)`` says where a value came from. An empty
+    section is allowed."""
+    data = read_mapping(path, f"with sections {', '.join(sections)}")
+    out: dict[str, Any] = {}
+    for section, body in data.items():
+        section = str(section)
+        if section not in sections:
+            raise ConfigError(
+                f"config file {path}: unknown section '{section}'; known: {', '.join(sections)}"
+            )
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"config file {path}: '{section}' must be a mapping of settings")
+        for key, value in body.items():
+            key = str(key).replace("-", "_")
+            if key not in sections[section]:
+                raise ConfigError(
+                    f"config file {path}: unknown setting '{section}.{key}'; "
+                    f"known in '{section}': {', '.join(sections[section])}"
+                )
+            out[key] = check(key, value, where(section, key) if where else f"{section}.{key}")
+    return out

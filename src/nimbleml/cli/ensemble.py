@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from .._yaml import read_mapping
+from .._yaml import read_sections
 from ..errors import ConfigError
 from ._common import _data, _guard, _show, check_writable
 
@@ -38,25 +38,7 @@ SECTIONS = {
 def read_config(path: Path) -> dict[str, Any]:
     """The settings in an ensemble YAML file, flat, keys with underscores; every key and
     value checked, an error naming ``section.key`` otherwise."""
-    data = read_mapping(path, f"with sections {', '.join(SECTIONS)}")
-    out: dict[str, Any] = {}
-    for section, body in data.items():
-        section = str(section)
-        if section not in SECTIONS:
-            raise ConfigError(
-                f"config file {path}: unknown section '{section}'; known: {', '.join(SECTIONS)}"
-            )
-        if not isinstance(body, dict):
-            raise ConfigError(f"config file {path}: '{section}' must be a mapping of settings")
-        for key, value in body.items():
-            key = str(key).replace("-", "_")
-            if key not in SECTIONS[section]:
-                raise ConfigError(
-                    f"config file {path}: unknown setting '{section}.{key}'; "
-                    f"known in '{section}': {', '.join(SECTIONS[section])}"
-                )
-            out[key] = check(key, value, f"{section}.{key}")
-    return out
+    return read_sections(path, SECTIONS, check)
 
 
 def check(key: str, value: Any, where: str) -> Any:

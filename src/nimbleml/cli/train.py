@@ -34,7 +34,7 @@ from typing import Any
 
 import typer
 
-from .._yaml import read_mapping
+from .._yaml import read_sections
 from ..errors import ConfigError
 from ..train.config import LOSSES, OPTIMIZERS, SCHEDULERS, TrainConfig
 from ..train.precision import PRECISIONS
@@ -63,27 +63,8 @@ def _defaults() -> dict[str, Any]:
 def read_config(path: Path) -> dict[str, Any]:
     """The settings in a train YAML file, flat; every key and value checked, an error naming
     ``section.key`` (and the known keys) otherwise."""
-    data = read_mapping(path, f"with sections {', '.join(SECTIONS)}")
-    out: dict[str, Any] = {}
-    for section, body in data.items():
-        section = str(section)
-        if section not in SECTIONS:
-            raise ConfigError(
-                f"config file {path}: unknown section '{section}'; known: {', '.join(SECTIONS)}"
-            )
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"config file {path}: '{section}' must be a mapping of settings")
-        for key, value in body.items():
-            key = str(key).replace("-", "_")
-            if key not in SECTIONS[section]:
-                raise ConfigError(
-                    f"config file {path}: unknown setting '{section}.{key}'; "
-                    f"known in '{section}': {', '.join(SECTIONS[section])}"
-                )
-            out[key] = check(key, value, f"config file {path}: {section}.{key}")
-    return out
+    return read_sections(path, SECTIONS, check,
+                         lambda section, key: f"config file {path}: {section}.{key}")  # fmt: skip
 
 
 _INT = {"epochs": 1, "grad_accum": 1, "keep_last": 1, "max_nonfinite": 1, "nproc": 1,
