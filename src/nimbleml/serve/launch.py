@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from .app import ServeConfig, create_app, serving_threads
 
 SPEC_ENV = "NIMBLEML_SERVE_SPEC"  # how the parent hands the settings to worker processes
+SUPERVISOR_ENV = "NIMBLEML_SERVE_SUPERVISOR"  # its pid: a worker dies when it is gone
 SERVER_KEYS = {"host": "127.0.0.1", "port": 8000, "workers": 1, "monitor_store": None,
                "watch": False}  # fmt: skip
 CONFIG_KEYS = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
@@ -186,7 +187,9 @@ def die_with_parent() -> None:
 
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    # the supervisor's pid as it was when it spawned us: read here, os.getppid() would
+    # already be init's if the supervisor died while this worker was still importing
+    parent = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
@@ -212,4 +215,5 @@ def run(spec: dict[str, Any]) -> None:
         uvicorn.run(build_app(spec), **common)
         return
     os.environ[SPEC_ENV] = json.dumps(spec)
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
     uvicorn.run("nimbleml.serve.launch:worker_app", factory=True, workers=spec["workers"], **common)
