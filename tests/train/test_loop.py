@@ -228,6 +228,8 @@ def test_bad_data_names_the_problem(data):
         (((X, y[:10]),), {}, "X has 64 rows but y has 10"),
         (((X, y + 0.5),), {"loss": "cross_entropy"}, "fractional floats"),
         (((X, y + 20),), {}, "targets run from 20 to 29, but the model gives 10 class scores"),
+        # torch would skip a target of -100 (its ignore_index) without a word: refused here
+        (((X, np.where(np.arange(64) == 5, -100, y)),), {}, "targets run from -100 to 9"),
         (((X, np.zeros((64, 3), np.float32)),), {"loss": "mse"}, "element by element"),
         (("train.csv",), {}, "training data of type str"),
         ((["a", "b"],), {}, "X holds non-numbers"),

@@ -1,7 +1,7 @@
 """nimbleml.train: accelerated, exactly-correct, measured training of PyTorch models.
 
 One module per concern: config (options, checked), data (batches from arrays, Datasets,
-DataLoaders), losses (summed, for exact accumulation), precision (the hardware's choice, with
+DataLoaders), losses (means, weighted for exact accumulation), precision (the hardware's choice, with
 its reason), loop (the Trainer), checkpoint (atomic, resumable), distributed (torchrun / DDP),
 tuning (DataLoader settings and batch size, measured), result (history, report).
 """

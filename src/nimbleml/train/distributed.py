@@ -12,6 +12,8 @@ from typing import Any
 
 from .._deps import require
 
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: most micro-steps need no context at all
+
 
 @dataclass
 class Distributed:
@@ -55,7 +57,7 @@ class Distributed:
     def no_sync(self, model: Any, final: bool) -> Any:
         """Skip the gradient all-reduce on micro-steps that do not end an accumulation."""
         if self.world == 1 or final:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return model.no_sync()
 
     def sum(self, value: float) -> float:

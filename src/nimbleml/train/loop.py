@@ -4,6 +4,7 @@ early stopping, checkpoints and resume, evaluation with nimbleml's metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -23,6 +24,9 @@ from .distributed import Distributed
 from .losses import _primary, resolve_loss
 from .precision import Precision, decide, measured_cost
 from .result import TrainReport, TrainResult
+
+
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: fp32 steps enter no autocast
 
 
 class TrainingError(NimbleError):
@@ -254,6 +258,8 @@ class Trainer:
         cfg = self.config
         net.train()
         loss_total, samples, skipped = 0.0, 0, 0
+        mixed = precision.autocast_dtype is not None
+        scaled = scaler.is_enabled()
         started = time.perf_counter()
         for group in groups(train.epoch(epoch), cfg.grad_accum):
             step_started = time.perf_counter()
@@ -261,16 +267,21 @@ class Trainer:
             finite = True
             for i, b in enumerate(group):
                 with dist.no_sync(net, final=i == len(group) - 1):
-                    with precision.autocast():
+                    with precision.autocast() if mixed else _NO_CONTEXT:
                         out = call(net, _to(b.inputs, device))
-                        loss_sum = loss_fn(out, _to(b.target, device))
-                    value = float(loss_sum.detach())
+                        loss = loss_fn(out, _to(b.target, device))  # the micro-batch's mean
+                    value = loss.item()
                     if not dist.all_finite(value):
                         finite = False
                         continue
-                    loss_total += value
+                    loss_total += value * b.n
                     samples += b.n
-                    scaler.scale(loss_sum * (dist.world / total)).backward()
+                    # its share of the step's samples (DDP averages over the processes too):
+                    # exact whatever the micro-batch sizes, and no extra op when it is 1
+                    weight = b.n * dist.world / total
+                    if weight != 1.0:
+                        loss = loss * weight
+                    (scaler.scale(loss) if scaled else loss).backward()
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -290,7 +301,7 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 if cfg.grad_clip_value is not None:
                     torch.nn.utils.clip_grad_value_(params, cfg.grad_clip_value)
-            scale = scaler.get_scale() if scaler.is_enabled() else None
+            scale = scaler.get_scale() if scaled else None
             if scale is None:
                 optimizer.step()  # no loss scaling: the scaler would only pass it through
             else:
@@ -330,7 +341,7 @@ class Trainer:
         with torch.no_grad(), precision.autocast():
             for b in val.epoch(0):
                 out = call(model, _to(b.inputs, device))
-                loss_total += float(loss_fn(out, _to(b.target, device)))
+                loss_total += float(loss_fn(out, _to(b.target, device))) * b.n
                 n += b.n
                 outs.append(_primary(out).float().cpu().numpy())
                 ys.append(b.target.cpu().numpy())

@@ -1,6 +1,6 @@
-"""Losses as sums over a micro-batch, so that accumulation can divide by the true number of
-samples of the whole step (exact whatever the micro-batch sizes), with the checks that turn
-torch's shape and dtype errors into a sentence."""
+"""Losses as means over a micro-batch (torch's default), which the loop weights by the
+micro-batch's share of the whole step's samples, so accumulation is exact whatever the
+micro-batch sizes; with the checks that turn torch's shape and dtype errors into a sentence."""
 
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ from typing import Any
 from .._deps import require
 from ..errors import DataError
 
-SumLoss = Callable[[Any, Any], Any]  # (outputs, target) -> the loss summed over the samples
+MeanLoss = Callable[[Any, Any], Any]  # (outputs, target) -> the loss averaged over the samples
 
 
-def resolve_loss(loss: str | Callable[..., Any] | None, target: Any) -> tuple[str, SumLoss]:
-    """(name, summed loss). None: cross_entropy for integer targets, mse otherwise. A callable
-    of the user's is taken as a mean over the batch (as torch's losses are by default) and
-    multiplied back by the batch's size."""
+def resolve_loss(loss: str | Callable[..., Any] | None, target: Any) -> tuple[str, MeanLoss]:
+    """(name, mean loss). None: cross_entropy for integer targets, mse otherwise. A callable
+    of the user's is taken as a mean over the batch, as torch's losses are by default."""
     torch = require("torch", "nimbleml.train")
     F = torch.nn.functional
     if callable(loss):
-        user = loss
-
-        def summed(out: Any, y: Any) -> Any:
-            return user(out, y) * len(y)
-
-        return getattr(loss, "__name__", "custom"), summed
+        return getattr(loss, "__name__", "custom"), loss
     if loss is None:
         loss = "cross_entropy" if not torch.is_floating_point(target) else "mse"
     if loss == "cross_entropy":
@@ -39,6 +33,8 @@ def resolve_loss(loss: str | Callable[..., Any] | None, target: Any) -> tuple[st
 
     def values(out: Any, y: Any) -> Any:
         out = _primary(out)
+        if not y.numel():  # a process's empty share of a short last batch: zero, not NaN
+            return out.float().sum() * 0.0
         if out.numel() != y.numel():
             raise DataError(
                 f"loss '{loss}' compares outputs with targets element by element, but the model "
@@ -46,7 +42,7 @@ def resolve_loss(loss: str | Callable[..., Any] | None, target: Any) -> tuple[st
                 "loss='cross_entropy' for class indices, or targets shaped like the outputs"
             )
         # in float32 whatever autocast computed the outputs in: fp16 sums overflow
-        return pointwise(out.float(), y.reshape(out.shape).float(), reduction="sum")
+        return pointwise(out.float(), y.reshape(out.shape).float())
 
     return loss, values
 
@@ -70,17 +66,29 @@ def _cross_entropy(out: Any, y: Any) -> Any:
                 "floats; use loss='mse' for values, or give integer class labels"
             )
         y = y.long()
-    if y.dim() != 1 or out.dim() != 2 or len(out) != len(y):
+    if y.dim() != 1 or out.dim() != 2 or out.shape[0] != y.shape[0]:
         raise DataError(
             f"loss 'cross_entropy' takes outputs (batch, classes) and targets (batch,); got "
             f"outputs {tuple(out.shape)} and targets {tuple(y.shape)}"
         )
-    if not len(y):  # a process's empty share of a short last batch under DDP: a zero sum
-        return torch.nn.functional.cross_entropy(out.float(), y, reduction="sum")
+    if not y.shape[0]:  # a process's empty share of a short last batch under DDP: zero, not NaN
+        return out.float().sum() * 0.0
+    if out.is_cuda:  # a bad class index is a device-side assert there: check before
+        _check_classes(out, y)
+    try:  # on the CPU torch's own check finds a bad index, at no cost per step
+        return torch.nn.functional.cross_entropy(out.float(), y, ignore_index=_NO_IGNORE)
+    except (IndexError, RuntimeError):
+        _check_classes(out, y)
+        raise
+
+
+_NO_IGNORE = -(2**62)  # every sample counts: torch would skip targets equal to -100
+
+
+def _check_classes(out: Any, y: Any) -> None:
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= out.shape[1]:
         raise DataError(
             f"targets run from {low} to {high}, but the model gives {out.shape[1]} class scores "
             f"(classes 0..{out.shape[1] - 1}): give the model one output per class"
         )
-    return torch.nn.functional.cross_entropy(out.float(), y, reduction="sum")

@@ -1,4 +1,4 @@
-"""One real training step (fetch, forward, the summed loss, backward, optimizer step) on a
+"""One real training step (fetch, forward, the loss, backward, optimizer step) on a
 copy of the model, timed: what the DataLoader tuner and the batch-size finder both measure."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def is_plain_dataset(data: Any) -> bool:
 
 
 class Stepper:
-    """Forward, the training loss summed, backward, AdamW step: what a training step costs.
+    """Forward, the training loss, backward, AdamW step: what a training step costs.
     On a deep copy of the model; with ``copy_model=False`` (a GPU, where a second copy of the
     weights would take the memory being measured) on the model itself, restored afterwards."""
 

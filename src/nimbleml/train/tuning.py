@@ -1,7 +1,7 @@
 """DataLoader settings chosen by measuring real training steps on this machine (and, from
 batch_size.py, the batch size).
 
-``tune_loader``: for a torch Dataset, real steps (fetch a batch, forward, summed loss, backward,
+``tune_loader``: for a torch Dataset, real steps (fetch a batch, forward, loss, backward,
 optimizer step, on a copy of the model) under a few settings of ``num_workers``,
 ``prefetch_factor``, ``pin_memory`` (CUDA only) and torch threads in the main process, never
 more workers + threads than the cores this process may use. The cheapest setting within 3% of
