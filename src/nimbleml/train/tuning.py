@@ -4,9 +4,10 @@ batch_size.py, the batch size).
 ``tune_loader``: for a torch Dataset, real steps (fetch a batch, forward, loss, backward,
 optimizer step, on a copy of the model) under a few settings of ``num_workers``,
 ``prefetch_factor``, ``pin_memory`` (CUDA only) and torch threads in the main process, never
-more workers + threads than the cores this process may use. The cheapest setting within 3% of
-the fastest is kept (3%: the spread of repeated measurements on a shared 2-core machine), and
-it is never slower than ``num_workers=0`` measured in the same run. Workers are persistent:
+more workers + threads than the cores this process may use. Of the settings within 3% of the
+fastest (3%: the spread of repeated measurements on a shared 2-core machine), the one with
+the fewest workers is kept, and it is never slower than ``num_workers=0`` measured in the
+same run. Workers are persistent:
 their start-up (the "first s" column) is then paid once, not every epoch. The decision is
 cached per (dataset, model, machine) in ``$XDG_CACHE_HOME/nimbleml/loader.json``.
 """
@@ -42,7 +43,7 @@ __all__ = [
 
 log = logging.getLogger("nimbleml.train")
 
-NOISE = 0.03  # loader settings within 3% of the fastest count as equal: the cheapest is kept
+NOISE = 0.03  # settings within 3% of the fastest count as equal: the fewest workers is kept
 CACHE_SCHEMA = 1
 CACHE_ENTRIES = 200
 
@@ -137,7 +138,7 @@ def tune_loader(model: Any, data: Any, batch_size: int, *, loss: Any = None,
                 cache: bool = True, retune: bool = False,
                 verbose: bool = False) -> LoaderDecision:  # fmt: skip
     """Measure real training steps under a few DataLoader settings and keep the fastest
-    (the cheapest within 3% of it; never slower than ``num_workers=0``). ``data``: a torch
+    (the fewest workers within 3% of it; never slower than ``num_workers=0``). ``data``: a torch
     Dataset (what is tuned), (X, y) (batches are tensor slices in this process, there is no
     DataLoader: only torch threads are measured) or a DataLoader (its settings are kept).
     The model is not changed (a copy is trained); worker processes end before this returns.
@@ -260,7 +261,9 @@ def _shutdown(loader: Any) -> None:
 
 
 def _fill(row: LoaderRow, first: float, times: list[float], batch_size: int) -> LoaderRow:
-    step = statistics.median(times)  # robust to the batches prefetched during the warm-up
+    # the mean, not the median: a starved loader's stalls (an epoch's start, a slow sample)
+    # are what a deeper prefetch or one more worker removes, and what an epoch pays for
+    step = sum(times) / len(times)
     row.samples_per_s, row.step_ms = batch_size / step, step * 1e3
     row.first_batch_s, row.steps = first, len(times)
     return row
@@ -280,13 +283,15 @@ def _search_threads(stepper: Stepper, data: Any, batch_size: int, threads: int,
 
 
 def choose(rows: list[LoaderRow], threads: int) -> tuple[LoaderRow, str]:
-    """The cheapest row (fewest workers, shallowest prefetch, unpinned, default threads)
-    within 3% of the fastest; rows[0] is the num_workers=0 baseline, never beaten by a slower
-    choice: it is the cheapest of all, so it wins whenever it is within 3% of the fastest."""
+    """Among the rows within 3% of the fastest, those with the fewest worker processes (what
+    costs: memory, start-up, cores), unpinned, at the default threads, and of those the
+    fastest (a deeper prefetch only holds a few more batches). rows[0] is the num_workers=0
+    baseline at the default threads, never beaten by a slower choice: it is the cheapest of
+    all, so it wins whenever it is within 3% of the fastest."""
     fastest = max(r.samples_per_s for r in rows)
     near = [r for r in rows if r.samples_per_s >= fastest * (1 - NOISE)]
-    chosen = min(near, key=lambda r: (r.workers, r.prefetch or 0, r.pin_memory,
-                                      r.threads != threads, r.threads))  # fmt: skip
+    chosen = min(near, key=lambda r: (r.workers, r.pin_memory, r.threads != threads,
+                                      -r.samples_per_s))  # fmt: skip
     base = rows[0]
     if chosen.samples_per_s < base.samples_per_s:  # pragma: no cover - excluded by the order
         chosen = base
@@ -294,7 +299,7 @@ def choose(rows: list[LoaderRow], threads: int) -> tuple[LoaderRow, str]:
         return chosen, f"{base.label()}: no other setting was more than {NOISE:.0%} faster"
     gain = chosen.samples_per_s / base.samples_per_s if base.samples_per_s else float("inf")
     return chosen, (f"{chosen.label()}: {gain:.2f}x the samples/s of {base.label()} "
-                    f"(the cheapest setting within {NOISE:.0%} of the fastest)")  # fmt: skip
+                    f"(the fewest workers within {NOISE:.0%} of the fastest)")  # fmt: skip
 
 
 # -- the cache -----------------------------------------------------------------------------
