@@ -30,6 +30,24 @@ def build():
 
 def five():
     return torch.nn.Linear(64, 5)
+
+
+class Digits(torch.utils.data.Dataset):
+    def __init__(self):
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        self.X, self.y = torch.tensor(X[:400] / 16, dtype=torch.float32), torch.tensor(y[:400])
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], self.y[i]
+
+
+def dataset():
+    return Digits()
 """
 # 641 rows: ten batches of 64, then one of a single sample, so that process 1's share of it
 # is empty (it must still join the all-reduce); --grad-accum 2 makes the first micro-step of
@@ -153,3 +171,41 @@ def test_more_processes_than_gpus_is_an_error():
     _check_gpus(fake(1), "cpu", 2)  # gloo on the CPU
     _check_gpus(fake(2), "cuda", 2)
     _check_gpus(fake(0), "auto", 2)
+
+
+def test_a_dataset_is_sharded_and_a_bare_dataloader_named():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nimbleml.errors import ConfigError
+    from nimbleml.train.data import batches
+
+    data = TensorDataset(torch.arange(101.0)[:, None], torch.arange(101))
+    seen = []
+    for rank in (0, 1):
+        shard = batches(data, 10, seed=3, rank=rank, world=2)
+        sizes = [b.n for b in shard.epoch(1)]
+        assert sizes[:-1] == [5] * 10 and len(shard) == 11  # 5 of every global batch of 10
+        seen.append([int(t) for b in shard.epoch(1) for t in b.target])
+    assert set(seen[0]) | set(seen[1]) == set(range(101))  # every sample, each process half
+    assert len(set(seen[0]) & set(seen[1])) <= 1  # DistributedSampler pads 101 to 102
+    again = [int(t) for b in batches(data, 10, seed=3, rank=0, world=2).epoch(1) for t in b.target]
+    other = [int(t) for b in batches(data, 10, seed=3, rank=0, world=2).epoch(2) for t in b.target]
+    assert again == seen[0] and other != seen[0]  # set_epoch: a new order each epoch
+    with pytest.raises(ConfigError, match="batch_size 9 is the global batch of 2 processes"):
+        batches(data, 9, rank=0, world=2)
+    with pytest.warns(UserWarning, match="sampler=DistributedSampler"):
+        batches(DataLoader(data, batch_size=8, shuffle=True), 8, rank=0, world=2)
+
+
+def test_a_dataset_with_an_automatic_batch_under_two_processes(folder):
+    """Rank 0 alone searches the batch size (one process's share of the host's memory) and
+    every process trains on it: the global batch is the processes times the one found."""
+    res = nimbleml("--model", "ddp_models:build", "--data", "ddp_models:dataset", "--epochs", "1",
+                   "--batch-size", "auto", "--nproc", "2", "--device", "cpu",
+                   "--checkpoint-dir", "auto", cwd=folder)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    config = json.loads((folder / "auto" / "report.json").read_text())["config"]
+    search = config["batch_size_search"]
+    assert search["processes"] == 2
+    assert config["batch_size"] == 2 * search["best"]
+    assert res.stdout.count("batch size search") <= 1  # rank 0's table, printed once at most

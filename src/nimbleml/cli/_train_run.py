@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import require
-from ..errors import ConfigError, warn
+from ..errors import ConfigError
 from ._common import _show
 
 
@@ -36,7 +36,6 @@ def run(spec: dict[str, Any], progress: str, save_model: Path | None,
     torch.manual_seed(spec["seed"])  # the same first weights in every process and every run
     model = sources.build_model(spec["factory"], spec["arch"], spec["num_classes"],
                                 dict(spec["kwargs"]))  # fmt: skip
-    train_data = _shard(train_data, spec, rank, world)
     trackers = [loggers.make(s) for s in spec["log"]] if main else []
     display = Display(progress if main else "off", spec,
                       _micro_batches(train_data, spec["batch_size"]), world)  # fmt: skip
@@ -80,33 +79,6 @@ def _check_gpus(torch: Any, device: str, world: int) -> None:
             f"of its own (nccl); give --nproc {torch.cuda.device_count()}, or --device cpu to "
             "train on the CPU (gloo)"
         )
-
-
-def _shard(data: Any, spec: dict[str, Any], rank: int, world: int) -> Any:
-    """A Dataset under data parallelism: a DataLoader with a DistributedSampler (the loop
-    calls its set_epoch), each process taking batch_size / world of each global batch.
-    (X, y) arrays are sharded by the loop itself."""
-    if world <= 1 or isinstance(data, tuple):
-        return data
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
-
-    if isinstance(data, DataLoader):
-        warn(
-            f"--data gives a DataLoader: under {world} processes it is used as it is, so give "
-            "it a DistributedSampler (or return a Dataset, which nimbleml shards)"
-        )
-        return data
-    size = spec["batch_size"]
-    if size == "auto" or size % world:
-        raise ConfigError(
-            f"--batch-size {size} does not split evenly over {world} processes: give a "
-            f"multiple of {world} (each process takes batch-size / {world} of each batch)"
-        )
-    sampler: Any = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=spec["seed"])  # fmt: skip
-    extra = dict(spec["dataloader"]) if isinstance(spec["dataloader"], dict) else {}
-    return DataLoader(data, batch_size=size // world, sampler=sampler, **extra)
 
 
 def _optimize(result: Any, val_data: Any, spec: dict[str, Any], max_drop: float,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DataError
+from ..errors import ConfigError, DataError, warn
 
 TARGET_KEYS = ("labels", "label", "y", "target", "targets")
 
@@ -91,28 +91,44 @@ class InMemory:
 
 
 class FromLoader:
-    """A torch Dataset (batched by a DataLoader made here) or a DataLoader of the user's."""
+    """A torch Dataset (batched by a DataLoader made here) or a DataLoader of the user's.
+    Under data parallelism a Dataset is sharded by a DistributedSampler (each process takes
+    ``batch_size / world`` samples of every global batch); a DataLoader brings its own."""
 
     def __init__(self, data: Any, batch_size: int, loader_args: dict[str, Any] | None = None,
-                 seed: int = 0) -> None:  # fmt: skip
+                 seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world: int = 1) -> None:  # fmt: skip
         torch = require("torch", "nimbleml.train")
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader, DistributedSampler
 
         self.seed = seed
         if isinstance(data, DataLoader):
             self.loader, self.generator = data, None
+            sampler = getattr(data.batch_sampler, "sampler", data.sampler)
+            if world > 1 and not isinstance(sampler, DistributedSampler):
+                warn(  # a sampler of the user's may shard in its own way: said, not refused
+                    f"under {world} processes your DataLoader is used as it is and, without a "
+                    "DistributedSampler, gives every process all the data: build it with "
+                    "sampler=DistributedSampler(dataset), or give the Dataset itself and "
+                    "nimbleml shards it"
+                )
+        elif world > 1:
+            _length(data)
+            if batch_size % world:
+                raise ConfigError(
+                    f"batch_size {batch_size} is the global batch of {world} processes and "
+                    f"must divide among them: give a multiple of {world}"
+                )
+            args = dict(loader_args or {})
+            args.pop("shuffle", None)
+            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle,
+                                         seed=seed)  # fmt: skip
+            self.generator = None
+            self.loader = DataLoader(data, batch_size=batch_size // world, sampler=sampler, **args)
         else:
-            try:
-                size = len(data)
-            except TypeError:
-                raise DataError(
-                    "the training data is an iterable without a length; give a Dataset, a "
-                    "DataLoader or (X, y)"
-                ) from None
-            if size == 0:
-                raise DataError("the training dataset is empty: give at least one sample")
+            _length(data)
             self.generator = torch.Generator()
-            args = {"shuffle": True, **(loader_args or {})}
+            args = {"shuffle": shuffle, **(loader_args or {})}
             self.loader = DataLoader(data, batch_size=batch_size, generator=self.generator, **args)
         self.batch_size = getattr(self.loader, "batch_size", None) or batch_size
         try:
@@ -134,6 +150,19 @@ class FromLoader:
 
     def sample(self, n: int = 8) -> Batch:
         return next(iter(self.epoch(0)))
+
+
+def _length(data: Any) -> int:
+    try:
+        size = len(data)
+    except TypeError:
+        raise DataError(
+            "the training data is an iterable without a length; give a Dataset, a DataLoader "
+            "or (X, y)"
+        ) from None
+    if size == 0:
+        raise DataError("the training dataset is empty: give at least one sample")
+    return size
 
 
 def split(item: Any) -> Batch:
@@ -166,7 +195,7 @@ def batches(data: Any, batch_size: int, loader_args: dict[str, Any] | None = Non
             raise DataError("training data (X, y) needs both X and y")
         return InMemory(X, y, batch_size, shuffle, seed, rank, world)
     if _is_dataset(data):
-        return FromLoader(data, batch_size, loader_args, seed)
+        return FromLoader(data, batch_size, loader_args, seed, shuffle, rank, world)
     raise DataError(
         f"training data of type {type(data).__name__}: give (X, y) arrays or tensors, a torch "
         "Dataset, or a DataLoader"

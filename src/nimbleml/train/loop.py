@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ from .distributed import Distributed
 from .losses import _primary, resolve_loss
 from .precision import Precision, decide, measured_cost
 from .result import TrainReport, TrainResult
-
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: fp32 steps enter no autocast
 
@@ -189,11 +189,9 @@ class Trainer:
         batch_size = cfg.batch_size
         tuned: dict[str, Any] = {}  # measured choices, into the report's config
         if batch_size == "auto":
-            from .tuning import find_batch_size
-
-            found = find_batch_size(model, train_data, device=device, loss=cfg.loss,
-                                    precision=cfg.precision)  # fmt: skip
-            batch_size, tuned["batch_size_search"] = found.best, found.to_dict()
+            batch_size, tuned["batch_size_search"] = self._find_batch_size(
+                model, train_data, device, dist
+            )
         loader_args = cfg.dataloader if isinstance(cfg.dataloader, dict) else None
         if cfg.dataloader == "auto" and dist.world == 1:  # under torchrun each rank would race
             from .tuning import is_plain_dataset, tune_loader
@@ -250,6 +248,39 @@ class Trainer:
         )
         return TrainResult(model=model.eval(), history=state.history, best_checkpoint=best,
                            report=report)  # fmt: skip
+
+    def _find_batch_size(self, model: Any, train_data: Any, device: str,
+                         dist: Distributed) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        """batch_size="auto": the batch size search, by rank 0 alone under torchrun (the
+        others would race it for the memory and the cores), shared with every process. The
+        search finds one process's batch; the global batch is that times the processes, and
+        a process's memory budget is its share of this host's."""
+        from .tuning import find_batch_size
+
+        found = None
+        if dist.main:
+            options: dict[str, Any] = {}
+            if dist.world > 1:
+                local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+                options["steps_per_epoch"] = 10 * dist.world  # 10 global steps an epoch
+                if not str(device).startswith("cuda"):
+                    import psutil
+
+                    options["memory_budget_mb"] = (
+                        psutil.virtual_memory().available / 2**20 / 2 / local
+                    )
+            try:
+                result = find_batch_size(model, train_data, device=device,
+                                         loss=self.config.loss, precision=self.config.precision,
+                                         **options)  # fmt: skip
+            except NimbleError as exc:  # every process stops on it, not just rank 0
+                found = exc
+            else:
+                found = (result.best * dist.world, {**result.to_dict(), "processes": dist.world})
+        found = dist.share(found)
+        if isinstance(found, NimbleError):
+            raise found
+        return found
 
     def _epoch(self, net: Any, train: Any, epoch: int, optimizer: Any, scaler: Any,
                scheduler: Any, stepping: str, loss_fn: Any, precision: Precision, device: str,

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
