@@ -13,6 +13,7 @@ _EXTRAS = {
     "torch": ("torch", "torch==2.13.0"),
     "onnxscript": ("torch", "onnxscript"),
     "onnxconverter_common": ("torch", "onnxconverter-common"),
+    "PIL": ("torch", "pillow"),  # image folders without torchvision
     "sklearn": ("sklearn", "scikit-learn"),
     "skl2onnx": ("sklearn", "skl2onnx"),
     "skops": ("sklearn", "skops"),

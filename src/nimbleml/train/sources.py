@@ -208,13 +208,14 @@ def load(path: str, target: str | None = None, image_size: int | None = None,
 
 
 def _image_folder(path: str, image_size: int | None, flag: str) -> Any:
+    """torchvision's ImageFolder when torchvision is installed, else nimbleml's own (Pillow):
+    the same classes, order and tensors."""
     try:
         from torchvision import datasets, transforms
     except ImportError:
-        raise ConfigError(
-            f"{flag} {path} is a folder, read as an image folder (one sub-folder per class) "
-            "by torchvision, which is not installed: pip install torchvision"
-        ) from None
+        from .images import ImageFolder
+
+        return ImageFolder(path, image_size)
     steps = [transforms.Resize((image_size, image_size))] if image_size else []
     try:
         return datasets.ImageFolder(
