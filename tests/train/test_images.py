@@ -51,8 +51,9 @@ def test_classes_order_and_tensors(folder):
     assert len(data) == 90 and sorted(set(data.targets)) == [0, 1, 2]
     x, label = data[0]
     assert x.dtype == torch.float32 and x.shape == (3, 8, 8) and label == 0
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) > 0.5
-    first = Image.open(data.samples[0][0]).convert("RGB")
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.max()) > 0.5
+    with Image.open(data.samples[0][0]) as img:
+        first = img.convert("RGB")
     assert torch.equal(x, torch.from_numpy(np.asarray(first, np.float32) / 255).permute(2, 0, 1))
     assert ImageFolder(folder / "images", image_size=16)[5][0].shape == (3, 16, 16)
 
