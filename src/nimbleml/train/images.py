@@ -14,11 +14,12 @@ from .._deps import require
 from ..errors import DataError
 
 torch = require("torch", "nimbleml.train")
+Dataset: Any = torch.utils.data.Dataset
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class ImageFolder(torch.utils.data.Dataset):
+class ImageFolder(Dataset):
     """``root/<class>/<image>``; ``image_size`` resizes every image to N x N (bilinear, as
     torchvision's Resize); without it every image must have the first one's size."""
 

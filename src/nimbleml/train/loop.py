@@ -257,7 +257,7 @@ class Trainer:
         a process's memory budget is its share of this host's."""
         from .tuning import find_batch_size
 
-        found = None
+        found: Any = None
         if dist.main:
             options: dict[str, Any] = {}
             if dist.world > 1:
