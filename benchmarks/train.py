@@ -6,8 +6,8 @@
    data order (torch.randperm from the generator InMemory seeds), batch 64 and AdamW: whole
    calls of a few epochs, alternating (ABBA) repetitions, the median of the per-pair ratios;
    digits MLP 64-512-512-10 and a small CNN on the digits as 1x8x8 images (goal <= 3%
-   slower per epoch, aim <= 1%); also the ratio of each side's fastest call (other work on
-   the machine only ever adds time). The weights both reach are compared: the same work.
+   slower per epoch, aim <= 1%), with the ratios' interquartile range. The weights both
+   reach are compared: the same work.
 2. accum: batch 64 against 16 x 4 accumulated, one epoch, AdamW: max |parameter difference|
    (batch 16 without accumulation alongside, for the size of a real difference).
 3. checkpointing: a deep MLP (24 Linear+ReLU layers 256 wide in 8 blocks of 3, batch 2048)
@@ -194,7 +194,7 @@ def overhead(name: str, factory: Any, X: np.ndarray, y: np.ndarray, epochs: int,
         "trainer_epoch_ms": 1e3 * statistics.median(trainer_s),
         "hand_epoch_ms": 1e3 * statistics.median(hand_s),
         "ratio": statistics.median(ratios),
-        "ratio_of_best": min(trainer_s) / min(hand_s),  # other work only ever adds time
+        "ratio_of_best": min(trainer_s) / min(hand_s),  # bimodal here: see the docs
         "ratio_iqr": [float(q) for q in np.percentile(ratios, [25, 75])],
         "weights_max_diff": max_diff(model_a, model_b),
     }  # fmt: skip
@@ -442,8 +442,9 @@ def summary(results: dict[str, Any]) -> list[list[object]]:
         rows.append([f"Trainer vs hand loop, {o['model']} (ms/epoch, median)",
                      f"{o['hand_epoch_ms']:.1f}", f"{o['trainer_epoch_ms']:.1f}",
                      f"{100 * (o['ratio'] - 1):+.1f}%", "<= +3% (aim +1%)"])  # fmt: skip
-        rows.append([f"  the same, fastest call of each side ({o['repetitions']} each)", "", "",
-                     f"{100 * (o['ratio_of_best'] - 1):+.1f}%", "<= +3% (aim +1%)"])  # fmt: skip
+        low, high = o["ratio_iqr"]
+        rows.append([f"  the ratio's spread over {o['repetitions']} pairs (IQR)", "", "",
+                     f"{100 * (low - 1):+.1f}%..{100 * (high - 1):+.1f}%", "report"])  # fmt: skip
         rows.append([f"  same weights as the hand loop ({o['model']})", "", "",
                      f"{o['weights_max_diff']:.1e}", "~0 (fp32 rounding)"])  # fmt: skip
     if "accum" in results:

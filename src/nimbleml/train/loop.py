@@ -178,7 +178,8 @@ class Trainer:
         try:
             return self._fit(model, train_data, val_data, device, dist)
         finally:
-            torch.set_num_threads(threads)
+            if torch.get_num_threads() != threads:  # setting it rebuilds the thread pool
+                torch.set_num_threads(threads)
             dist.close()
 
     def _fit(self, model: Any, train_data: Any, val_data: Any, device: str,
