@@ -283,14 +283,15 @@ def _search_threads(stepper: Stepper, data: Any, batch_size: int, threads: int,
 
 def choose(rows: list[LoaderRow], threads: int) -> tuple[LoaderRow, str]:
     """Among the rows within 3% of the fastest, those with the fewest worker processes (what
-    costs: memory, start-up, cores), unpinned, at the default threads, and of those the
-    fastest (a deeper prefetch only holds a few more batches). rows[0] is the num_workers=0
-    baseline at the default threads, never beaten by a slower choice: it is the cheapest of
-    all, so it wins whenever it is within 3% of the fastest."""
+    costs: memory, start-up, cores), unpinned, at the default threads, then the deepest
+    prefetch (a few more batches of memory; it absorbs the jitter of per-sample work, which
+    whole epochs showed paying where a 1-second measurement could not tell), then the
+    fastest. rows[0] is the num_workers=0 baseline at the default threads, never beaten by a
+    slower choice: it is the cheapest of all, so it wins whenever it is within 3%."""
     fastest = max(r.samples_per_s for r in rows)
     near = [r for r in rows if r.samples_per_s >= fastest * (1 - NOISE)]
     chosen = min(near, key=lambda r: (r.workers, r.pin_memory, r.threads != threads,
-                                      -r.samples_per_s))  # fmt: skip
+                                      -(r.prefetch or 0), -r.samples_per_s))  # fmt: skip
     base = rows[0]
     if chosen.samples_per_s < base.samples_per_s:  # pragma: no cover - excluded by the order
         chosen = base
