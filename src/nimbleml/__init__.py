@@ -37,6 +37,7 @@ from .package import Package, load
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
     from .monitor import ModelMonitor
     from .runtime import EnsemblePredictor, OptimizedPredictor
+    from .search import DistillResult, distill, students
     from .train import Trainer, TrainResult, find_batch_size, train
 
 # in-process inference and monitoring, imported on first use (``import nimbleml`` stays cheap)
@@ -47,6 +48,8 @@ _LAZY = {
     "Trainer": "train",
     "TrainResult": "train",
     "find_batch_size": "train",
+    "distill": "search",
+    "DistillResult": "search",
 }
 
 
@@ -55,6 +58,10 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(".train", __name__)
+    if name == "students":  # nimbleml.students.shrink(teacher, width=0.5, depth=0.5)
+        import importlib
+
+        return importlib.import_module(".search.students", __name__)
     if name in _LAZY:
         import importlib
 
@@ -65,7 +72,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"train"})
+    return sorted(set(globals()) | set(_LAZY) | {"train", "students"})
 
 
 __all__ = [
@@ -75,6 +82,7 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "DataError",
+    "DistillResult",
     "EnsemblePredictor",
     "MissingDependencyError",
     "Model",
@@ -97,10 +105,12 @@ __all__ = [
     "__version__",
     "benchmark",
     "compress",
+    "distill",
     "find_batch_size",
     "get_recipe",
     "load",
     "load_model",
     "optimize",
+    "students",
     "train",
 ]

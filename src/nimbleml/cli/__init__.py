@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from . import bench_train, compress, ensemble, report, serve, sign, train
+from . import bench_train, compress, distill, ensemble, report, serve, sign, train
 from ._help import PlainGroup, examples
 
 app = typer.Typer(
@@ -74,6 +74,10 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
     train.train: (
         "nimbleml train --model mypkg.models:build --data train.npz --val val.npz --epochs 20 --checkpoint-dir runs/x",
         "nimbleml train --config train.yaml --amp --batch-size 64 --grad-accum 4 --scheduler cosine --nproc 2 --optimize --max-drop 0.01 -o model.nimble",
+    ),
+    distill.distill: (
+        "nimbleml distill --teacher mypkg.models:trained --data train.npz --val val.npz -o student.nimble",
+        "nimbleml distill --teacher teacher.nimble --student mypkg.models:small --data train.npz --val val.npz --temperature 4 --alpha 0.7 --epochs 30 --report distill/",
     ),
     bench_train.bench_train: (
         "nimbleml bench-train --model mypkg.models:build --data train.npz --val val.npz --compare-amp -o bench/",

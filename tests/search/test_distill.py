@@ -1,0 +1,201 @@
+"""nimbleml.distill and nimbleml.students (issue 13): the T^2 loss against a hand
+computation, students shrunk from MLP / CNN / encoder teachers with the teacher's weights,
+the teacher's outputs cached (and invalidated) or run online under random augmentation,
+feature distillation through a learned projection, a package as teacher, and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nimbleml
+from nimbleml.errors import ConfigError, UnsupportedError
+from nimbleml.search import KDLoss, shrink
+from nimbleml.search import teacher as teachers
+from tests.conftest import make_encoder, token_batch
+
+F = torch.nn.functional
+
+
+def mlp(width: int = 256, hidden: int = 3) -> torch.nn.Module:
+    layers: list[torch.nn.Module] = [torch.nn.Linear(64, width), torch.nn.ReLU()]
+    for _ in range(hidden - 1):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
+
+
+@pytest.fixture(scope="module")
+def data():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    return (X[:1200], y[:1200]), (X[1200:], y[1200:])
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(0)
+    return nimbleml.train(mlp(), data[0], epochs=8, lr=3e-3, dataloader={}).model
+
+
+# -- the loss ------------------------------------------------------------------------------
+def test_the_soft_term_is_t_squared_kl_and_the_hard_term_cross_entropy():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(16, 7), torch.randn(16, 7), torch.randint(0, 7, (16,))
+    T = 3.0
+    p = np.exp(t.numpy() / T) / np.exp(t.numpy() / T).sum(1, keepdims=True)
+    q = np.exp(s.numpy() / T) / np.exp(s.numpy() / T).sum(1, keepdims=True)
+    by_hand = T**2 * float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+    packed = torch.cat([y[:, None].float(), t], 1)
+    soft_only = KDLoss(T, 1.0, 7, False, False, 0.0)(s, packed)
+    assert abs(float(soft_only) - by_hand) < 1e-5
+    hard_only = KDLoss(T, 0.0, 7, False, False, 0.0)(s, packed)
+    assert abs(float(hard_only) - float(F.cross_entropy(s, y))) < 1e-6
+    half = KDLoss(T, 0.5, 7, False, False, 0.0)(s, packed)
+    assert abs(float(half) - (0.5 * by_hand + 0.5 * float(F.cross_entropy(s, y)))) < 1e-5
+    # validation targets are the labels alone: the task loss
+    assert abs(float(KDLoss(T, 0.5, 7, False, False, 0.0)(s, y)) - float(hard_only)) < 1e-6
+    # top-k with every class kept is the full loss (renormalised over the same classes)
+    idx = torch.arange(7).repeat(16, 1)
+    topk = KDLoss(T, 1.0, 7, True, False, 0.0)(s, torch.cat([packed, idx.float()], 1))
+    assert abs(float(topk) - by_hand) < 1e-5
+
+
+# -- students ------------------------------------------------------------------------------
+def test_shrink_an_mlp_keeps_the_strongest_units_of_the_teacher():
+    torch.manual_seed(0)
+    teacher = mlp(256, hidden=4)
+    student = shrink(teacher, width=0.5, depth=0.5)
+    linears = [m for m in student if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [128, 128, 10]  # 2 of 4 hidden, half wide
+    assert student(torch.randn(5, 64)).shape == (5, 10)
+    rows = teacher[0].weight.norm(dim=1).topk(128).indices.sort().values
+    assert torch.equal(linears[0].weight, teacher[0].weight[rows])
+    assert torch.equal(linears[0].bias, teacher[0].bias[rows])
+    assert sum(p.numel() for p in student.parameters()) < 0.2 * sum(
+        p.numel() for p in teacher.parameters())  # fmt: skip
+    assert teacher[0].out_features == 256  # the teacher is not changed
+
+
+def test_shrink_a_cnn_and_an_encoder():
+    nn = torch.nn
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 64, 10),
+    )  # fmt: skip
+    small = shrink(cnn, width=0.5, depth=0.5)
+    convs = [m for m in small if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 8] and small[-1].in_features == 8 * 64
+    assert small(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    keep = cnn[0].weight.flatten(1).norm(dim=1).topk(8).indices.sort().values
+    assert torch.equal(convs[0].weight, cnn[0].weight[keep])
+    enc = make_encoder(layers=4)
+    student = shrink(enc, width=0.5, depth=0.5)
+    assert len(student.enc.layers) == 2
+    assert torch.equal(
+        student.enc.layers[1].self_attn.in_proj_weight, enc.enc.layers[2].self_attn.in_proj_weight
+    )  # layers 0 and 2, as DistilBERT
+    assert student.enc.layers[0].linear1.out_features == 32
+    batch = {k: torch.from_numpy(v) for k, v in token_batch(4).items()}
+    assert student(**batch).shape == (4, 3)
+    with pytest.raises(ConfigError, match="width must be a share in"):
+        shrink(cnn, width=0)
+    with pytest.raises(UnsupportedError, match="write the student yourself"):
+        shrink(nn.GRU(4, 4))
+
+
+# -- the teacher's outputs -----------------------------------------------------------------
+def test_the_cache_is_keyed_by_teacher_and_data(teacher, data, tmp_path):
+    (X, y), _ = data
+    first = teachers.compute(teacher, (X, y), cache_dir=tmp_path)
+    assert first.path is not None and not first.reused and first.values.shape == (1200, 10)
+    expected = teacher(torch.from_numpy(X)).detach().numpy()
+    assert np.allclose(np.asarray(first.values), expected, atol=1e-5)
+    again = teachers.compute(teacher, (X, y), cache_dir=tmp_path)
+    assert again.reused and again.key == first.key
+    changed = mlp()
+    changed.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        changed[0].bias[0] += 0.01
+    assert not teachers.compute(changed, (X, y), cache_dir=tmp_path).reused
+    assert not teachers.compute(teacher, (X[:-1], y[:-1]), cache_dir=tmp_path).reused
+    top = teachers.compute(teacher, (X, y), top_k=3)
+    assert top.values.shape == (1200, 3) and top.indices is not None
+    assert np.array_equal(top.indices[:, 0], expected.argmax(1))
+
+
+class Jittered(torch.utils.data.Dataset):
+    """Random noise on every read: what augmentation does."""
+
+    def __init__(self, X, y):
+        self.X, self.y = torch.from_numpy(X), torch.from_numpy(y)
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i] + 0.05 * torch.randn(64), self.y[i]
+
+
+def test_random_augmentation_runs_the_teacher_online(teacher, data):
+    (X, y), val = data
+    jittered = Jittered(X[:300], y[:300])
+    res = nimbleml.distill(teacher, shrink(teacher), jittered, val, epochs=1, baseline=False,
+                           compare_models=False, dataloader={})  # fmt: skip
+    assert res.cache.startswith("online: the data has random transforms")
+    with pytest.raises(ConfigError, match="cached teacher outputs would be stale"):
+        nimbleml.distill(teacher, shrink(teacher), jittered, val, cache_teacher=True, epochs=1)
+
+
+def test_bad_options_are_named(teacher, data):
+    train, val = data
+    for options, words in [
+        ({"temperature": 0}, "temperature must be a number > 0"),
+        ({"alpha": 2}, "alpha must be in [0, 1]"),
+        ({"cache_teacher": "yes"}, "cache_teacher must be 'auto', True or False"),
+        ({"features": [("9", "0")]}, "the student has no module '9'"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            nimbleml.distill(teacher, shrink(teacher), train, val, **options)
+
+
+# -- end to end ----------------------------------------------------------------------------
+def test_distill_beside_the_student_alone_and_into_a_package(teacher, data, tmp_path):
+    train, val = data
+    torch.manual_seed(1)
+    student = shrink(teacher, width=0.125, depth=0.34)
+    res = nimbleml.distill(teacher, student, train, val, temperature=4.0, alpha=0.7, epochs=10,
+                           lr=3e-3, dataloader={})  # fmt: skip
+    assert res.cache == "cached in memory"
+    names = [r.name for r in res.report.rows]
+    assert names == ["teacher", "student (no teacher)", "student (distilled)"]
+    kd, alone = res.report.row("student (distilled)"), res.report.row("student (no teacher)")
+    assert kd.metric is not None and kd.metric > 0.8 and alone.metric is not None
+    assert res.report.verdict.startswith("distillation")  # helped, or plainly did not
+    assert kd.parameters < res.report.row("teacher").parameters / 10
+    assert all(r.n[1] >= 200 and r.p50_ms[1] > 0 for r in res.report.rows)
+    table = res.report.table()
+    assert "T=4, alpha=0.7" in table and "student (distilled)" in table
+    found = res.optimize(max_drop=0.02, time_budget_s=60)
+    assert len(res.report.rows) == 4 and res.report.rows[3].metric is not None
+    pkg = found.best.save(tmp_path / "student.nimble")
+    # a package as the teacher: its outputs through ONNX Runtime, cached like a module's
+    again = nimbleml.distill(str(pkg), shrink(teacher, 0.125, 0.34), train, val, epochs=1,
+                             baseline=False, compare_models=False, dataloader={})  # fmt: skip
+    assert again.cache == "cached in memory" and again.history[0]["val_metric"] > 0.3
+
+
+def test_feature_distillation_learns_a_projection(teacher, data):
+    train, val = data
+    student = shrink(teacher, width=0.25, depth=0.34)  # 64 wide against the teacher's 256
+    res = nimbleml.distill(teacher, student, train, val, features=[("1", "1")], epochs=2,
+                           baseline=False, compare_models=False, dataloader={})  # fmt: skip
+    assert res.cache.startswith("online: feature distillation")
+    assert res.history[-1]["val_metric"] > 0.5
+    assert not any("projections" in k for k in res.student.state_dict())  # the student alone
