@@ -74,6 +74,7 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "docs/benchmark-report.md": [("json", "{", REPORT_JSON)],
     "docs/cli.md": [],
+    "docs/distill.md": [("python", "import nimbleml", PYTHON)],
     "docs/monitor.md": [("python", "from nimbleml.monitor import", PYTHON)],
     "docs/train.md": [
         ("python", "import nimbleml", PYTHON),
@@ -122,6 +123,7 @@ SUBSTITUTIONS = [
     ("--benchmark", "--benchmark --time-budget 0.3", "ensemble --benchmark times for 2 s per "
      "batch size by default: 5 s a command here instead of 2"),
     (REDIS, "{redis}", "a redis-server this test starts on a free port"),
+    ("epochs=30, lr=3e-3", "epochs=2, lr=3e-3", "30 epochs of two students: 2 run the same path"),
 ]  # fmt: skip
 
 # files some blocks need that another block of the docs is the example of
@@ -344,8 +346,14 @@ def given_train(digits, mlp) -> dict[str, Any]:
     return {"model": model, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
 
 
+def given_distill(digits, mlp) -> dict[str, Any]:
+    Xtr, Xte, ytr, yte = digits
+    return {"teacher": mlp, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
+
+
 # names a file's python blocks take from the text around them (the model, the data)
 GIVEN = {
+    "docs/distill.md": given_distill,
     "docs/train.md": given_train,
     "docs/monitor.md": given_monitor,
     "docs/optimize.md": given_optimize,

@@ -84,9 +84,12 @@ def compare(teacher: Any, baseline: Any, student: Any, val: tuple[Any, Any], *,
     if baseline is not None:
         models.append(("student (no teacher)", baseline))
     models.append(("student (distilled)", student))
+    notes = []
     if package is not None:
-        models.append((f"distilled, optimized ({package.manifest.get('recipe', 'package')})"[:28],
-                       package))  # fmt: skip
+        models.append(("student (package)", package))
+        steps = [str(s.get("step", s)) for s in package.manifest.get("recipe") or []]
+        notes.append(f"student (package): the distilled student optimized, recipe "
+                     f"{' + '.join(steps) or 'none'}")  # fmt: skip
     models = [(n, load(m) if isinstance(m, str | Path) else m) for n, m in models]
     X, y = val
     report = benchmark([m for _, m in models], X, BATCHES, names=[n for n, _ in models],
@@ -106,6 +109,7 @@ def compare(teacher: Any, baseline: Any, student: Any, val: tuple[Any, Any], *,
     out = DistillReport(rows=rows, temperature=temperature, alpha=alpha, cache=cache,
                         metric=report.results[0].metric_name or "metric")  # fmt: skip
     out.verdict = _verdict(out)
+    out.notes = notes
     return out
 
 
