@@ -112,6 +112,24 @@ CASES = {
         ("train --model nope_mod:build --data {d}/empty.npz", "no rows"),
         ("train --model nope_mod:build --data {d}/val.npz --save-model /proc/w.pt", "cannot write"),
     ],
+    "distill": [
+        (
+            "distill --teacher nope_mod:build --data {d}/val.npz --val {d}/val.npz",
+            "no module named",
+        ),
+        (
+            "distill --teacher nimbleml.demo:digits --data {d}/missing.npz --val {d}/val.npz",
+            "not found",
+        ),
+        (
+            "distill --teacher x:y --data {d}/val.npz --val {d}/val.npz --cache-teacher yes",
+            "--cache-teacher",
+        ),
+        (
+            "distill --teacher x:y --data {d}/val.npz --val {d}/val.npz -o /proc/s.nimble",
+            "cannot write",
+        ),
+    ],
     "bench-train": [
         ("bench-train --model nope_mod:build --data {d}/val.npz -o {d}/bt", "no module named"),
         ("bench-train --model nimbleml.demo:digits --data {d}/missing.npz -o {d}/bt", "not found"),

@@ -37,7 +37,7 @@ from .package import Package, load
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
     from .monitor import ModelMonitor
     from .runtime import EnsemblePredictor, OptimizedPredictor
-    from .search import DistillResult, distill, students
+    from .search import DistillResult, distill, students, tune
     from .train import Trainer, TrainResult, find_batch_size, train
 
 # in-process inference and monitoring, imported on first use (``import nimbleml`` stays cheap)
@@ -50,6 +50,7 @@ _LAZY = {
     "find_batch_size": "train",
     "distill": "search",
     "DistillResult": "search",
+    "tune": "search",
 }
 
 
@@ -113,4 +114,5 @@ __all__ = [
     "optimize",
     "students",
     "train",
+    "tune",
 ]

@@ -27,6 +27,7 @@ _EXTRAS = {
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
     "cryptography": ("sign", "cryptography"),
+    "optuna": ("search", "optuna"),
     "tensorboard": ("train-logs", "tensorboard"),
     "mlflow": ("train-logs", "mlflow-skinny"),
 }

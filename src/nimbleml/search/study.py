@@ -1,0 +1,347 @@
+"""Hyperparameter search with Optuna: ``nimbleml.tune(objective, space, ...)``.
+
+``space`` is a dict, each value one of
+
+    ("log", low, high)      a float on a log scale        ("float", low, high[, step])
+    ("int", low, high)      an integer                    ("int_log", low, high)
+    [a, b, c]               one of these choices
+
+or a function of an Optuna trial returning the parameters. ``objective`` is a function of the
+parameters (``objective(params)``, or ``objective(params, trial)`` to report intermediate
+values) returning the value(s) to optimize, or a training config: a dict with ``model`` (a
+function of the parameters returning a torch module), ``train`` and ``val`` data, and any
+``nimbleml.train`` options; the parameters whose names are training options (lr, batch_size,
+weight_decay, ...) override them, the validation metric of each epoch is reported to the
+pruner, and a pruned trial stops training at once.
+
+Storage (Optuna's; the rules learned the hard way): by default a JournalStorage file
+(``<study_name>.journal`` in the working folder, or ``storage="file.journal"``), safe for
+several processes on one host (SQLite is not: "database is locked"); ``postgresql://...`` for
+many machines, with a heartbeat, so that the trial of a worker that died is marked failed and
+retried (``heartbeat_s``; Optuna's RetryHeartbeatStaleTrialCallback). A study resumes by name.
+``workers=N`` runs N processes on this host against the same storage (the objective must
+then be importable: a module-level function); the study stops at ``n_trials`` finished
+trials, give or take the trials other workers had started at that moment (up to N - 1
+more). ``optuna-dashboard <storage>`` shows it live.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._deps import require
+from ..errors import ConfigError, warn
+
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("asha", "hyperband", "median", None)
+KINDS = ("log", "float", "int", "int_log")
+DEFAULT_STUDY = "nimbleml-study"
+
+
+def tune(objective: Any, space: Any, *, n_trials: int = 50, timeout: float | None = None,
+         directions: Sequence[str] = ("maximize",), sampler: str = "tpe",
+         pruner: str | None = "asha", storage: str | None = None,
+         study_name: str | None = None, workers: int = 1, seed: int | None = 0,
+         heartbeat_s: float = 10.0) -> Any:  # fmt: skip
+    """Run (or resume) a study; returns the optuna.Study. See the module's docstring."""
+    optuna = require("optuna", "nimbleml.tune")
+    _check(space, n_trials, timeout, directions, sampler, pruner, workers)
+    name = study_name or DEFAULT_STUDY
+    url = storage_url(storage, name, workers)
+    fn = _objective(objective, space)
+    if workers > 1:
+        _check_importable(objective, space)
+    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s)
+    if workers == 1:
+        _optimize(study, fn, n_trials, timeout)
+        return study
+    procs = [_spawn((objective, space, url, name, tuple(directions), sampler, pruner,
+                     None if seed is None else seed + i, heartbeat_s, n_trials, timeout))
+             for i in range(1, workers)]  # fmt: skip
+    try:
+        _optimize(study, fn, n_trials, timeout)
+        for p in procs:
+            p.wait()
+    finally:
+        for p in procs:  # interrupted: the workers stop with this process
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
+    bad = [p.returncode for p in procs if p.returncode]
+    if bad:
+        raise ConfigError(
+            f"{len(bad)} worker process(es) failed (exit {bad[0]}); their error is above"
+        )
+    return optuna.load_study(study_name=name, storage=_storage(optuna, url, heartbeat_s))
+
+
+def storage_url(storage: str | None, name: str, workers: int) -> str:
+    """The storage to use, as a URL or a journal file path."""
+    if storage is None:
+        return str(Path(f"{name}.journal").resolve())
+    if storage.startswith("sqlite") and workers > 1:
+        raise ConfigError(
+            f"storage {storage} with workers={workers}: SQLite locks under parallel workers "
+            "('database is locked'); give a .journal file (one host) or postgresql://"
+        )
+    return storage
+
+
+def shown(url: str) -> str:
+    """A storage URL fit to print: without its password."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _storage(optuna: Any, url: str, heartbeat_s: float) -> Any:
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    driver_url = url
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None:  # psycopg 3 is what nimbleml ships
+            driver_url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.pool import NullPool
+
+    try:
+        with warnings.catch_warnings():  # the heartbeat retry is "experimental" since 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                driver_url,
+                heartbeat_interval=max(1, int(heartbeat_s)),
+                grace_period=max(2, int(2 * heartbeat_s)),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                # no idle pooled connections left open behind a study that is done with
+                engine_kwargs={"poolclass": NullPool},
+            )
+    except Exception as exc:  # sqlalchemy's OperationalError and kin: the server, the URL
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open the study storage {shown(url)}: {first}") from None
+
+
+def _study(optuna: Any, url: str, name: str, directions: Sequence[str], sampler: str,
+           pruner: str | None, seed: int | None, heartbeat_s: float) -> Any:  # fmt: skip
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
+    if len(directions) > 1 and pruner is not None:
+        pruner = None  # Optuna's pruners judge one value: multi-objective trials run fully
+    pruners = {
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+        None: lambda: optuna.pruners.NopPruner(),
+    }
+    return optuna.create_study(
+        storage=_storage(optuna, url, heartbeat_s), study_name=name, load_if_exists=True,
+        directions=list(directions), sampler=samplers[sampler](), pruner=pruners[pruner](),
+    )  # fmt: skip
+
+
+def _optimize(study: Any, fn: Callable[[Any], Any], n_trials: int, timeout: float | None) -> None:
+    """Trials until the study holds ``n_trials`` finished ones (every worker together)."""
+    optuna = require("optuna", "nimbleml.tune")
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    left = n_trials - sum(1 for t in study.get_trials(deepcopy=False) if t.state in done)
+    if left <= 0:
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(fn, n_trials=left, timeout=timeout,
+                   callbacks=[MaxTrialsCallback(n_trials, states=done)])  # fmt: skip
+
+
+def _spawn(args: tuple[Any, ...]) -> subprocess.Popen[bytes]:
+    """A worker process: a fresh Python (no fork of this one's threads), the arguments pickled
+    through its stdin (functions by reference: they must be importable), this sys.path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    code = ("import pickle, sys; from nimbleml.search.study import _worker; "
+            "_worker(*pickle.load(sys.stdin.buffer))")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    proc.stdin.write(pickle.dumps(args))
+    proc.stdin.close()
+    return proc
+
+
+def _worker(objective: Any, space: Any, url: str, name: str, directions: tuple[str, ...],
+            sampler: str, pruner: str | None, seed: int | None, heartbeat_s: float,
+            n_trials: int, timeout: float | None) -> None:  # fmt: skip
+    optuna = require("optuna", "nimbleml.tune")
+    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s)
+    _optimize(study, _objective(objective, space), n_trials, timeout)
+
+
+# -- the search space ------------------------------------------------------------------------
+def suggest(trial: Any, space: Any) -> dict[str, Any]:
+    """The parameters of one trial, drawn from ``space``."""
+    if callable(space):
+        params = space(trial)
+        if not isinstance(params, dict):
+            raise ConfigError(f"a space function must return a dict, got {type(params).__name__}")
+        return params
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        if isinstance(spec, list):
+            out[name] = trial.suggest_categorical(name, spec)
+            continue
+        kind, low, high, *rest = spec
+        if kind == "log":
+            out[name] = trial.suggest_float(name, low, high, log=True)
+        elif kind == "float":
+            out[name] = trial.suggest_float(name, low, high, step=rest[0] if rest else None)
+        elif kind == "int":
+            out[name] = trial.suggest_int(name, low, high, step=rest[0] if rest else 1)
+        else:
+            out[name] = trial.suggest_int(name, low, high, log=True)
+    return out
+
+
+def _check(space: Any, n_trials: Any, timeout: Any, directions: Sequence[str], sampler: str,
+           pruner: Any, workers: Any) -> None:  # fmt: skip
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise ConfigError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if (
+        isinstance(directions, str)
+        or not directions
+        or any(d not in ("maximize", "minimize") for d in directions)
+    ):
+        raise ConfigError(
+            f"directions must be a list of 'maximize' / 'minimize', got {directions!r}"
+        )
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"pruner {pruner!r} is not one of asha, hyperband, median, None")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    if callable(space):
+        return
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("space must be a non-empty dict of name: spec, or a function(trial)")
+    for name, spec in space.items():
+        _check_spec(name, spec)
+
+
+def _check_spec(name: str, spec: Any) -> None:
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"space[{name!r}]: an empty list of choices")
+        return
+    if not isinstance(spec, tuple | list) or len(spec) not in (3, 4) or spec[0] not in KINDS:
+        raise ConfigError(
+            f"space[{name!r}] = {spec!r}: give (kind, low, high) with kind one of "
+            f"{', '.join(KINDS)}, or a list of choices"
+        )
+    kind, low, high = spec[:3]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise ConfigError(f"space[{name!r}]: bounds must be numbers, got {low!r} and {high!r}")
+    if low > high:
+        raise ConfigError(f"space[{name!r}]: the bounds are inverted ({low} > {high})")
+    if kind in ("log", "int_log") and low <= 0:
+        raise ConfigError(f"space[{name!r}]: a log scale needs low > 0, got {low}")
+    if kind.startswith("int") and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"space[{name!r}]: integer bounds needed, got {low} and {high}")
+
+
+def _check_importable(objective: Any, space: Any) -> None:
+    for what, obj in (("objective", objective), ("space", space)):
+        if callable(obj) and not isinstance(obj, dict) and (
+            getattr(obj, "__qualname__", "").count("<") or obj.__module__ == "__main__"
+        ):  # fmt: skip
+            raise ConfigError(
+                f"workers > 1 runs the {what} in other processes: make it a function defined "
+                "at the top of an importable module (not a lambda, a nested function, or one "
+                "in __main__)"
+            )
+
+
+# -- objectives --------------------------------------------------------------------------------
+def _objective(objective: Any, space: Any) -> Callable[[Any], Any]:
+    if isinstance(objective, dict):
+        return _TrainObjective(objective, space)
+    if not callable(objective):
+        raise ConfigError(
+            f"objective must be a function of the parameters or a training config dict, got "
+            f"{type(objective).__name__}"
+        )
+    takes_trial = len(inspect.signature(objective).parameters) >= 2
+
+    def run(trial: Any) -> Any:
+        params = suggest(trial, space)
+        trial.set_user_attr("pid", os.getpid())
+        return objective(params, trial) if takes_trial else objective(params)
+
+    return run
+
+
+class _TrainObjective:
+    """Each trial one ``nimbleml.train`` run; the validation metric of each epoch goes to the
+    pruner, which can stop the run at the end of any epoch."""
+
+    def __init__(self, config: dict[str, Any], space: Any) -> None:
+        from ..train.config import TrainConfig
+
+        missing = [k for k in ("model", "train", "val") if k not in config]
+        if missing:
+            raise ConfigError(
+                f"a training config needs {', '.join(missing)} (model: a function of the "
+                "parameters returning a torch module; train and val: the data)"
+            )
+        self.config, self.space = dict(config), space
+        self.train_names = set(TrainConfig.names())
+        self.options = {k: v for k, v in config.items() if k not in ("model", "train", "val")}
+        unknown = [k for k in self.options if k not in self.train_names]
+        if unknown:
+            raise ConfigError(f"unknown training option(s) in the config: {', '.join(unknown)}")
+
+    def __call__(self, trial: Any) -> float:
+        optuna = require("optuna", "nimbleml.tune")
+        from ..train import train
+
+        params = suggest(trial, self.space)
+        trial.set_user_attr("pid", os.getpid())
+        options = {**self.options, **{k: v for k, v in params.items() if k in self.train_names}}
+        model_args = {k: v for k, v in params.items() if k not in self.train_names}
+        pruned = []
+
+        def report(event: str, info: dict[str, Any]) -> str | None:
+            if event != "epoch_end" or "val_metric" not in info:
+                return None
+            value = float(info["val_metric"])
+            trial.report(value, info["epoch"])
+            if trial.should_prune():
+                pruned.append(info["epoch"])
+                return "stop"
+            return None
+
+        options["callbacks"] = [*options.get("callbacks", ()), report]
+        options.setdefault("metric", "accuracy")
+        result = train(self.config["model"](**model_args), self.config["train"],
+                       self.config["val"], **options)  # fmt: skip
+        if pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
+        values = [r["val_metric"] for r in result.history if "val_metric" in r]
+        if not values:
+            warn("the training config's runs give no val_metric: the study has nothing to judge")
+            return float("nan")
+        return float(values[-1])
