@@ -130,6 +130,10 @@ CASES = {
             "cannot write",
         ),
     ],
+    "tune": [
+        ("tune --config {d}/missing.yaml", "does not exist"),
+        ("tune --config {d}/val.npz", "is not a text file"),  # a binary file (was a crash)
+    ],
     "bench-train": [
         ("bench-train --model nope_mod:build --data {d}/val.npz -o {d}/bt", "no module named"),
         ("bench-train --model nimbleml.demo:digits --data {d}/missing.npz -o {d}/bt", "not found"),

@@ -59,6 +59,7 @@ TRAIN_OPTIONS = (
     "and test_ddp.py run the same options end to end on digits)"
 )
 TRAIN_YAML = "train --config example: read by nimbleml.cli.train.read_config"
+TUNE_YAML = "tune --config example: read by nimbleml.cli.tune.read_config"
 
 # every block of every file, in order: (language, start of its first line, how handled)
 BLOCKS: dict[str, list[tuple[str, str, str]]] = {
@@ -76,6 +77,7 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
     "docs/cli.md": [],
     "docs/distill.md": [("python", "import nimbleml", PYTHON)],
     "docs/monitor.md": [("python", "from nimbleml.monitor import", PYTHON)],
+    "docs/tune.md": [("python", "import nimbleml", PYTHON), ("yaml", "study:", TUNE_YAML)],
     "docs/train.md": [
         ("python", "import nimbleml", PYTHON),
         ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),
@@ -547,6 +549,30 @@ def test_train_yaml_is_read_by_train(block, tmp_path):
     settings = read_config(tmp_path / "train.yaml")
     flat = {k: v for section in yaml.safe_load(block.text).values() for k, v in section.items()}
     assert settings == flat
+
+
+@pytest.mark.parametrize("block", of_kind(TUNE_YAML))
+def test_tune_yaml_is_read_by_tune(block, tmp_path, monkeypatch, digits):
+    import yaml
+
+    from nimbleml.cli.tune import read_config
+
+    Xtr, Xte, ytr, yte = digits
+    np.savez(tmp_path / "train.npz", X=Xtr, y=ytr)
+    np.savez(tmp_path / "val.npz", X=Xte, y=yte)
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "models.py").write_text("def build(hidden):\n    return hidden\n")
+    (tmp_path / "tune.yaml").write_text(block.text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = read_config(tmp_path / "tune.yaml")
+    written = yaml.safe_load(block.text)
+    assert spec["study"] == written["study"]
+    assert set(spec["space"]) == set(written["space"])
+    assert spec["objective"]["model"](hidden=3) == 3 and len(spec["objective"]["train"][0]) == len(
+        Xtr
+    )
 
 
 def key_paths(value: Any, prefix: str = "") -> set[str]:

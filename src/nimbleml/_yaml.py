@@ -23,6 +23,8 @@ def read_mapping(path: str | Path, holds: str) -> dict[Any, Any]:
         data = yaml.safe_load(path.read_text())
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file: give a YAML file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if data is None:

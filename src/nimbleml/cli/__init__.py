@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from . import bench_train, compress, distill, ensemble, report, serve, sign, train
+from . import bench_train, compress, distill, ensemble, report, serve, sign, train, tune
 from ._help import PlainGroup, examples
 
 app = typer.Typer(
@@ -78,6 +78,10 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
     distill.distill: (
         "nimbleml distill --teacher mypkg.models:trained --data train.npz --val val.npz -o student.nimble",
         "nimbleml distill --teacher teacher.nimble --student mypkg.models:small --data train.npz --val val.npz --temperature 4 --alpha 0.7 --epochs 30 --report distill/",
+    ),
+    tune.tune: (
+        "nimbleml tune --config tune.yaml",
+        "nimbleml tune --config tune.yaml --storage postgresql://user:pass@db/optuna --n-trials 100 --workers 2",
     ),
     bench_train.bench_train: (
         "nimbleml bench-train --model mypkg.models:build --data train.npz --val val.npz --compare-amp -o bench/",

@@ -139,6 +139,7 @@ def _study(optuna: Any, url: str, name: str, directions: Sequence[str], sampler:
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     if len(directions) > 1 and pruner is not None:
         pruner = None  # Optuna's pruners judge one value: multi-objective trials run fully
     pruners = {
