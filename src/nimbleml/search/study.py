@@ -60,12 +60,13 @@ def tune(objective: Any, space: Any, *, n_trials: int = 50, timeout: float | Non
     fn = _objective(objective, space)
     if workers > 1:
         _check_importable(objective, space)
-    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s)
+    first = _first_rung(objective)
+    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s, first)
     if workers == 1:
         _optimize(study, fn, n_trials, timeout)
         return study
     procs = [_spawn((objective, space, url, name, tuple(directions), sampler, pruner,
-                     None if seed is None else seed + i, heartbeat_s, n_trials, timeout))
+                     None if seed is None else seed + i, heartbeat_s, n_trials, timeout, first))
              for i in range(1, workers)]  # fmt: skip
     try:
         _optimize(study, fn, n_trials, timeout)
@@ -133,7 +134,8 @@ def _storage(optuna: Any, url: str, heartbeat_s: float) -> Any:
 
 
 def _study(optuna: Any, url: str, name: str, directions: Sequence[str], sampler: str,
-           pruner: str | None, seed: int | None, heartbeat_s: float) -> Any:  # fmt: skip
+           pruner: str | None, seed: int | None, heartbeat_s: float,
+           first: int | None = None) -> Any:  # fmt: skip
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
@@ -142,12 +144,17 @@ def _study(optuna: Any, url: str, name: str, directions: Sequence[str], sampler:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     if len(directions) > 1 and pruner is not None:
         pruner = None  # Optuna's pruners judge one value: multi-objective trials run fully
+    # ``first``: the step before which no trial is judged (a training config's epochs / 4:
+    # the first epoch's accuracy says little about the last); ASHA keeps a quarter per rung
     pruners = {
-        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=first or "auto", reduction_factor=4),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=first or 1, reduction_factor=3),
+        "median": lambda: optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=(first or 1) - 1),
         None: lambda: optuna.pruners.NopPruner(),
-    }
+    }  # fmt: skip
     return optuna.create_study(
         storage=_storage(optuna, url, heartbeat_s), study_name=name, load_if_exists=True,
         directions=list(directions), sampler=samplers[sampler](), pruner=pruners[pruner](),
@@ -184,10 +191,20 @@ def _spawn(args: tuple[Any, ...]) -> subprocess.Popen[bytes]:
 
 def _worker(objective: Any, space: Any, url: str, name: str, directions: tuple[str, ...],
             sampler: str, pruner: str | None, seed: int | None, heartbeat_s: float,
-            n_trials: int, timeout: float | None) -> None:  # fmt: skip
+            n_trials: int, timeout: float | None, first: int | None) -> None:  # fmt: skip
     optuna = require("optuna", "nimbleml.tune")
-    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s)
+    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s, first)
     _optimize(study, _objective(objective, space), n_trials, timeout)
+
+
+def _first_rung(objective: Any) -> int | None:
+    """A training config: no trial is pruned before a quarter of its epochs."""
+    if not isinstance(objective, dict):
+        return None
+    from ..train.config import TrainConfig
+
+    epochs = int(objective.get("epochs", TrainConfig.epochs))
+    return max(1, epochs // 4)
 
 
 # -- the search space ------------------------------------------------------------------------
