@@ -182,7 +182,7 @@ def test_distill_beside_the_student_alone_and_into_a_package(teacher, data, tmp_
     assert all(r.n[1] >= 200 and r.p50_ms[1] > 0 for r in res.report.rows)
     table = res.report.table()
     assert "T=4, alpha=0.7" in table and "student (distilled)" in table
-    found = res.optimize(max_drop=0.02, time_budget_s=60)
+    found = res.optimize(max_drop=0.02, time_budget_s=20)
     assert len(res.report.rows) == 4 and res.report.rows[3].metric is not None
     pkg = found.best.save(tmp_path / "student.nimble")
     # a package as the teacher: its outputs through ONNX Runtime, cached like a module's

@@ -59,8 +59,8 @@ def invoke(*args: str):
 def test_distill_a_shrunk_student_into_a_package(folder, monkeypatch):
     monkeypatch.chdir(folder)
     res = invoke("--teacher", "kd_models:trained", "--width", "0.25", "--data", "train.npz",
-                 "--val", "val.npz", "--epochs", "3", "--lr", "0.003", "--temperature", "4",
-                 "-o", "student.nimble", "--report", "kd", "--time-budget", "60")  # fmt: skip
+                 "--val", "val.npz", "--epochs", "2", "--lr", "0.003", "--temperature", "4",
+                 "-o", "student.nimble", "--report", "kd", "--time-budget", "20")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (folder / "student.nimble" / "manifest.json").exists()
     assert (folder / "kd" / "distill.json").exists()

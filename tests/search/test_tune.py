@@ -115,8 +115,9 @@ def test_a_training_config_reports_each_epoch(tmp_path, monkeypatch):
         tune({**config, "epochz": 3}, space, n_trials=1)
 
 
-def test_two_processes_share_a_postgresql_study(postgres_url):  # noqa: F811
-    study = tune(_objectives.parabola, {"x": ("float", -4.0, 6.0)}, n_trials=16,
+def test_two_processes_share_a_postgresql_study(postgres_url, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("NIMBLE_TUNE_RENDEZVOUS", str(tmp_path))
+    study = tune(_objectives.parabola_together, {"x": ("float", -4.0, 6.0)}, n_trials=16,
                  directions=("minimize",), storage=postgres_url, study_name="shared",
                  workers=2)  # fmt: skip
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
