@@ -60,6 +60,10 @@ TRAIN_OPTIONS = (
 )
 TRAIN_YAML = "train --config example: read by nimbleml.cli.train.read_config"
 TUNE_YAML = "tune --config example: read by nimbleml.cli.tune.read_config"
+DISTILL_OPTIONS = (
+    "distill with a teacher module of the reader's: the same command runs in "
+    "tests/search/test_distill_cli.py on a trained digits MLP"
+)
 
 # every block of every file, in order: (language, start of its first line, how handled)
 BLOCKS: dict[str, list[tuple[str, str, str]]] = {
@@ -75,7 +79,10 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "docs/benchmark-report.md": [("json", "{", REPORT_JSON)],
     "docs/cli.md": [],
-    "docs/distill.md": [("python", "import nimbleml", PYTHON)],
+    "docs/distill.md": [
+        ("python", "import nimbleml", PYTHON),
+        ("bash", "nimbleml distill --teacher mypkg.models:trained", DISTILL_OPTIONS),
+    ],
     "docs/monitor.md": [("python", "from nimbleml.monitor import", PYTHON)],
     "docs/tune.md": [("python", "import nimbleml", PYTHON), ("yaml", "study:", TUNE_YAML)],
     "docs/train.md": [
@@ -537,6 +544,20 @@ def test_train_command_lines_use_the_train_options(block):
             assert line.startswith("nimbleml train "), line
         shown = set(re.findall(r"(?:^|\s)(--?[a-z][a-z-]*)", line))
         assert shown <= options, f"{line}: options the train command lacks: {shown - options}"
+
+
+@pytest.mark.parametrize("block", of_kind(DISTILL_OPTIONS))
+def test_distill_command_lines_use_the_distill_options(block):
+    import typer.main
+
+    from nimbleml.cli import app
+
+    command = typer.main.get_command(app).commands["distill"]  # type: ignore[attr-defined]
+    options = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+    for line in command_lines(block):
+        assert line.startswith("nimbleml distill "), line
+        shown = set(re.findall(r"(?:^|\s)(--?[a-z][a-z-]*)", line))
+        assert shown <= options, f"{line}: options the distill command lacks: {shown - options}"
 
 
 @pytest.mark.parametrize("block", of_kind(TRAIN_YAML))

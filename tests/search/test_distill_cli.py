@@ -94,3 +94,22 @@ def test_bad_input_is_one_line_and_writes_nothing(folder, monkeypatch, args, wor
     assert len(errors) == 1 and words in errors[0], res.output
     after = sorted(p.name for p in folder.iterdir() if p.name != "__pycache__")
     assert after == [n for n in before if n != "__pycache__"]
+
+
+def test_a_yaml_config_with_flags_over_it(folder, monkeypatch):
+    monkeypatch.chdir(folder)
+    (folder / "kd.yaml").write_text(
+        "models: {teacher: kd_models:trained, student: kd_models:small}\n"
+        "data: {train: train.npz, val: val.npz}\n"
+        "distill: {temperature: 3, alpha: 0.9, cache_teacher: off, baseline: false}\n"
+        "training: {epochs: 5, lr: 0.003}\n"
+    )
+    res = invoke("--config", "kd.yaml", "--epochs", "1", "--alpha", "0.8")
+    assert res.exit_code == 0, res.output
+    assert "T=3, alpha=0.8, teacher online: cache_teacher=False" in res.output
+    assert "student (no teacher)" not in res.output  # baseline: false from the file
+    (folder / "bad.yaml").write_text("distill: {temprature: 3}\n")
+    bad = invoke("--config", "bad.yaml")
+    assert bad.exit_code == 2 and "unknown setting 'distill.temprature'" in bad.output, bad.output
+    (folder / "bad.yaml").unlink()
+    (folder / "kd.yaml").unlink()

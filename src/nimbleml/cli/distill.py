@@ -1,5 +1,15 @@
 """The distill verb: a student trained to match a teacher, beside the same student trained
-alone, reported side by side, and (with -o) optimized into a verified package."""
+alone, reported side by side, and (with -o) optimized into a verified package.
+
+A YAML file (``--config``) holds the same settings; a flag given wins; an unknown key is an
+error that lists the known ones:
+
+    models: {teacher: mypkg.models:trained, student: shrink, width: 0.25, depth: 0.5}
+    data: {train: train.npz, val: val.npz}
+    distill: {temperature: 4, alpha: 0.7, cache_teacher: auto, baseline: true}
+    training: {epochs: 30, batch_size: 64, lr: 0.003, seed: 0, device: cpu}
+    output: {package: student.nimble, max_drop: 0.01, time_budget: 180, report: distill/}
+"""
 
 from __future__ import annotations
 
@@ -11,80 +21,124 @@ import typer
 from ..errors import ConfigError
 from ._common import _guard, check_writable
 
-CACHE = {"auto": "auto", "on": True, "off": False}
+CACHE: dict[str, Any] = {"auto": "auto", "on": True, "off": False}
+
+
+DEFAULTS: dict[str, Any] = {
+    "teacher": None, "student": "shrink", "width": 0.5, "depth": 0.5, "train": None,
+    "val": None, "target": None, "temperature": 2.0, "alpha": 0.5, "cache_teacher": "auto",
+    "baseline": True, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "device": "cpu",
+    "package": None, "max_drop": 0.01, "time_budget": 180.0, "report": None,
+}  # fmt: skip
+# the YAML's sections and their keys (flags of the same names win over them)
+SECTIONS = {
+    "models": ("teacher", "student", "width", "depth"),
+    "data": ("train", "val", "target"),
+    "distill": ("temperature", "alpha", "cache_teacher", "baseline"),
+    "training": ("epochs", "batch_size", "lr", "seed", "device"),
+    "output": ("package", "max_drop", "time_budget", "report"),
+}
 
 
 def distill(
-    teacher: str = typer.Option(
-        ...,
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML with models:, data:, distill:, training:, output:; flags win"
+    ),
+    teacher: str | None = typer.Option(
+        None,
         help="a .nimble package, a TorchScript / .pt2 file, or module:function returning "
         "the trained teacher",
     ),
-    student: str = typer.Option(
-        "shrink",
-        help="module:function returning the student, or 'shrink': the teacher made "
+    student: str | None = typer.Option(
+        None,
+        help="module:function returning the student, or 'shrink' (default): the teacher made "
         "--width wide and --depth deep (nimbleml.students.shrink)",
     ),
-    width: float = typer.Option(0.5, help="shrink: share of the hidden units kept"),
-    depth: float = typer.Option(0.5, help="shrink: share of the layers kept"),
-    data: str = typer.Option(
-        ..., help="training data: .npz (X, y), .csv with --target, an image folder, module:function"
+    width: float | None = typer.Option(None, help="shrink: share of the hidden units kept [0.5]"),
+    depth: float | None = typer.Option(None, help="shrink: share of the layers kept [0.5]"),
+    data: str | None = typer.Option(
+        None,
+        help="training data: .npz (X, y), .csv with --target, an image folder, module:function",
     ),
-    val: str = typer.Option(..., help="validation data, the same kinds as --data"),
+    val: str | None = typer.Option(None, help="validation data, the same kinds as --data"),
     target: str | None = typer.Option(None, help="the label column of .csv data"),
-    temperature: float = typer.Option(2.0, help="softmax temperature T of the soft term"),
-    alpha: float = typer.Option(0.5, help="share of the soft term (T^2-scaled KL) in the loss"),
-    cache_teacher: str = typer.Option(
-        "auto", help="auto (cached unless the data has random transforms), on, off"
+    temperature: float | None = typer.Option(None, help="softmax temperature T [2]"),
+    alpha: float | None = typer.Option(None, help="share of the T^2-scaled KL term [0.5]"),
+    cache_teacher: str | None = typer.Option(
+        None, help="auto (cached unless the data has random transforms), on, off [auto]"
     ),
-    epochs: int = typer.Option(10, help="passes over the data"),
-    batch_size: int = typer.Option(64, help="samples per optimizer step"),
-    lr: float = typer.Option(1e-3, help="learning rate"),
-    seed: int = typer.Option(0, help="seed of the data order"),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, auto"),
-    baseline: bool = typer.Option(
-        True, "--baseline/--no-baseline", help="also train the student without the teacher"
+    epochs: int | None = typer.Option(None, help="passes over the data [10]"),
+    batch_size: int | None = typer.Option(None, help="samples per optimizer step [64]"),
+    lr: float | None = typer.Option(None, help="learning rate [0.001]"),
+    seed: int | None = typer.Option(None, help="seed of the data order [0]"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:N, auto [cpu]"),
+    baseline: bool | None = typer.Option(
+        None, "--baseline/--no-baseline", help="also train the student without the teacher [yes]"
     ),
-    max_drop: float = typer.Option(0.01, help="-o: largest allowed metric drop of the package"),
-    time_budget: float = typer.Option(180.0, help="-o: seconds the package search may take"),
+    max_drop: float | None = typer.Option(None, help="-o: largest allowed metric drop [0.01]"),
+    time_budget: float | None = typer.Option(None, help="-o: seconds the search may take [180]"),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="optimize the distilled student into this .nimble package"
     ),
     report: Path | None = typer.Option(None, "--report", help="write distill.json/.txt here"),
 ) -> None:
     """Distill a teacher into a small student; report both students beside the teacher."""
+    given = {
+        "teacher": teacher, "student": student, "width": width, "depth": depth, "train": data,
+        "val": val, "target": target, "temperature": temperature, "alpha": alpha,
+        "cache_teacher": cache_teacher, "baseline": baseline, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+        "package": output, "max_drop": max_drop, "time_budget": time_budget, "report": report,
+    }  # fmt: skip
+    _guard(lambda: run(settings(given, config)))
 
-    def go() -> None:
-        if cache_teacher not in CACHE:
-            raise ConfigError(f"--cache-teacher must be auto, on or off, got {cache_teacher!r}")
-        if output is not None:
-            check_writable(output, folder=True)
-        if report is not None:
-            check_writable(report, folder=True)
-        import nimbleml
 
-        from ..train import sources
+def settings(given: dict[str, Any], config: Path | None) -> dict[str, Any]:
+    """Defaults, then the YAML file, then the flags given."""
+    spec = dict(DEFAULTS)
+    if config is not None:
+        from .._yaml import read_sections
 
-        train_data = sources.load(data, target, None, "--data")
-        val_data = sources.load(val, target, None, "--val")
-        the_teacher = _teacher(teacher, sources.as_arrays(val_data)[0])
-        the_student = _student(student, the_teacher, width, depth)
-        res = nimbleml.distill(the_teacher, the_student, train_data, val_data,
-                               temperature=temperature, alpha=alpha,
-                               cache_teacher=CACHE[cache_teacher], baseline=baseline,
-                               epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                               device=device, precision="fp32")  # fmt: skip
-        if output is not None:
-            found = res.optimize(max_drop=max_drop, time_budget_s=time_budget)
-            found.best.save(output)
-        typer.echo(res.report.table())
-        if output is not None:
-            typer.echo(f"package: {output}")
-        if report is not None:
-            res.report.save(report)
-            typer.echo(f"report: {report}/distill.json, distill.txt")
+        spec.update(read_sections(config, SECTIONS, lambda _k, v, _w: v))
+    spec.update({k: v for k, v in given.items() if v is not None})
+    for key, flag in (("teacher", "--teacher"), ("train", "--data"), ("val", "--val")):
+        if not spec[key]:
+            raise ConfigError(f"no {key}: give {flag} (or {key}: in the --config file)")
+    if str(spec["cache_teacher"]) not in CACHE and spec["cache_teacher"] not in (True, False):
+        raise ConfigError(f"--cache-teacher must be auto, on or off, got {spec['cache_teacher']!r}")
+    return spec
 
-    _guard(go)
+
+def run(spec: dict[str, Any]) -> None:
+    import nimbleml
+
+    from ..train import sources
+
+    output, report = spec["package"], spec["report"]
+    if output is not None:
+        check_writable(output, folder=True)
+    if report is not None:
+        check_writable(report, folder=True)
+    cache = spec["cache_teacher"]
+    cache = cache if isinstance(cache, bool) else CACHE[str(cache)]
+    train_data = sources.load(str(spec["train"]), spec["target"], None, "--data")
+    val_data = sources.load(str(spec["val"]), spec["target"], None, "--val")
+    the_teacher = _teacher(str(spec["teacher"]), sources.as_arrays(val_data)[0])
+    the_student = _student(str(spec["student"]), the_teacher, spec["width"], spec["depth"])
+    res = nimbleml.distill(the_teacher, the_student, train_data, val_data,
+                           temperature=spec["temperature"], alpha=spec["alpha"],
+                           cache_teacher=cache, baseline=spec["baseline"],
+                           epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
+                           seed=spec["seed"], device=spec["device"], precision="fp32")  # fmt: skip
+    if output is not None:
+        found = res.optimize(max_drop=spec["max_drop"], time_budget_s=spec["time_budget"])
+        found.best.save(output)
+    typer.echo(res.report.table())
+    if output is not None:
+        typer.echo(f"package: {output}")
+    if report is not None:
+        res.report.save(report)
+        typer.echo(f"report: {report}/distill.json, distill.txt")
 
 
 def _teacher(spec: str, example: Any) -> Any:
