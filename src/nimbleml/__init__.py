@@ -37,7 +37,7 @@ from .package import Package, load
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
     from .monitor import ModelMonitor
     from .runtime import EnsemblePredictor, OptimizedPredictor
-    from .search import DistillResult, distill, students, tune
+    from .search import DistillResult, distill, search_architecture, students, tune
     from .train import Trainer, TrainResult, find_batch_size, train
 
 # in-process inference and monitoring, imported on first use (``import nimbleml`` stays cheap)
@@ -51,6 +51,7 @@ _LAZY = {
     "distill": "search",
     "DistillResult": "search",
     "tune": "search",
+    "search_architecture": "search",
 }
 
 
@@ -112,6 +113,7 @@ __all__ = [
     "load",
     "load_model",
     "optimize",
+    "search_architecture",
     "students",
     "train",
     "tune",

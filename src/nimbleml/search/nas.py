@@ -1,0 +1,288 @@
+"""Hardware-aware architecture search judged on the package that would ship:
+``nimbleml.search_architecture(train_data, val_data, family="mlp", ...)``.
+
+Each candidate architecture is built, compressed (dynamic int8, the recipe its package will
+use) and timed here *before* it is trained: latency depends on the architecture, not on the
+weights, so a candidate that breaks a constraint (``latency_ms``, ``size_mb``) is never
+trained (its trial is pruned, with the reason). The others are trained with nimbleml.train,
+compressed again and their metric measured on the package, not on the float model. The
+objectives (metric up, latency p50 at ``batch_size`` down) go to a multi-objective Optuna
+study (NSGA-II by default; Optuna's pruners judge one value, so trials are not pruned on the
+metric: the constraints are what stop candidates early). Every Pareto point is a saved
+``.nimble`` package; the front is re-timed side by side at the end, beside the latency the
+search recorded, so the search's own measurements are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._deps import require
+from ..errors import ConfigError
+
+FAMILIES = ("mlp", "cnn")
+
+
+@dataclass
+class Candidate:
+    trial: int
+    params: dict[str, Any]
+    metric: float
+    latency_ms: float  # p50 at batch_size, recorded by the search (before training)
+    retimed_ms: float | None  # p50 when the front is timed again side by side
+    p95_ms: float
+    n: int
+    size_mb: float
+    path: str | None
+
+
+@dataclass
+class ArchitectureFront:
+    pareto: list[Candidate]
+    trials: int
+    pruned: dict[str, int]  # reason -> count
+    metric: str
+    batch_size: int
+    machine: dict[str, Any] = field(default_factory=dict)
+    baseline: Candidate | None = None
+
+    def table(self) -> str:
+        head = (f"{'trial':>5} {self.metric:>9} {'p50 ms':>8} {'re-timed':>9} {'p95 ms':>8} "
+                f"{'n':>6} {'size MB':>8}  parameters")  # fmt: skip
+        lines = [f"Pareto front: {len(self.pareto)} of {self.trials} trials, latency at batch "
+                 f"{self.batch_size}; not trained: {self.pruned or 'none'}", head,
+                 "-" * len(head)]  # fmt: skip
+        rows = ([self.baseline] if self.baseline else []) + self.pareto
+        for c in rows:
+            retimed = f"{c.retimed_ms:.4f}" if c.retimed_ms is not None else "-"
+            name = "base" if c is self.baseline else str(c.trial)
+            params = ", ".join(f"{k}={v}" for k, v in c.params.items())
+            lines.append(f"{name:>5} {c.metric:>9.4f} {c.latency_ms:>8.4f} {retimed:>9} "
+                         f"{c.p95_ms:>8.4f} {c.n:>6} {c.size_mb:>8.3f}  {params}")  # fmt: skip
+        return "\n".join(lines)
+
+    def best(self, max_latency_ms: float | None = None) -> Any:
+        """The package of the most accurate Pareto point within ``max_latency_ms``."""
+        from ..package import load
+
+        fits = [c for c in self.pareto if max_latency_ms is None or c.latency_ms <= max_latency_ms]
+        if not fits:
+            fastest = min(c.latency_ms for c in self.pareto) if self.pareto else float("nan")
+            raise ConfigError(
+                f"no Pareto point runs within {max_latency_ms} ms (the fastest: {fastest:.4f} "
+                "ms); give a larger max_latency_ms"
+            )
+        chosen = max(fits, key=lambda c: c.metric)
+        if chosen.path is None:
+            raise ConfigError("the front was searched without out_dir: no packages were kept")
+        return load(chosen.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def plot(self, path: str | Path) -> Path:
+        from ..bench.plots import new_figure
+
+        fig = new_figure((6, 4))
+        ax = fig.subplots()
+        xs, ys = [c.latency_ms for c in self.pareto], [c.metric for c in self.pareto]
+        ax.plot(xs, ys, marker="o", label="Pareto front (packages)")
+        if self.baseline is not None:
+            ax.scatter([self.baseline.latency_ms], [self.baseline.metric], marker="s",
+                       color="black", label="hand-designed baseline")  # fmt: skip
+        ax.set(xlabel=f"p50 latency at batch {self.batch_size} (ms)", ylabel=self.metric,
+               title="architecture search: metric vs latency")  # fmt: skip
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        return Path(path)
+
+
+def build(family: str, params: dict[str, Any], inputs: int, classes: int,
+          image: tuple[int, int, int] | None = None) -> Any:  # fmt: skip
+    """The candidate network of ``family`` for ``params``."""
+    nn = require("torch", "nimbleml.search_architecture").nn
+    if family == "mlp":
+        layers: list[Any] = []
+        width_in = inputs
+        for _ in range(params["layers"]):
+            layers += [nn.Linear(width_in, params["width"]), nn.ReLU()]
+            width_in = params["width"]
+        return nn.Sequential(*layers, nn.Linear(width_in, classes))
+    assert image is not None
+    c, _h, _w = image
+    layers = []
+    for i in range(params["blocks"]):
+        out = params["channels"] * (2**i)
+        layers += [nn.Conv2d(c, out, params["kernel"], padding=params["kernel"] // 2), nn.ReLU()]
+        c = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
+
+
+def _space(trial: Any, family: str) -> dict[str, Any]:
+    if family == "mlp":
+        return {"layers": trial.suggest_int("layers", 1, 4),
+                "width": trial.suggest_int("width", 8, 512, log=True)}  # fmt: skip
+    return {"blocks": trial.suggest_int("blocks", 1, 3),
+            "channels": trial.suggest_int("channels", 4, 32, log=True),
+            "kernel": trial.suggest_categorical("kernel", [3, 5])}  # fmt: skip
+
+
+def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], *,
+                        family: Any = "mlp", metric: str = "accuracy",
+                        constraints: dict[str, float] | None = None, n_trials: int = 40,
+                        time_budget_s: float | None = 900, batch_size: int = 1,
+                        epochs: int = 10, storage: str | None = None,
+                        study_name: str = "nimbleml-nas", out_dir: str | Path | None = None,
+                        baseline: Any = None, seed: int = 0,
+                        **train_options: Any) -> ArchitectureFront:  # fmt: skip
+    """Search architectures of ``family`` ("mlp", "cnn", or a function(trial) -> nn.Module)
+    for the Pareto front of the metric and the package's latency (see the module docstring).
+    ``constraints``: {"latency_ms": ..., "size_mb": ...}, checked before training.
+    ``out_dir``: where the Pareto packages are kept (front.json and front.png too)."""
+    optuna = require("optuna", "nimbleml.search_architecture")
+    import numpy as np
+
+    from ..bench.machine import machine_info
+    from .study import _storage as open_storage
+    from .study import storage_url
+
+    if not (callable(family) or family in FAMILIES):
+        raise ConfigError(f"family must be one of {', '.join(FAMILIES)} or a function(trial)")
+    constraints = dict(constraints or {})
+    unknown = [k for k in constraints if k not in ("latency_ms", "size_mb")]
+    if unknown:
+        raise ConfigError(f"unknown constraint(s) {', '.join(unknown)}: use latency_ms, size_mb")
+    X, y = (np.asarray(v) for v in train_data)
+    Xv, yv = (np.asarray(v) for v in val_data)
+    classes = int(max(y.max(), yv.max())) + 1
+    image = tuple(X.shape[1:]) if X.ndim == 4 else None
+    if family == "cnn" and image is None:
+        raise ConfigError(f"family 'cnn' needs image inputs (N, C, H, W); these are {X.shape}")
+    folder = Path(out_dir) if out_dir is not None else None
+    # candidates' packages until the front is known: in out_dir, or a temporary folder
+    work = folder / ".candidates" if folder is not None else Path(tempfile.mkdtemp(
+        prefix="nimble-nas-"))  # fmt: skip
+    pruned: dict[str, int] = {}
+    options = {"epochs": epochs, "metric": metric, "dataloader": {}, **train_options}
+
+    def objective(trial: Any) -> tuple[float, float]:
+        if callable(family):
+            model, params = family(trial), dict(trial.params)
+        else:
+            params = _space(trial, family)
+            model = build(family, params, int(np.prod(X.shape[1:])), classes, image)  # type: ignore[arg-type]
+        timed = _package_figures(model, Xv[:256], None, batch_size)
+        trial.set_user_attr("search_latency", timed)
+        broken = _broken(timed, constraints)
+        if broken:
+            pruned[broken] = pruned.get(broken, 0) + 1
+            trial.set_user_attr("not_trained", broken)
+            raise optuna.TrialPruned(broken)
+        from ..train import train
+
+        trained = train(model, (X, y), (Xv, yv), **options).model
+        final = _package_figures(trained, Xv, yv, batch_size, metric)
+        path = work / f"trial-{trial.number}.nimble"
+        final.pop("package").save(path)
+        trial.set_user_attr("package", str(path))
+        trial.set_user_attr("final", final)
+        return final["metric"], timed["p50_ms"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(storage, study_name, 1) if storage else None
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], study_name=study_name, load_if_exists=True,
+        storage=open_storage(optuna, url, 10.0) if url else None,
+        sampler=optuna.samplers.NSGAIISampler(seed=seed),
+    )  # fmt: skip
+    study.optimize(objective, n_trials=n_trials, timeout=time_budget_s)
+    front = _front(study, folder, work, Xv, batch_size, metric, pruned, machine_info().to_dict())
+    if baseline is not None:
+        from ..train import train
+
+        model = train(baseline, (X, y), (Xv, yv), **options).model
+        figures = _package_figures(model, Xv, yv, batch_size, metric)
+        figures.pop("package")
+        front.baseline = Candidate(-1, {"model": type(baseline).__name__}, figures["metric"],
+                                   figures["p50_ms"], None, figures["p95_ms"], figures["n"],
+                                   figures["size_mb"], None)  # fmt: skip
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "front.json").write_text(json.dumps(front.to_dict(), indent=2, default=str))
+        (folder / "front.txt").write_text(front.table() + "\n")
+        front.plot(folder / "front.png")
+    return front
+
+
+def _package_figures(model: Any, X: Any, y: Any, batch_size: int,
+                     metric: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The candidate as it would ship (dynamic int8, verified when labels are given): p50/p95
+    with n at ``batch_size``, size; its metric and the package when ``y`` is given."""
+    from ..bench import TimingConfig, benchmark
+    from ..compress import compress
+
+    package = compress(model.eval(), quantize="int8", calib=X[:64],
+                       val=(X, y) if y is not None else None, metric=metric if y is not None else None,
+                       max_drop=None, benchmark_batch_sizes=(batch_size,),
+                       benchmark_time_s=0.2)  # fmt: skip
+    report = benchmark([package], X, (batch_size,), val=(X, y) if y is not None else None,
+                       metric=metric if y is not None else None,
+                       timing=TimingConfig(warmup_s=0.1, min_samples=300, time_budget_s=0.6),
+                       measure_memory=False)  # fmt: skip
+    r = report.results[0]
+    out = {"p50_ms": r.latency.p50_ms, "p95_ms": r.latency.p95_ms, "n": r.latency.n,
+           "size_mb": package.size_bytes() / 2**20}  # fmt: skip
+    if y is not None:
+        out.update(metric=float(r.metric_value or 0.0), package=package)
+    return out
+
+
+def _broken(timed: dict[str, Any], constraints: dict[str, float]) -> str | None:
+    if "latency_ms" in constraints and timed["p50_ms"] > constraints["latency_ms"]:
+        return f"latency over {constraints['latency_ms']} ms"
+    if "size_mb" in constraints and timed["size_mb"] > constraints["size_mb"]:
+        return f"size over {constraints['size_mb']} MB"
+    return None
+
+
+def _front(study: Any, folder: Path | None, work: Path, Xv: Any, batch_size: int, metric: str,
+           pruned: dict[str, int], machine: dict[str, Any]) -> ArchitectureFront:  # fmt: skip
+    """The Pareto trials, their packages moved to ``folder`` (the others deleted), re-timed
+    side by side in one run."""
+    from ..bench import TimingConfig, benchmark
+    from ..package import load
+
+    best = sorted(study.best_trials, key=lambda t: t.values[1])
+    pareto: list[Candidate] = []
+    for t in best:
+        src = Path(t.user_attrs["package"])
+        path = None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"trial-{t.number}.nimble"
+            if path.exists():
+                shutil.rmtree(path)
+            shutil.move(str(src), path)
+        final, timed = t.user_attrs["final"], t.user_attrs["search_latency"]
+        pareto.append(Candidate(t.number, dict(t.params), t.values[0], t.values[1], None,
+                                timed["p95_ms"], timed["n"], final["size_mb"],
+                                str(path) if path else str(src)))  # fmt: skip
+    if pareto:
+        report = benchmark([load(c.path) for c in pareto], Xv, (batch_size,),
+                           names=[f"trial-{c.trial}" for c in pareto],
+                           timing=TimingConfig(warmup_s=0.1, min_samples=300, time_budget_s=0.6),
+                           measure_memory=False)  # fmt: skip
+        for c, r in zip(pareto, report.results, strict=True):
+            c.retimed_ms = r.latency.p50_ms
+    if folder is None:
+        for c in pareto:
+            c.path = None
+    shutil.rmtree(work, ignore_errors=True)  # the dominated candidates' packages
+    return ArchitectureFront(pareto=pareto, trials=len(study.trials), pruned=pruned,
+                             metric=metric, batch_size=batch_size, machine=machine)  # fmt: skip

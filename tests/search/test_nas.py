@@ -1,0 +1,65 @@
+"""nimbleml.search_architecture (issue 13): candidates timed as packages before training, the
+ones over a constraint never trained, the metric measured on the trained package, a Pareto
+front of saved packages re-timed side by side, and its plot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import nimbleml
+from nimbleml.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def data():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    return (X[:900], y[:900]), (X[1400:], y[1400:])
+
+
+def test_a_front_of_packages_with_constraints_checked_before_training(data, tmp_path):
+    train, val = data
+    trained = []
+
+    def family(trial):
+        width = trial.suggest_categorical("width", [8, 2048])  # 2048 is over the size limit
+        trained.append(width)
+        return torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.ReLU(),
+                                   torch.nn.Linear(width, 10))  # fmt: skip
+
+    front = nimbleml.search_architecture(
+        train, val, family=family, n_trials=6, epochs=2, constraints={"size_mb": 0.05},
+        out_dir=tmp_path / "front", baseline=torch.nn.Linear(64, 10), device="cpu",
+    )  # fmt: skip
+    assert front.trials == 6 and front.pareto
+    big = sum(w == 2048 for w in trained)
+    assert front.pruned.get("size over 0.05 MB", 0) == big  # never trained: pruned first
+    for c in front.pareto:
+        assert c.params["width"] == 8 and c.size_mb <= 0.05
+        assert 0.1 < c.metric <= 1.0 and c.retimed_ms is not None and c.n >= 300
+        assert (tmp_path / "front" / f"trial-{c.trial}.nimble" / "manifest.json").exists()
+    assert not (tmp_path / "front" / ".candidates").exists()  # dominated ones removed
+    saved = json.loads((tmp_path / "front" / "front.json").read_text())
+    assert len(saved["pareto"]) == len(front.pareto)
+    assert (tmp_path / "front" / "front.png").stat().st_size > 1000
+    assert front.baseline is not None and "base" in front.table()
+    pkg = front.best()
+    assert pkg.predict(val[0][:3]).shape == (3, 10)
+    with pytest.raises(ConfigError, match="no Pareto point runs within 1e-09 ms"):
+        front.best(max_latency_ms=1e-9)
+
+
+def test_bad_options_are_named(data):
+    train, val = data
+    with pytest.raises(ConfigError, match="family must be one of mlp, cnn"):
+        nimbleml.search_architecture(train, val, family="rnn")
+    with pytest.raises(ConfigError, match="unknown constraint"):
+        nimbleml.search_architecture(train, val, constraints={"flops": 1})
+    with pytest.raises(ConfigError, match="family 'cnn' needs image inputs"):
+        nimbleml.search_architecture(train, val, family="cnn")
