@@ -130,6 +130,12 @@ CASES = {
             "cannot write",
         ),
     ],
+    "nas": [
+        ("nas --family rnn --data {d}/val.npz --val {d}/val.npz -o {d}/front", "family must be"),
+        ("nas --data {d}/val.npz --val {d}/val.npz --n-trials 0 -o {d}/front", "--n-trials"),
+        ("nas --data {d}/missing.npz --val {d}/val.npz -o {d}/front", "not found"),
+        ("nas --data {d}/val.npz --val {d}/val.npz -o /proc/front", "cannot write"),
+    ],
     "tune": [
         ("tune --config {d}/missing.yaml", "does not exist"),
         ("tune --config {d}/val.npz", "is not a text file"),  # a binary file (was a crash)

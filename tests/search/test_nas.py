@@ -63,3 +63,19 @@ def test_bad_options_are_named(data):
         nimbleml.search_architecture(train, val, constraints={"flops": 1})
     with pytest.raises(ConfigError, match="family 'cnn' needs image inputs"):
         nimbleml.search_architecture(train, val, family="cnn")
+
+
+def test_the_nas_command(tmp_path, monkeypatch, data):
+    from typer.testing import CliRunner
+
+    from nimbleml.cli import app
+
+    (X, y), (Xv, yv) = data
+    np.savez(tmp_path / "train.npz", X=X[:400], y=y[:400])
+    np.savez(tmp_path / "val.npz", X=Xv, y=yv)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["nas", "--data", "train.npz", "--val", "val.npz",
+                                   "--n-trials", "3", "--epochs", "1", "--max-size-mb", "0.03",
+                                   "-o", "front"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Pareto front:" in res.output and (tmp_path / "front" / "front.json").exists()

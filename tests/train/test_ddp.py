@@ -81,7 +81,7 @@ def test_two_gloo_processes_reach_the_weights_of_one(folder, monkeypatch):
     assert one.exit_code == 0, one.output
     two = nimbleml(*ARGS, "--nproc", "2", "--save-model", "two.pt", "--checkpoint-dir", "two",
                    cwd=folder)  # fmt: skip
-    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.returncode == 0, two.stdout + two.stderr + _debug_run(folder)
     a, b = torch.load(folder / "one.pt"), torch.load(folder / "two.pt")
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert diff < 1e-5, diff
@@ -99,6 +99,14 @@ def test_two_gloo_processes_reach_the_weights_of_one(folder, monkeypatch):
         assert abs(rx["train_loss"] - ry["train_loss"]) < 1e-5
         assert rx["val_metric"] == ry["val_metric"]
     assert two.stdout.count("precision: fp32") == 1  # only rank 0 printed the table
+
+
+def _debug_run(folder: Path) -> str:
+    """The same run again under --debug: every process's output, for a failure's message."""
+    res = subprocess.run([sys.executable, "-m", "nimbleml.cli", "--debug", "train", *ARGS,
+                          "--nproc", "2", "--checkpoint-dir", "two-debug"], cwd=folder,
+                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    return f"\n--- again under --debug (exit {res.returncode}):\n{res.stdout}\n{res.stderr}"
 
 
 def runner_invoke(args: list[str]) -> object:

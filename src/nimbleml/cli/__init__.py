@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from . import bench_train, compress, distill, ensemble, report, serve, sign, train, tune
+from . import bench_train, compress, distill, ensemble, nas, report, serve, sign, train, tune
 from ._help import PlainGroup, examples
 
 app = typer.Typer(
@@ -82,6 +82,10 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
     tune.tune: (
         "nimbleml tune --config tune.yaml",
         "nimbleml tune --config tune.yaml --storage postgresql://user:pass@db/optuna --n-trials 100 --workers 2",
+    ),
+    nas.nas: (
+        "nimbleml nas --family mlp --data train.npz --val val.npz --max-latency-ms 0.5 -o front/",
+        "nimbleml nas --data train.npz --val val.npz --n-trials 60 --time-budget 900 --storage postgresql://user:pass@db/optuna -o front/",
     ),
     bench_train.bench_train: (
         "nimbleml bench-train --model mypkg.models:build --data train.npz --val val.npz --compare-amp -o bench/",

@@ -51,8 +51,8 @@ def distill(
     ),
     student: str | None = typer.Option(
         None,
-        help="module:function returning the student, or 'shrink' (default): the teacher made "
-        "--width wide and --depth deep (nimbleml.students.shrink)",
+        help="module:function returning the student, or shrink: the teacher made --width "
+        "wide and --depth deep (nimbleml.students.shrink) [default: shrink]",
     ),
     width: float | None = typer.Option(None, help="shrink: share of the hidden units kept [0.5]"),
     depth: float | None = typer.Option(None, help="shrink: share of the layers kept [0.5]"),
