@@ -199,3 +199,74 @@ def test_feature_distillation_learns_a_projection(teacher, data):
     assert res.cache.startswith("online: feature distillation")
     assert res.history[-1]["val_metric"] > 0.5
     assert not any("projections" in k for k in res.student.state_dict())  # the student alone
+
+
+def test_shrink_a_hugging_face_style_encoder_and_distill_its_features():
+    """encoder.layer[i].intermediate.dense / output.dense, as Hugging Face's BERT names them;
+    the student's hidden states are matched to the teacher's (same width: no projection)."""
+    nn = torch.nn
+
+    class Intermediate(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.dense = nn.Linear(dim, 4 * dim)
+
+        def forward(self, h):
+            return torch.relu(self.dense(h))
+
+    class Output(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.dense = nn.Linear(4 * dim, dim)
+
+        def forward(self, h, x):
+            return x + self.dense(h)
+
+    class Layer(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.intermediate, self.output = Intermediate(dim), Output(dim)
+
+        def forward(self, x):
+            return self.output(self.intermediate(x), x)
+
+    class BertEncoder(nn.Module):
+        def __init__(self, dim, n):
+            super().__init__()
+            self.layer = nn.ModuleList(Layer(dim) for _ in range(n))
+
+        def forward(self, x):
+            for layer in self.layer:
+                x = layer(x)
+            return x
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.encoder, self.head = (
+                nn.Linear(64, 16),
+                BertEncoder(16, 4),
+                nn.Linear(16, 10),
+            )
+
+        def forward(self, x):
+            return self.head(self.encoder(self.embed(x)))
+
+    torch.manual_seed(0)
+    teacher = Model().eval()
+    student = shrink(teacher, width=0.5, depth=0.5)
+    assert len(student.encoder.layer) == 2
+    assert student.encoder.layer[0].intermediate.dense.out_features == 32
+    assert torch.equal(
+        student.encoder.layer[1].output.dense.bias, teacher.encoder.layer[2].output.dense.bias
+    )  # layers 0 and 2 kept
+    assert student(torch.randn(3, 64)).shape == (3, 10)
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    res = nimbleml.distill(teacher, student, (X[:400], y[:400]), (X[1400:], y[1400:]),
+                           features=[("encoder", "encoder")], epochs=1, baseline=False,
+                           compare_models=False, dataloader={})  # fmt: skip
+    assert res.cache.startswith("online: feature distillation")
+    assert np.isfinite(res.history[0]["train_loss"])
