@@ -158,3 +158,45 @@ def test_a_killed_worker_is_failed_by_heartbeat_and_its_trial_retried(postgres_u
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == study.trials[0].params  # the same trial, run again
     assert nimbleml is not None
+
+
+TORCHRUN_SCRIPT = """
+import os, sys
+import numpy as np, torch
+from sklearn.datasets import load_digits
+import nimbleml
+
+X, y = load_digits(return_X_y=True)
+X = (X / 16).astype(np.float32)
+
+def build(hidden):
+    with open(f"built-{os.environ['RANK']}.txt", "a") as f:
+        f.write(f"{hidden}\\n")
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, 10))
+
+config = {"model": build, "train": (X[:400], y[:400]), "val": (X[1400:], y[1400:]),
+          "epochs": 2, "dataloader": {}, "device": "cpu"}
+study = nimbleml.tune(config, {"hidden": ("int", 8, 32)}, n_trials=3,
+                      storage="ddp.journal", study_name="ddp")
+print(f"rank {os.environ['RANK']}: {None if study is None else len(study.trials)}")
+"""
+
+
+def test_under_torchrun_rank_0_alone_talks_to_the_storage(tmp_path):
+    from nimbleml.train.launch import free_port
+
+    (tmp_path / "tune_ddp.py").write_text(TORCHRUN_SCRIPT)
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "tune_ddp.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rank 0: 3" in res.stdout and "rank 1: None" in res.stdout
+    built = [(tmp_path / f"built-{r}.txt").read_text().split() for r in (0, 1)]
+    assert len(built[0]) == 3 and built[0] == built[1]  # every trial trained in both ranks
+    study = optuna.load_study(study_name="ddp", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "ddp.journal"))))  # fmt: skip
+    assert [str(t.params["hidden"]) for t in study.trials] == built[0]

@@ -19,7 +19,10 @@ Storage (Optuna's; the rules learned the hard way): by default a JournalStorage 
 several processes on one host (SQLite is not: "database is locked"); ``postgresql://...`` for
 many machines, with a heartbeat, so that the trial of a worker that died is marked failed and
 retried (``heartbeat_s``; Optuna's RetryHeartbeatStaleTrialCallback). A study resumes by name.
-``workers=N`` runs N processes on this host against the same storage (the objective must
+Under torchrun (``--nproc_per_node N``) a training config's trials train data-parallel in
+all N processes; only rank 0 talks to the storage and sends each trial's parameters to the
+others, and its pruning decision stops every process's run at the same epoch (the Trainer
+shares rank 0's "stop"). ``workers=N`` runs N processes on this host against the same storage (the objective must
 then be importable: a module-level function); the study stops at ``n_trials`` finished
 trials, give or take the trials other workers had started at that moment (up to N - 1
 more). ``optuna-dashboard <storage>`` shows it live.
@@ -58,12 +61,23 @@ def tune(objective: Any, space: Any, *, n_trials: int = 50, timeout: float | Non
     name = study_name or DEFAULT_STUDY
     url = storage_url(storage, name, workers)
     fn = _objective(objective, space)
+    group = _process_group(objective, workers)
+    if group is not None:
+        fn.group = group  # type: ignore[attr-defined]
+    if group is not None and not group.main:
+        fn.follow(group)  # type: ignore[attr-defined]  # rank > 0: trains what rank 0 asks
+        return None
     if workers > 1:
         _check_importable(objective, space)
     first = _first_rung(objective)
     study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s, first)
     if workers == 1:
-        _optimize(study, fn, n_trials, timeout)
+        try:
+            _optimize(study, fn, n_trials, timeout)
+        finally:
+            if group is not None:
+                group.share(None)  # the other ranks: no more trials
+                group.close()
         return study
     procs = [_spawn((objective, space, url, name, tuple(directions), sampler, pruner,
                      None if seed is None else seed + i, heartbeat_s, n_trials, timeout, first))
@@ -83,6 +97,24 @@ def tune(objective: Any, space: Any, *, n_trials: int = 50, timeout: float | Non
             f"{len(bad)} worker process(es) failed (exit {bad[0]}); their error is above"
         )
     return optuna.load_study(study_name=name, storage=_storage(optuna, url, heartbeat_s))
+
+
+def _process_group(objective: Any, workers: int) -> Any:
+    """Under torchrun, a training config's trials train data-parallel in every process;
+    only rank 0 talks to the storage (the others wait for the parameters it sends)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not isinstance(objective, dict):
+        raise ConfigError(
+            "under torchrun, nimbleml.tune takes a training config (its trials train in every "
+            "process); run a function objective in one process, or with workers=N"
+        )
+    if workers > 1:
+        raise ConfigError("under torchrun the processes are the workers: drop workers=")
+    from ..train.distributed import Distributed
+
+    device = str(objective.get("device", "cpu"))
+    return Distributed.from_env("cuda" if device.startswith("cuda") else "cpu")
 
 
 def storage_url(storage: str | None, name: str, workers: int) -> str:
@@ -332,14 +364,35 @@ class _TrainObjective:
         if unknown:
             raise ConfigError(f"unknown training option(s) in the config: {', '.join(unknown)}")
 
+    group: Any = None  # the process group under torchrun (rank 0 sends each trial's params)
+
+    def follow(self, group: Any) -> None:
+        """Rank > 0 under torchrun: train each trial rank 0 sends, until it sends None. The
+        pruner's "stop" reaches this rank through the Trainer (rank 0's say is shared)."""
+        from ..train import train
+
+        try:
+            while (params := group.share(None)) is not None:
+                options, model_args = self._split(params)
+                train(self.config["model"](**model_args), self.config["train"],
+                      self.config["val"], **options)  # fmt: skip
+        finally:
+            group.close()
+
+    def _split(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        options = {**self.options, **{k: v for k, v in params.items() if k in self.train_names}}
+        options.setdefault("metric", "accuracy")
+        return options, {k: v for k, v in params.items() if k not in self.train_names}
+
     def __call__(self, trial: Any) -> float:
         optuna = require("optuna", "nimbleml.tune")
         from ..train import train
 
         params = suggest(trial, self.space)
         trial.set_user_attr("pid", os.getpid())
-        options = {**self.options, **{k: v for k, v in params.items() if k in self.train_names}}
-        model_args = {k: v for k, v in params.items() if k not in self.train_names}
+        if self.group is not None:
+            self.group.share(params)  # every rank trains this trial
+        options, model_args = self._split(params)
         pruned = []
 
         def report(event: str, info: dict[str, Any]) -> str | None:
@@ -353,7 +406,6 @@ class _TrainObjective:
             return None
 
         options["callbacks"] = [*options.get("callbacks", ()), report]
-        options.setdefault("metric", "accuracy")
         result = train(self.config["model"](**model_args), self.config["train"],
                        self.config["val"], **options)  # fmt: skip
         if pruned:
