@@ -96,7 +96,7 @@ def _mlp(model: Any, width: float, depth: float) -> Any:
     for m in layers:
         if isinstance(m, torch.nn.Linear):
             rows = None if m is output else _strongest(m.weight, _keep(m.out_features, width))
-            _slice_linear(m, chosen, rows)
+            _slice(m, chosen, rows)
             chosen = rows
         elif chosen is not None:
             _slice_norm(m, chosen)
@@ -107,19 +107,26 @@ def _last(layers: list[Any], kind: type) -> int:
     return max(i for i, m in enumerate(layers) if isinstance(m, kind))
 
 
-def _slice_linear(m: Any, inputs: Any, outputs: Any) -> None:
+def _slice(m: Any, inputs: Any, outputs: Any) -> None:
+    """Keep the output units / channels ``outputs`` and the inputs ``inputs`` (None: all) of a
+    Linear or Conv2d (weights shaped [out, in, ...]), bias along with them."""
     torch = require("torch", "nimbleml.students")
     w = m.weight.data
     if inputs is not None:
         if int(inputs.max()) >= w.shape[1]:  # a dropped layer of another width in between:
-            inputs = w.norm(dim=0).topk(min(len(inputs), w.shape[1])).indices.sort().values
+            norms = w.reshape(w.shape[0], w.shape[1], -1).norm(dim=(0, 2))
+            inputs = norms.topk(min(len(inputs), w.shape[1])).indices
+            inputs = inputs.sort().values
         w = w[:, inputs]
     if outputs is not None:
         w = w[outputs]
     m.weight = torch.nn.Parameter(w.clone())
     if m.bias is not None and outputs is not None:
         m.bias = torch.nn.Parameter(m.bias.data[outputs].clone())
-    m.out_features, m.in_features = w.shape
+    if isinstance(m, torch.nn.Linear):
+        m.out_features, m.in_features = w.shape
+    else:
+        m.out_channels, m.in_channels = w.shape[0], w.shape[1]
 
 
 def _slice_norm(m: Any, index: Any) -> None:
@@ -161,13 +168,13 @@ def _cnn(model: Any, width: float, depth: float) -> Any:
             if m.groups != 1:
                 raise UnsupportedError("shrink does not slice grouped or depthwise convolutions")
             rows = _strongest(m.weight, _keep(m.out_channels, width))
-            _slice_conv(m, chosen, rows)
+            _slice(m, chosen, rows)
             chosen = rows
         elif isinstance(m, nn.Linear) and chosen is not None:
             # after Flatten: each channel is a run of in_features / channels columns
             spatial = m.in_features // flat_channels
             cols = (chosen[:, None] * spatial + torch.arange(spatial)[None]).reshape(-1)
-            _slice_linear(m, cols, None)
+            _slice(m, cols, None)
             chosen = None
         elif chosen is not None:
             _slice_norm(m, chosen)
@@ -193,19 +200,6 @@ def _pair(p: Any) -> tuple[int, int]:
 def _first(layers: list[Any], after: int, kinds: tuple[type, ...]) -> int:
     return next((j for j in range(after + 1, len(layers)) if isinstance(layers[j], kinds)),
                 len(layers))  # fmt: skip
-
-
-def _slice_conv(m: Any, inputs: Any, outputs: Any) -> None:
-    torch = require("torch", "nimbleml.students")
-    w = m.weight.data
-    if inputs is not None:
-        w = w[:, inputs]
-    if outputs is not None:
-        w = w[outputs]
-    m.weight = torch.nn.Parameter(w.clone())
-    if m.bias is not None and outputs is not None:
-        m.bias = torch.nn.Parameter(m.bias.data[outputs].clone())
-    m.out_channels, m.in_channels = w.shape[0], w.shape[1]
 
 
 # -- encoders ------------------------------------------------------------------------------
@@ -238,8 +232,8 @@ def _encoder(model: Any, width: float, depth: float) -> Any:
         for layer in getattr(holder, attr):
             first, second = _feed_forward(layer)
             rows = _strongest(first.weight, _keep(first.out_features, width))
-            _slice_linear(first, None, rows)
-            _slice_linear(second, rows, None)
+            _slice(first, None, rows)
+            _slice(second, rows, None)
     return model
 
 
