@@ -24,6 +24,7 @@ def f(tmp_path_factory, mlp, digits):
     np.savez(d / "nan.npz", X=np.where(np.eye(len(Xte), 64) > 0, np.nan, Xte), y=yte)
     np.savez(d / "huge.npz", X=Xte.astype(np.float64) * 1e300, y=yte)
     np.savez(d / "empty.npz", X=Xte[:0], y=yte[:0])
+    np.savez(d / "xonly.npz", X=Xte)
     np.savez(d / "flat.npz", X=Xte[0], y=yte[:1])
     (d / "garbage.npz").write_bytes(b"this is not a zip file")
     (d / "garbage.ts").write_bytes(b"\x00\x01 not torchscript")
@@ -76,6 +77,9 @@ CASES = {
         ("optimize {d}/m.ts --val {d}/val.npz --objective speed -o {d}/o2", "objective"),
         ("optimize {d}/m.ts --val {d}/val.npz --time-budget -5 -o {d}/o2", "time"),
         ("optimize {d}/m.ts --val {d}/val.npz -o {d}/o2 --report /proc/r", "cannot write"),
+        ("optimize {d}/m.ts --val {d}/val.npz --train-data {d}/xonly.npz -o {d}/o2", "needs labels"),
+        ("optimize {d}/m.ts --val {d}/val.npz --train-data {d}/val.npz --qat-epochs 0 -o {d}/o2",
+         "epochs"),
     ],
     "report": [
         ("report --monitor {d}/none.db -o {d}/r1", "not found"),

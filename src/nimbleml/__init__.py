@@ -37,7 +37,7 @@ from .package import Package, load
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
     from .monitor import ModelMonitor
     from .runtime import EnsemblePredictor, OptimizedPredictor
-    from .search import DistillResult, distill, search_architecture, students, tune
+    from .search import DistillResult, QATResult, distill, qat, search_architecture, students, tune
     from .train import Trainer, TrainResult, find_batch_size, train
 
 # in-process inference and monitoring, imported on first use (``import nimbleml`` stays cheap)
@@ -52,6 +52,8 @@ _LAZY = {
     "DistillResult": "search",
     "tune": "search",
     "search_architecture": "search",
+    "qat": "search",
+    "QATResult": "search",
 }
 
 
@@ -97,6 +99,7 @@ __all__ = [
     "Package",
     "PackageError",
     "PerformanceMetrics",
+    "QATResult",
     "Quantization",
     "ServingError",
     "TimingConfig",
@@ -113,6 +116,7 @@ __all__ = [
     "load",
     "load_model",
     "optimize",
+    "qat",
     "search_architecture",
     "students",
     "train",

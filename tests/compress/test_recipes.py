@@ -26,6 +26,7 @@ SUBJECT = {
     "bf16": ("mlp", 0.99),
     "prune-structured": ("mlp", 0.5),
     "prune-magnitude": ("mlp", 0.9),
+    "qat": ("mlp", 0.99),
     "coef-prune": ("pipeline", 0.9),
     "coef-int8": ("pipeline", 0.999),
     "coef-int16": ("pipeline", 0.99999),
@@ -74,8 +75,9 @@ def test_recipe_conformance(name, subjects, digits):
     subject, min_cosine = SUBJECT[name]
     model = subjects[subject]
     Xte = digits[1]
-    ctx = Context(example=model.feeds(Xte[:16]), calib=model.feeds(Xte[:128]))
-    recipe = get_recipe(name)
+    ctx = Context(example=model.feeds(Xte[:16]), calib=model.feeds(Xte[:128]),
+                  train=(digits[0], digits[2]))  # fmt: skip
+    recipe = get_recipe(name, epochs=1) if name == "qat" else get_recipe(name)
     assert recipe.__doc__ and recipe.stage in ("source", "onnx", "torch")
     if name == "bf16" and not bf16_support()[0]:
         with pytest.raises(UnsupportedError, match="bf16 needs hardware"):

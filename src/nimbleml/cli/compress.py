@@ -226,6 +226,14 @@ def optimize(
         None, help="write optimization.json/.txt and pareto.png here"
     ),
     try_compile: bool = typer.Option(False, "--try-compile", help="also measure torch.compile"),
+    train_data: str | None = typer.Option(
+        None,
+        "--train-data",
+        help="labelled training data (.npz X,y or .csv with --target): when every "
+        "post-training int8 breaks the budget, quantization-aware training is tried too "
+        "(a PyTorch nn.Module saved with torch.save, loaded with --trust-pickle)",
+    ),
+    qat_epochs: int = typer.Option(3, help="epochs of quantization-aware training"),
     trust_pickle: bool = typer.Option(
         False,
         "--trust-pickle",
@@ -242,12 +250,19 @@ def optimize(
             check_writable(report, folder=True)
         X, y = _data(val, target)
         calib_x, _ = _data(calib, target)
+        train = _data(train_data, target) if train_data else None
+        if train is not None and train[1] is None:
+            raise ConfigError(
+                f"--train-data {train_data}: quantization-aware training needs labels (y in "
+                "the .npz, or --target for a .csv)"
+            )
         with _live_candidates(not quiet) as show:
             result = run_optimize(
                 model, (X, y), metric=metric or ("accuracy" if y is not None else "cosine"),
                 max_drop=max_drop, objective=objective, batch_size=batch_size,
                 time_budget_s=_budget(time_budget), calib=calib_x, relative=relative,
                 try_compile=try_compile, trust_pickle=trust_pickle, progress=show,
+                train_data=train, qat_options={"epochs": qat_epochs} if train else None,
             )  # fmt: skip
         result.best.save(output)
         _show(result.table())

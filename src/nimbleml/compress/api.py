@@ -13,6 +13,7 @@ from ..models.base import Model
 from ..package import Package, write_package
 from .base import Recipe, get_recipe
 from .pipeline import (
+    Prepared,
     SlowerPackageWarning,
     SyntheticInputsWarning,
     agreement,
@@ -194,45 +195,58 @@ class ModelCompressor:
         if cfg.max_drop not in (None, "auto") and val_parts(val)[0] is None:
             raise ConfigError("max_drop needs validation data: pass val=(X, y)")
         prepared = prepare(model, example_inputs, calib, val, trust_pickle=trust_pickle, say=say)
-        steps = plan(prepared.source, cfg)
-        candidate, applied = build(prepared, steps, say)
-        say("checking the result against the original")
-        chosen_metric = self.metric
-        if chosen_metric is None and prepared.val_y is None:  # no labels: compare with the original
-            chosen_metric = "agreement" if prepared.source.task == "classification" else "cosine"
-        metric = resolve(chosen_metric, prepared.source.task) if prepared.val_feeds else None
-        budget = budget_for(cfg.max_drop, metric.name if metric else None)
-        default_budget = cfg.max_drop == "auto" and budget is not None
-        validation, fallback = validate(prepared, candidate, metric, budget, default_budget)
-        if validation.get("metric"):
-            validation["max_drop_source"] = (
-                "default" if default_budget else "none" if budget is None else "given"
-            )
-        validation["inputs"] = "validation" if prepared.val_feeds is not None else "example"
-        if prepared.synthetic:
-            note = (
-                f"verified on synthetic inputs only ({prepared.synthetic}); no accuracy was "
-                "measured: pass val=(X, y) to measure it"
-            )
-            validation.update(inputs="synthetic", note=note)
-            warn(note, SyntheticInputsWarning)
-        chosen = prepared.baseline if fallback else candidate
-        say("timing")
-        bench = quick_bench(
-            prepared.source,
-            chosen,
-            prepared.base_feeds,
-            self.benchmark_batch_sizes,
-            self.benchmark_time_s,
+        return finish(prepared, plan(prepared.source, cfg), metric=self.metric,
+                      max_drop=cfg.max_drop, benchmark_batch_sizes=self.benchmark_batch_sizes,
+                      benchmark_time_s=self.benchmark_time_s, say=say)  # fmt: skip
+
+
+def finish(
+    prepared: Prepared,
+    steps: tuple[list[Recipe], list[Recipe], list[Recipe]],
+    *,
+    metric: str | Callable[..., float] | None = None,
+    max_drop: float | str | None = "auto",
+    benchmark_batch_sizes: Sequence[int] = (1, 32),
+    benchmark_time_s: float = 0.5,
+    say: Callable[[str], None] | None = None,
+) -> Package:
+    """Apply ``steps`` (source, torch, onnx) to a prepared model, check the result against the
+    original within ``max_drop``, time both, and write the package (the original as fallback)."""
+    say = say or (lambda _msg: None)
+    candidate, applied = build(prepared, steps, say)
+    say("checking the result against the original")
+    chosen_metric = metric
+    if chosen_metric is None and prepared.val_y is None:  # no labels: compare with the original
+        chosen_metric = "agreement" if prepared.source.task == "classification" else "cosine"
+    resolved = resolve(chosen_metric, prepared.source.task) if prepared.val_feeds else None
+    budget = budget_for(max_drop, resolved.name if resolved else None)
+    default_budget = max_drop == "auto" and budget is not None
+    validation, fallback = validate(prepared, candidate, resolved, budget, default_budget)
+    if validation.get("metric"):
+        validation["max_drop_source"] = (
+            "default" if default_budget else "none" if budget is None else "given"
         )
-        validation["agreement"] = agreement(prepared, candidate)
-        names = " + ".join(r.name for r in applied) or "conversion only"
-        slower = None if fallback else slower_note(bench, names)
-        if slower:
-            validation["speed_note"] = slower
-            warn(slower, SlowerPackageWarning)
-        manifest = make_manifest(prepared, applied, validation, fallback, bench)
-        return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
+    validation["inputs"] = "validation" if prepared.val_feeds is not None else "example"
+    if prepared.synthetic:
+        note = (
+            f"verified on synthetic inputs only ({prepared.synthetic}); no accuracy was "
+            "measured: pass val=(X, y) to measure it"
+        )
+        validation.update(inputs="synthetic", note=note)
+        warn(note, SyntheticInputsWarning)
+    chosen = prepared.baseline if fallback else candidate
+    say("timing")
+    bench = quick_bench(
+        prepared.source, chosen, prepared.base_feeds, benchmark_batch_sizes, benchmark_time_s
+    )
+    validation["agreement"] = agreement(prepared, candidate)
+    names = " + ".join(r.name for r in applied) or "conversion only"
+    slower = None if fallback else slower_note(bench, names)
+    if slower:
+        validation["speed_note"] = slower
+        warn(slower, SlowerPackageWarning)
+    manifest = make_manifest(prepared, applied, validation, fallback, bench)
+    return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
 
 
 def compress(

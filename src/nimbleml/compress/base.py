@@ -8,6 +8,7 @@ A recipe acts at one stage of the path:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,11 +22,13 @@ STAGES = ("source", "onnx", "torch")
 
 @dataclass
 class Context:
-    """What a recipe may use besides the model: example and calibration inputs, the CPU."""
+    """What a recipe may use besides the model: example and calibration inputs, the CPU, and
+    training data for the recipes that fine-tune (qat)."""
 
     example: Feeds
     calib: Feeds | None = None
     caps: CpuCaps = field(default_factory=cpu_caps)
+    train: Any = None
 
 
 class Recipe:
@@ -73,6 +76,9 @@ def register(cls: type[Recipe]) -> type[Recipe]:
 def get_recipe(name: str, **params: Any) -> Recipe:
     """The registered recipe ``name`` configured with ``params``."""
     from . import prune, quantize  # noqa: F401  (registers the built-in recipes)
+
+    with contextlib.suppress(ImportError):  # "qat" trains: it needs torch
+        from ..search import qat  # noqa: F401
 
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe '{name}'; choose one of: {', '.join(sorted(RECIPES))}")

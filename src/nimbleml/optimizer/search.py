@@ -26,7 +26,7 @@ from ..models.base import Model
 from ..models.onnx_model import OnnxModel
 from ..package import write_package
 from .result import Candidate, OptimizationResult
-from .space import INT8_DYN, INT8_QDQ, Spec, search_space
+from .space import GRAPH, INT8_DYN, INT8_QDQ, Spec, _p, search_space
 
 OBJECTIVES = ("latency", "throughput")
 THROUGHPUT_SIZES = (8, 32, 128, 256)
@@ -241,6 +241,8 @@ def optimize(
     timing_s: float = 1.0,
     try_compile: bool = False,
     trust_pickle: bool = False,
+    train_data: Any = None,
+    qat_options: dict[str, Any] | None = None,
     progress: Callable[[Candidate, Candidate], None] | None = None,
 ) -> OptimizationResult:
     """Search recipes and runtime settings; return the fastest candidate within the budget.
@@ -253,7 +255,10 @@ def optimize(
     ``time_budget_s``: seconds for everything (conversion, verification, calibration,
     timing, the package), 180 by default; None for no limit. Candidates that would not fit
     are skipped and listed as such. ``progress(candidate, best_so_far)`` is called when a
-    candidate starts (status "running") and again when it has its figures.
+    candidate starts (status "running") and again when it has its figures. ``train_data``:
+    (X, y) or a Dataset; with it, a PyTorch model whose post-training int8 candidates all
+    break the budget gets one more, quantization-aware training + int8-static
+    (``qat_options``: the ``qat`` recipe's, e.g. ``{"epochs": 5}``).
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
@@ -271,6 +276,7 @@ def optimize(
         raise ConfigError(
             "optimize needs validation data: val=(X, y), or (X, None) with metric='cosine'"
         )
+    _check_qat(train_data, qat_options)
     started = time.perf_counter()
     p = prepare(model, example_inputs, calib, val, trust_pickle=trust_pickle)
     if p.ctx.calib is None:
@@ -327,12 +333,70 @@ def optimize(
             for m in _mixed_precision(s, spec):
                 candidates.append(m)
                 s.say(m, s.best)
+    if train_data is not None:
+        candidates.append(_qat(s, candidates, train_data, qat_options or {}))
+        s.say(candidates[-1], s.best)
     if try_compile and p.source.framework == "torch" and not s.out_of_time():
         candidates.append(_torch_compile(s))
         s.say(candidates[-1], s.best)
     best = _final_choice(s, candidates, baseline)
     assert best.model is not None
     return _result(s, best, baseline, candidates, started, metric_obj, max_drop)
+
+
+QAT = "qat + int8"
+
+
+def _qat(s: _Search, candidates: list[Candidate], train_data: Any,
+         options: dict[str, Any]) -> Candidate:  # fmt: skip
+    """Quantization-aware training, tried only when every post-training int8 candidate broke
+    the budget (it costs a fine-tuning run, and cannot beat an int8 that already fits): for
+    the kind of int8 (dynamic or static, per channel or not) that ran fastest."""
+    if s.p.source.framework != "torch" or not s.p.converted:
+        return Candidate(QAT, reason="quantization-aware training needs a PyTorch model that "
+                                     "converts to ONNX")  # fmt: skip
+    int8 = [c for c in candidates if _full_int8(c)]
+    if any(c.status in ("ok", "slower") for c in int8):
+        return Candidate(QAT, reason="a post-training int8 candidate (all layers int8) met the "
+                                     "budget")  # fmt: skip
+    timed = sorted((c for c in int8 if c.p50_ms), key=lambda c: c.p50_ms or 0.0)
+    if not timed:
+        return Candidate(QAT, reason="no post-training int8 candidate was measured to compare")
+    if s.out_of_time():
+        return Candidate(QAT, reason="time budget spent")
+    step = next(r for r in timed[0].recipe if r["step"] in ("int8", "int8-static"))
+    params = {k: v for k, v in step["params"].items() if k != "layout"}
+    qat = {"quantize": step["step"], "per_channel": params["per_channel"], **options}
+    name = f"qat + {timed[0].name.removeprefix('onnx ')}"
+    s.p.ctx.train = train_data
+    assert s.best is not None
+    s.say(Candidate(name, status="running"), s.best)
+    spec = Spec(name, INT8_QDQ, 1.9, source=(("qat", _p(**qat)),),
+                onnx=((step["step"], _p(**params)), GRAPH))  # fmt: skip
+    return s.evaluate(spec)
+
+
+def _check_qat(train_data: Any, options: dict[str, Any] | None) -> None:
+    """Bad QAT options fail before the search, not after it."""
+    if train_data is None:
+        if options:
+            raise ConfigError("qat_options need train_data=(X, y) to train on")
+        return
+    from ..search.qat import QuantAwareTraining  # registers the "qat" recipe
+
+    for key in ("quantize", "per_channel"):
+        if key in (options or {}):
+            raise ConfigError(f"qat_options: {key} is chosen by the search; drop it")
+    QuantAwareTraining(**(options or {}))
+
+
+def _full_int8(c: Candidate) -> bool:
+    """A post-training candidate with every quantizable layer in int8 (no float kept)."""
+    steps = c.recipe
+    return bool(steps) and all(r["stage"] == "onnx" for r in steps) and any(
+        r["step"] in ("int8", "int8-static") and not r["params"].get("exclude_nodes")
+        and r["params"].get("include_nodes") is None for r in steps
+    )  # fmt: skip
 
 
 def _final_choice(s: _Search, candidates: list[Candidate], baseline: Candidate) -> Candidate:

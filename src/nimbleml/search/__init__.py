@@ -1,10 +1,11 @@
 """Searches judged on the deployed package: distillation (distill.py, with the teacher's
 outputs in teacher.py and the side-by-side report in report.py), smaller students built from
-a teacher (students.py), hyperparameter search with Optuna (study.py; optuna, an extra, is
+a teacher (students.py), quantization-aware training (qat.py), hyperparameter search with Optuna (study.py; optuna, an extra, is
 imported when a study runs) and architecture search on measured package latency (nas.py)."""
 
 from .distill import DistillResult, KDLoss, distill
 from .nas import ArchitectureFront, search_architecture
+from .qat import QATResult, qat
 from .report import DistillReport
 from .students import shrink
 from .study import tune
@@ -14,7 +15,9 @@ __all__ = [
     "DistillReport",
     "DistillResult",
     "KDLoss",
+    "QATResult",
     "distill",
+    "qat",
     "search_architecture",
     "shrink",
     "tune",

@@ -55,9 +55,8 @@ def teacher_callable(teacher: Any) -> Any:
             f"the teacher must be a torch.nn.Module or a .nimble package, got "
             f"{type(teacher).__name__}"
         )
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher.eval()  # its parameters keep requires_grad: it runs under no_grad, and the
+    # user's model stays trainable afterwards
     from ..train.loop import call
 
     def forward(inputs: Any) -> Any:
@@ -178,10 +177,12 @@ def compute(teacher: Any, data: Any, *, batch_size: int = 256, top_k: int | None
     for b in batches(data, batch_size, shuffle=False).epoch(0):
         inputs = _to_device(b.inputs, device)
         logits = run(inputs)
+        if logits.dim() == 1:  # a regressor's one value per sample
+            logits = logits.unsqueeze(1)
         if logits.dim() != 2:
             raise DataError(
-                f"distillation needs the teacher's outputs as (batch, classes) logits; it gives "
-                f"{tuple(logits.shape)}"
+                f"distillation needs the teacher's outputs as (batch, classes) logits or "
+                f"(batch,) values; it gives {tuple(logits.shape)}"
             )
         classes = logits.shape[1]
         k = top_k if top_k is not None else (TOP_K if classes > TOP_K_FROM else None)
