@@ -49,7 +49,7 @@ def friedman():
     "quantize,per_channel", [("int8-static", True), ("int8", False), ("int8", True)]
 )
 def test_the_fake_quantization_is_onnx_runtimes_rounding(digits, quantize, per_channel):
-    Xtr, Xva, ytr, yva = digits
+    Xtr, Xva, _, yva = digits
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     model.eval()
@@ -72,7 +72,7 @@ def test_the_fake_quantization_is_onnx_runtimes_rounding(digits, quantize, per_c
 
 
 def test_the_simulation_covers_convolutions(digits):
-    Xtr, Xva, ytr, yva = digits
+    Xtr, Xva, _, yva = digits
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
@@ -104,7 +104,7 @@ def test_qat_meets_a_budget_post_training_int8_misses(friedman):
     res = nimbleml.qat(model, train_data, val, epochs=8, metric="r2", max_drop=budget,
                        device="cpu")  # fmt: skip
     assert res.met_budget, res.table()
-    original, post, trained = res.rows
+    _, post, trained = res.rows
     assert post["drop"] == pytest.approx(ptq_drop, rel=1e-6)  # the same rounding, same rows
     assert post["verdict"].startswith("misses") and trained["verdict"] == "meets max_drop"
     steps = [r["step"] for r in res.package.manifest["recipe"]]
