@@ -77,9 +77,14 @@ CASES = {
         ("optimize {d}/m.ts --val {d}/val.npz --objective speed -o {d}/o2", "objective"),
         ("optimize {d}/m.ts --val {d}/val.npz --time-budget -5 -o {d}/o2", "time"),
         ("optimize {d}/m.ts --val {d}/val.npz -o {d}/o2 --report /proc/r", "cannot write"),
-        ("optimize {d}/m.ts --val {d}/val.npz --train-data {d}/xonly.npz -o {d}/o2", "needs labels"),
-        ("optimize {d}/m.ts --val {d}/val.npz --train-data {d}/val.npz --qat-epochs 0 -o {d}/o2",
-         "epochs"),
+        (
+            "optimize {d}/m.ts --val {d}/val.npz --train-data {d}/xonly.npz -o {d}/o2",
+            "needs labels",
+        ),
+        (
+            "optimize {d}/m.ts --val {d}/val.npz --train-data {d}/val.npz --qat-epochs 0 -o {d}/o2",
+            "epochs",
+        ),
     ],
     "report": [
         ("report --monitor {d}/none.db -o {d}/r1", "not found"),
