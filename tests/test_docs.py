@@ -97,6 +97,7 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
         ("bash", "nimbleml optimize model.ts", COMMANDS),
     ],
     "docs/package-format.md": [("", "model.nimble/", PACKAGE_TREE)],
+    "docs/qat.md": [("python", "import nimbleml", PYTHON)],
     "docs/runtime.md": [
         ("python", "from nimbleml.runtime import", PYTHON),
         ("bash", "nimbleml ensemble a.nimble", COMMANDS),
@@ -355,6 +356,11 @@ def given_train(digits, mlp) -> dict[str, Any]:
     return {"model": model, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
 
 
+def given_qat(digits, mlp) -> dict[str, Any]:
+    Xtr, Xte, ytr, yte = digits
+    return {"model": mlp, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
+
+
 def given_distill(digits, mlp) -> dict[str, Any]:
     Xtr, Xte, ytr, yte = digits
     return {"teacher": mlp, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
@@ -366,6 +372,7 @@ GIVEN = {
     "docs/train.md": given_train,
     "docs/monitor.md": given_monitor,
     "docs/optimize.md": given_optimize,
+    "docs/qat.md": given_qat,
     "docs/runtime.md": given_runtime,
 }
 
