@@ -63,6 +63,30 @@ def test_bad_options_are_named(data):
         nimbleml.search_architecture(train, val, constraints={"flops": 1})
     with pytest.raises(ConfigError, match="family 'cnn' needs image inputs"):
         nimbleml.search_architecture(train, val, family="cnn")
+    with pytest.raises(ConfigError, match=r"family 'encoder' needs sequences .*reshape"):
+        nimbleml.search_architecture(train, val, family="encoder")
+
+
+def test_the_encoder_family_searches_transformers_on_sequences(data):
+    (X, y), (Xv, yv) = data
+    as_rows = (X[:400].reshape(-1, 8, 8), y[:400]), (Xv.reshape(-1, 8, 8), yv)  # 8 tokens of 8
+    front = nimbleml.search_architecture(*as_rows, family="encoder", n_trials=2, epochs=1,
+                                         device="cpu")  # fmt: skip
+    assert front.trials == 2 and front.pareto
+    for c in front.pareto:
+        assert set(c.params) == {"layers", "width", "heads", "ffn"}
+        assert 0.0 < c.metric <= 1.0 and c.retimed_ms is not None
+
+
+def test_the_encoder_family_is_in_the_layout_shrink_reads():
+    from nimbleml.search.nas import build
+
+    model = build("encoder", {"layers": 4, "width": 32, "heads": 2, "ffn": 4}, 64, 10, (8, 8))
+    student = nimbleml.students.shrink(model, width=0.5, depth=0.5)
+    assert len(student.encoder.layer) == 2
+    assert student.encoder.layer[0].intermediate.dense.out_features == 64  # 32 * 4 / 2
+    x = torch.rand(3, 8, 8)
+    assert student(x).shape == model(x).shape == (3, 10)
 
 
 def test_the_nas_command(tmp_path, monkeypatch, data):

@@ -12,7 +12,9 @@ from ._common import _guard, check_writable
 
 
 def nas(
-    family: str = typer.Option("mlp", help="mlp or cnn (cnn: image data, N x C x H x W)"),
+    family: str = typer.Option(
+        "mlp", help="mlp, cnn (image data, N x C x H x W) or encoder (sequences, N x T x F)"
+    ),
     data: str = typer.Option(..., help="training data: .npz (X, y) or .csv with --target"),
     val: str = typer.Option(..., help="validation data, the same kinds as --data"),
     target: str | None = typer.Option(None, help="the label column of .csv data"),
