@@ -176,7 +176,7 @@ def _study(optuna: Any, url: str, name: str, directions: Sequence[str], sampler:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     if len(directions) > 1 and pruner is not None:
         pruner = None  # Optuna's pruners judge one value: multi-objective trials run fully
-    # ``first``: the step before which no trial is judged (a training config's epochs / 4:
+    # ``first``: the step before which no trial is judged (a training config's epochs / 6:
     # the first epoch's accuracy says little about the last); ASHA keeps a quarter per rung
     pruners = {
         "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(
@@ -230,13 +230,15 @@ def _worker(objective: Any, space: Any, url: str, name: str, directions: tuple[s
 
 
 def _first_rung(objective: Any) -> int | None:
-    """A training config: no trial is pruned before a quarter of its epochs."""
+    """A training config: no trial is pruned before a sixth of its epochs. Judged at a
+    quarter, ASHA took 0.59x the time of no pruning (median of 5 seeds, benchmarks/tune.py);
+    at a sixth 0.46x, the best value the same in the median (at worst 1.1 points lower)."""
     if not isinstance(objective, dict):
         return None
     from ..train.config import TrainConfig
 
     epochs = int(objective.get("epochs", TrainConfig.epochs))
-    return max(1, epochs // 4)
+    return max(1, epochs // 6)
 
 
 # -- the search space ------------------------------------------------------------------------
