@@ -109,6 +109,60 @@ def test_shrink_a_cnn_and_an_encoder():
         shrink(nn.GRU(4, 4))
 
 
+def _resnet():
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride=1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))  # fmt: skip
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.layer1 = nn.Sequential(Block(8, 8), Block(8, 8), Block(8, 8))
+            self.layer2 = nn.Sequential(Block(8, 16, 2), Block(16, 16), Block(16, 16))
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            h = self.layer2(self.layer1(torch.relu(self.stem(x))))
+            return self.fc(h.mean(dim=(2, 3)))
+
+    return ResNet()
+
+
+def test_shrink_a_residual_cnn_keeps_the_skip_channels():
+    torch.manual_seed(0)
+    teacher = _resnet().eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = shrink(teacher, width=0.5, depth=0.5).eval()
+    assert len(student.layer1) == 2 and len(student.layer2) == 2  # ceil(3 / 2) of each stage
+    assert student.layer2[0].downsample is not None  # the first block, which downsamples, stays
+    assert [b.conv1.out_channels for b in (*student.layer1, *student.layer2)] == [4, 4, 8, 8]
+    assert [b.conv2.out_channels for b in (*student.layer1, *student.layer2)] == [8, 8, 16, 16]
+    keep = teacher.layer1[0].conv1.weight.flatten(1).norm(dim=1).topk(4).indices.sort().values
+    assert torch.equal(student.layer1[0].conv1.weight, teacher.layer1[0].conv1.weight[keep])
+    assert torch.equal(student.layer1[0].bn1.running_var, teacher.layer1[0].bn1.running_var[keep])
+    third = teacher.layer1[2].conv1.weight
+    keep = third.flatten(1).norm(dim=1).topk(4).indices.sort().values
+    assert torch.equal(student.layer1[1].conv1.weight, third[keep])  # blocks 0 and 2 kept
+    x = torch.randn(2, 1, 8, 8)
+    assert student(x).shape == teacher(x).shape == (2, 10)
+    assert sum(p.numel() for p in student.parameters()) < sum(
+        p.numel() for p in teacher.parameters()) / 2  # fmt: skip
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
 # -- the teacher's outputs -----------------------------------------------------------------
 def test_the_cache_is_keyed_by_teacher_and_data(teacher, data, tmp_path):
     (X, y), _ = data

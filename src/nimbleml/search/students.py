@@ -8,6 +8,12 @@
   Linear): every convolution but the last keeps ``width`` of its channels (largest norm), and
   ``depth`` drops shape-preserving convolutions (stride 1, same channels in and out, with their
   normalisation and activation) down to that share.
+- **Residual CNN** (ResNet-style: stages that are Sequentials of blocks, each block holding
+  its convolutions as ``conv1``, ``bn1``, ``conv2`` ... in order, a ``downsample`` where the
+  shape changes): ``depth`` keeps that share of each stage's blocks, the first (it may
+  downsample) and the others evenly spaced among those that keep the shape; ``width`` the
+  inner channels of every block (all its convolutions' outputs but the last); the channels
+  the skip connections add stay, so the stem, the downsamples and the head are copied.
 - **Encoder** (a ``torch.nn.TransformerEncoder`` anywhere in the model, or a Hugging Face-style
   ``encoder.layer`` list): ``depth`` keeps every other layer (as DistilBERT was initialised:
   layers 0, 2, 4 ...), ``width`` the feed-forward's inner neurons; the hidden size, the
@@ -47,10 +53,12 @@ def shrink(teacher: Any, width: float = 0.5, depth: float = 0.5) -> Any:
                 return _cnn(student, width, depth)
             if any(isinstance(m, torch.nn.Linear) for m in student):
                 return _mlp(student, width, depth)
+        if _stages(student):
+            return _residual(student, width, depth)
     raise UnsupportedError(
-        f"shrink builds students of MLPs and CNNs written as torch.nn.Sequential and of "
-        f"Transformer encoders; {type(teacher).__name__} is none of them: write the student "
-        "yourself and give it to nimbleml.distill"
+        f"shrink builds students of MLPs and CNNs written as torch.nn.Sequential, of "
+        f"ResNet-style CNNs and of Transformer encoders; {type(teacher).__name__} is none of "
+        "them: write the student yourself and give it to nimbleml.distill"
     )
 
 
@@ -200,6 +208,67 @@ def _pair(p: Any) -> tuple[int, int]:
 def _first(layers: list[Any], after: int, kinds: tuple[type, ...]) -> int:
     return next((j for j in range(after + 1, len(layers)) if isinstance(layers[j], kinds)),
                 len(layers))  # fmt: skip
+
+
+# -- residual CNNs -------------------------------------------------------------------------
+def _block_convs(block: Any) -> list[tuple[Any, Any]]:
+    """A residual block's own (conv, its BatchNorm or None) pairs in order (conv1/bn1,
+    conv2/bn2, ...); [] when the block is not of that form."""
+    torch = require("torch", "nimbleml.students")
+    pairs = []
+    for i in range(1, 10):
+        conv = getattr(block, f"conv{i}", None)
+        if conv is None:
+            break
+        if not isinstance(conv, torch.nn.Conv2d):
+            return []
+        bn = getattr(block, f"bn{i}", None)
+        pairs.append((conv, bn if isinstance(bn, torch.nn.BatchNorm2d) else None))
+    return pairs if len(pairs) >= 2 else []
+
+
+def _stages(model: Any) -> list[Any]:
+    """The Sequentials whose children are all residual blocks."""
+    torch = require("torch", "nimbleml.students")
+    return [m for m in model.modules() if isinstance(m, torch.nn.Sequential) and len(m) > 0
+            and all(_block_convs(b) for b in m)]  # fmt: skip
+
+
+def _keeps_shape(block: Any) -> bool:
+    convs = [c for c, _ in _block_convs(block)]
+    return (getattr(block, "downsample", None) is None
+            and convs[0].in_channels == convs[-1].out_channels
+            and all(tuple(c.stride) == (1, 1) for c in convs))  # fmt: skip
+
+
+def _residual(model: Any, width: float, depth: float) -> Any:
+    for stage in _stages(model):
+        blocks = list(stage)
+        droppable = [i for i in range(1, len(blocks)) if _keeps_shape(blocks[i])]
+        fixed = len(blocks) - len(droppable)  # the first, and any that change the shape
+        chosen = _spaced(len(droppable), max(0, _keep(len(blocks), depth) - fixed))
+        dropped = set(droppable) - {droppable[j] for j in chosen}
+        kept = [b for i, b in enumerate(blocks) if i not in dropped]
+        for name in list(stage._modules):
+            del stage._modules[name]
+        for i, b in enumerate(kept):
+            stage.add_module(str(i), b)
+        if width < 1:
+            for block in kept:
+                pairs = _block_convs(block)
+                if any(c.groups != 1 for c, _ in pairs):
+                    raise UnsupportedError(
+                        "shrink does not slice grouped or depthwise convolutions; give width=1.0"
+                    )
+                chosen = None
+                for conv, bn in pairs[:-1]:
+                    rows = _strongest(conv.weight, _keep(conv.out_channels, width))
+                    _slice(conv, chosen, rows)
+                    if bn is not None:
+                        _slice_norm(bn, rows)
+                    chosen = rows
+                _slice(pairs[-1][0], chosen, None)
+    return model
 
 
 # -- encoders ------------------------------------------------------------------------------
