@@ -6,10 +6,11 @@ use) and timed here *before* it is trained: latency depends on the architecture,
 weights, so a candidate that breaks a constraint (``latency_ms``, ``size_mb``) is never
 trained (its trial is pruned, with the reason). The others are trained with nimbleml.train,
 compressed again, their metric measured on the package, not on the float model, and the
-package timed again: the latency recorded is the faster of the two timings. The
-objectives (metric up, latency p50 at ``batch_size`` down) go to a multi-objective Optuna
-study (NSGA-II by default; Optuna's pruners judge one value, so trials are not pruned on the
-metric: the constraints are what stop candidates early). Every Pareto point is a saved
+package timed again: the latency recorded is the faster of the two timings. The objectives
+(metric up, latency p50 at ``batch_size`` down) go to a multi-objective Optuna study: a third
+of the trials (at least 4) on scrambled Sobol points, which cover the space evenly where a
+random start leaves holes, then NSGA-II (Optuna's pruners judge one value, so trials are not
+pruned on the metric: the constraints are what stop candidates early). Every Pareto point is a saved
 ``.nimble`` package; the front is re-timed side by side at the end, beside the latency the
 search recorded, so the search's own measurements are checked.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,12 +282,25 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(storage, study_name, 1) if storage else None
-    study = optuna.create_study(
-        directions=["maximize", "minimize"], study_name=study_name, load_if_exists=True,
-        storage=open_storage(optuna, url, 10.0) if url else None,
-        sampler=optuna.samplers.NSGAIISampler(seed=seed),
-    )  # fmt: skip
-    study.optimize(objective, n_trials=n_trials, timeout=time_budget_s)
+    # a space-filling start (scrambled Sobol points) instead of NSGA-II's random first
+    # generation; then NSGA-II with a population small enough to evolve within the budget
+    startup = min(n_trials, max(4, n_trials // 3))
+    started = time.monotonic()
+    with warnings.catch_warnings():  # QMCSampler is "experimental" since Optuna 3.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            directions=["maximize", "minimize"], study_name=study_name, load_if_exists=True,
+            storage=open_storage(optuna, url, 10.0) if url else None,
+            sampler=optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                               warn_independent_sampling=False),
+        )  # fmt: skip
+        study.optimize(objective, n_trials=startup, timeout=time_budget_s)
+    left = None if time_budget_s is None else time_budget_s - (time.monotonic() - started)
+    if n_trials > startup and (left is None or left > 0):
+        study.sampler = optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=max(4, min(50, (n_trials - startup) // 2))
+        )
+        study.optimize(objective, n_trials=n_trials - startup, timeout=left)
     front = _front(study, folder, work, Xv, batch_size, metric, pruned, machine_info().to_dict())
     if baseline is not None:
         from ..train import train

@@ -246,8 +246,8 @@ def _residual(model: Any, width: float, depth: float) -> Any:
         blocks = list(stage)
         droppable = [i for i in range(1, len(blocks)) if _keeps_shape(blocks[i])]
         fixed = len(blocks) - len(droppable)  # the first, and any that change the shape
-        chosen = _spaced(len(droppable), max(0, _keep(len(blocks), depth) - fixed))
-        dropped = set(droppable) - {droppable[j] for j in chosen}
+        picked = _spaced(len(droppable), max(0, _keep(len(blocks), depth) - fixed))
+        dropped = set(droppable) - {droppable[j] for j in picked}
         kept = [b for i, b in enumerate(blocks) if i not in dropped]
         for name in list(stage._modules):
             del stage._modules[name]
