@@ -36,8 +36,10 @@ def test_a_front_of_packages_with_constraints_checked_before_training(data, tmp_
     front = nimbleml.search_architecture(
         train, val, family=family, n_trials=6, epochs=2, constraints={"size_mb": 0.05},
         out_dir=tmp_path / "front", baseline=torch.nn.Linear(64, 10), device="cpu",
+        start=[{"width": 2048}],
     )  # fmt: skip
     assert front.trials == 6 and front.pareto
+    assert trained[0] == 2048  # the architecture given to start with ran first
     big = sum(w == 2048 for w in trained)
     assert front.pruned.get("size over 0.05 MB", 0) == big  # never trained: pruned first
     for c in front.pareto:
@@ -61,6 +63,8 @@ def test_bad_options_are_named(data):
         nimbleml.search_architecture(train, val, family="rnn")
     with pytest.raises(ConfigError, match="unknown constraint"):
         nimbleml.search_architecture(train, val, constraints={"flops": 1})
+    with pytest.raises(ConfigError, match="start must be a list of parameter dicts"):
+        nimbleml.search_architecture(train, val, start={"layers": 1})
     with pytest.raises(ConfigError, match="family 'cnn' needs image inputs"):
         nimbleml.search_architecture(train, val, family="cnn")
     with pytest.raises(ConfigError, match=r"family 'encoder' needs sequences .*reshape"):

@@ -216,12 +216,15 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
                         epochs: int = 10, storage: str | None = None,
                         study_name: str = "nimbleml-nas", out_dir: str | Path | None = None,
                         baseline: Any = None, seed: int = 0,
+                        start: list[dict[str, Any]] | None = None,
                         **train_options: Any) -> ArchitectureFront:  # fmt: skip
     """Search architectures of ``family`` ("mlp", "cnn", "encoder": a Transformer encoder over
     (N, tokens, features) sequences, or a function(trial) -> nn.Module)
     for the Pareto front of the metric and the package's latency (see the module docstring).
     ``constraints``: {"latency_ms": ..., "size_mb": ...}, checked before training.
-    ``out_dir``: where the Pareto packages are kept (front.json and front.png too)."""
+    ``out_dir``: where the Pareto packages are kept (front.json and front.png too).
+    ``start``: architectures to try first, as parameters of the family's space (e.g. the one
+    you would have picked by hand: ``[{"layers": 1, "width": 256}]``)."""
     optuna = require("optuna", "nimbleml.search_architecture")
     import numpy as np
 
@@ -229,6 +232,11 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     from .study import _storage as open_storage
     from .study import storage_url
 
+    if start is not None and not (
+        isinstance(start, list) and all(isinstance(p, dict) for p in start)
+    ):
+        raise ConfigError("start must be a list of parameter dicts, e.g. [{'layers': 1, "
+                          "'width': 256}]")  # fmt: skip
     if not (callable(family) or family in FAMILIES):
         raise ConfigError(f"family must be one of {', '.join(FAMILIES)} or a function(trial)")
     constraints = dict(constraints or {})
@@ -294,8 +302,11 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
             sampler=optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
                                                warn_independent_sampling=False),
         )  # fmt: skip
-        study.optimize(objective, n_trials=startup, timeout=time_budget_s)
+        for params in start or []:
+            study.enqueue_trial(params)
+        study.optimize(objective, n_trials=max(startup, len(start or [])), timeout=time_budget_s)
     left = None if time_budget_s is None else time_budget_s - (time.monotonic() - started)
+    startup = max(startup, len(start or []))
     if n_trials > startup and (left is None or left > 0):
         study.sampler = optuna.samplers.NSGAIISampler(
             seed=seed, population_size=max(4, min(50, (n_trials - startup) // 2))
