@@ -30,6 +30,7 @@ def f(tmp_path_factory, mlp, digits):
     (d / "garbage.ts").write_bytes(b"\x00\x01 not torchscript")
     (d / "text.csv").write_text("a,b\nx,y\n")
     (d / "bad.yaml").write_text("max-batch-size: lots\n")
+    (d / "nas.yaml").write_text("search: {n_trials: lots}\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "ens.yaml").write_text("ensemble:\n  fusion_method: magic\n")
     (d / "store.db").write_bytes(b"not sqlite at all")
@@ -144,6 +145,11 @@ CASES = {
         ("nas --data {d}/val.npz --val {d}/val.npz --n-trials 0 -o {d}/front", "--n-trials"),
         ("nas --data {d}/missing.npz --val {d}/val.npz -o {d}/front", "not found"),
         ("nas --data {d}/val.npz --val {d}/val.npz -o /proc/front", "cannot write"),
+        ("nas --val {d}/val.npz -o {d}/front", "no train: give --data"),
+        ("nas --config {d}/bad.yaml -o {d}/front", "unknown section"),
+        ("nas --config {d}/nas.yaml --data {d}/val.npz --val {d}/val.npz -o {d}/front",
+         "search.n_trials must be a whole number"),
+        ("nas --config {d}/val.npz", "is not a text file"),
     ],
     "tune": [
         ("tune --config {d}/missing.yaml", "does not exist"),

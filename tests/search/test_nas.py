@@ -102,8 +102,15 @@ def test_the_nas_command(tmp_path, monkeypatch, data):
     np.savez(tmp_path / "train.npz", X=X[:400], y=y[:400])
     np.savez(tmp_path / "val.npz", X=Xv, y=yv)
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, ["nas", "--data", "train.npz", "--val", "val.npz",
-                                   "--n-trials", "3", "--epochs", "1", "--max-size-mb", "0.03",
-                                   "-o", "front"])  # fmt: skip
+    (tmp_path / "nas.yaml").write_text(
+        "search: {n_trials: 3, epochs: 1, start: [{layers: 1, width: 8}]}\n"
+        "data: {train: train.npz, val: val.npz}\n"
+        "constraints: {max_size_mb: 0.03}\n"
+        "output: {output: elsewhere}\n"
+    )  # fmt: skip
+    res = CliRunner().invoke(app, ["nas", "--config", "nas.yaml", "-o", "front"])  # flag wins
     assert res.exit_code == 0, res.output
     assert "Pareto front:" in res.output and (tmp_path / "front" / "front.json").exists()
+    assert not (tmp_path / "elsewhere").exists()
+    assert "trial 1/3 (layers=1, width=8): accuracy" in res.stderr  # progress, the start first
+    assert res.stderr.count("trial ") == 3

@@ -217,6 +217,7 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
                         study_name: str = "nimbleml-nas", out_dir: str | Path | None = None,
                         baseline: Any = None, seed: int = 0,
                         start: list[dict[str, Any]] | None = None,
+                        progress: Any = None,
                         **train_options: Any) -> ArchitectureFront:  # fmt: skip
     """Search architectures of ``family`` ("mlp", "cnn", "encoder": a Transformer encoder over
     (N, tokens, features) sequences, or a function(trial) -> nn.Module)
@@ -224,7 +225,9 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     ``constraints``: {"latency_ms": ..., "size_mb": ...}, checked before training.
     ``out_dir``: where the Pareto packages are kept (front.json and front.png too).
     ``start``: architectures to try first, as parameters of the family's space (e.g. the one
-    you would have picked by hand: ``[{"layers": 1, "width": 256}]``)."""
+    you would have picked by hand: ``[{"layers": 1, "width": 256}]``). ``progress(info)`` is
+    called after each trial with its number, n_trials, params, state ("complete" or
+    "pruned"), metric and latency_ms, or the reason it was not kept."""
     optuna = require("optuna", "nimbleml.search_architecture")
     import numpy as np
 
@@ -294,6 +297,7 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     # generation; then NSGA-II with a population small enough to evolve within the budget
     startup = min(n_trials, max(4, n_trials // 3))
     started = time.monotonic()
+    callbacks = [_reporter(progress, n_trials, metric)] if progress is not None else []
     with warnings.catch_warnings():  # QMCSampler is "experimental" since Optuna 3.0
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
@@ -304,14 +308,15 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
         )  # fmt: skip
         for params in start or []:
             study.enqueue_trial(params)
-        study.optimize(objective, n_trials=max(startup, len(start or [])), timeout=time_budget_s)
+        study.optimize(objective, n_trials=max(startup, len(start or [])), timeout=time_budget_s,
+                       callbacks=callbacks)  # fmt: skip
     left = None if time_budget_s is None else time_budget_s - (time.monotonic() - started)
     startup = max(startup, len(start or []))
     if n_trials > startup and (left is None or left > 0):
         study.sampler = optuna.samplers.NSGAIISampler(
             seed=seed, population_size=max(4, min(50, (n_trials - startup) // 2))
         )
-        study.optimize(objective, n_trials=n_trials - startup, timeout=left)
+        study.optimize(objective, n_trials=n_trials - startup, timeout=left, callbacks=callbacks)
     front = _front(study, folder, work, Xv, batch_size, metric, pruned, machine_info().to_dict())
     if baseline is not None:
         from ..train import train
@@ -328,6 +333,20 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
         (folder / "front.txt").write_text(front.table() + "\n")
         front.plot(folder / "front.png")
     return front
+
+
+def _reporter(progress: Any, n_trials: int, metric: str) -> Any:
+    """An Optuna callback that tells ``progress`` how each trial ended."""
+
+    def report(_study: Any, trial: Any) -> None:
+        done = trial.values is not None
+        progress({"number": trial.number, "n_trials": n_trials, "params": dict(trial.params),
+                  "state": "complete" if done else "pruned", "metric_name": metric,
+                  "metric": trial.values[0] if done else None,
+                  "latency_ms": trial.values[1] if done else None,
+                  "reason": None if done else trial.user_attrs.get("not_trained", "pruned")})  # fmt: skip
+
+    return report
 
 
 def _package_figures(model: Any, X: Any, y: Any, batch_size: int,
