@@ -114,3 +114,30 @@ def test_the_nas_command(tmp_path, monkeypatch, data):
     assert not (tmp_path / "elsewhere").exists()
     assert "trial 1/3 (layers=1, width=8): accuracy" in res.stderr  # progress, the start first
     assert res.stderr.count("trial ") == 3
+
+
+def test_a_candidate_behind_a_faster_one_stops_training(data):
+    (X, y), (Xv, yv) = data
+    nn = torch.nn
+    epochs_run = []
+
+    def family(trial):
+        kind = trial.suggest_categorical("kind", ["good", "bad"])
+        if kind == "good":  # small and fast
+            return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        # slower (a wide layer) and worse (a one-unit bottleneck)
+        return nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1), nn.ReLU(),
+                             nn.Linear(1, 10))  # fmt: skip
+
+    def progress(info):
+        epochs_run.append((info["params"]["kind"], info["state"], info["reason"]))
+
+    front = nimbleml.search_architecture(
+        (X[:400], y[:400]), (Xv, yv), family=family, n_trials=2, epochs=8, device="cpu",
+        start=[{"kind": "good"}, {"kind": "bad"}], progress=progress,
+    )  # fmt: skip
+    assert front.pruned == {"dominated while training": 1}
+    (good, bad) = epochs_run
+    assert good[:2] == ("good", "complete")
+    assert bad[:2] == ("bad", "pruned") and "dominated at epoch 2: trial 0" in bad[2]
+    assert [c.params["kind"] for c in front.pareto] == ["good"]

@@ -4,15 +4,15 @@
 Each candidate architecture is built, compressed (dynamic int8, the recipe its package will
 use) and timed here *before* it is trained: latency depends on the architecture, not on the
 weights, so a candidate that breaks a constraint (``latency_ms``, ``size_mb``) is never
-trained (its trial is pruned, with the reason). The others are trained with nimbleml.train,
+trained (its trial is pruned, with the reason). The others are trained with nimbleml.train
+(and stopped when a finished candidate at least as fast was ahead of them at the same epoch),
 compressed again, their metric measured on the package, not on the float model, and the
 package timed again: the latency recorded is the faster of the two timings. The objectives
 (metric up, latency p50 at ``batch_size`` down) go to a multi-objective Optuna study: a third
 of the trials (at least 4) on scrambled Sobol points, which cover the space evenly where a
-random start leaves holes, then NSGA-II (Optuna's pruners judge one value, so trials are not
-pruned on the metric: the constraints are what stop candidates early). Every Pareto point is a saved
-``.nimble`` package; the front is re-timed side by side at the end, beside the latency the
-search recorded, so the search's own measurements are checked.
+random start leaves holes, then NSGA-II. Every Pareto point is a saved ``.nimble`` package;
+the front is re-timed side by side at the end, beside the latency the search recorded, so
+the search's own measurements are checked.
 """
 
 from __future__ import annotations
@@ -279,8 +279,16 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
             raise optuna.TrialPruned(broken)
         from ..train import train
 
-        trained = train(model, (X, y), (Xv, yv), **options).model
-        final = _package_figures(trained, Xv, yv, batch_size, metric)
+        curve: list[float] = []
+        judge = _Dominance(trial, timed["p50_ms"], curve, epochs)
+        result = train(model, (X, y), (Xv, yv), **{
+            **options, "callbacks": [*options.get("callbacks", ()), judge]})  # fmt: skip
+        trial.set_user_attr("curve", curve)
+        if judge.reason:
+            pruned["dominated while training"] = pruned.get("dominated while training", 0) + 1
+            trial.set_user_attr("not_trained", judge.reason)
+            raise optuna.TrialPruned(judge.reason)
+        final = _package_figures(result.model, Xv, yv, batch_size, metric)
         path = work / f"trial-{trial.number}.nimble"
         final.pop("package").save(path)
         trial.set_user_attr("package", str(path))
@@ -333,6 +341,37 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
         (folder / "front.txt").write_text(front.table() + "\n")
         front.plot(folder / "front.png")
     return front
+
+
+class _Dominance:
+    """Pruning on the metric, for two objectives: after a quarter of the epochs, a trial
+    stops when a finished trial that runs at least as fast was ahead of it at the same epoch
+    and ended ahead of where it is now; it could not reach the front. (Optuna's pruners judge
+    one value, so they cannot do this for a multi-objective study.)"""
+
+    def __init__(self, trial: Any, latency_ms: float, curve: list[float], epochs: int) -> None:
+        self.trial, self.latency_ms, self.curve = trial, latency_ms, curve
+        self.first = max(1, epochs // 4)
+        self.epochs = epochs
+        self.reason: str | None = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> str | None:
+        if event != "epoch_end" or info.get("val_metric") is None:
+            return None
+        value, epoch = float(info["val_metric"]), int(info["epoch"])
+        self.curve.append(value)
+        if epoch < self.first or epoch >= self.epochs:
+            return None
+        from optuna.trial import TrialState
+
+        for other in self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            theirs = other.user_attrs.get("curve") or []
+            if (other.values[1] <= self.latency_ms and len(theirs) >= epoch
+                    and theirs[epoch - 1] > value and other.values[0] > value):  # fmt: skip
+                self.reason = (f"dominated at epoch {epoch}: trial {other.number} is as fast "
+                               f"and was ahead ({theirs[epoch - 1]:.4f} > {value:.4f})")  # fmt: skip
+                return "stop"
+        return None
 
 
 def _reporter(progress: Any, n_trials: int, metric: str) -> Any:
