@@ -25,6 +25,11 @@ def f(tmp_path_factory, mlp, digits):
     np.savez(d / "huge.npz", X=Xte.astype(np.float64) * 1e300, y=yte)
     np.savez(d / "empty.npz", X=Xte[:0], y=yte[:0])
     np.savez(d / "xonly.npz", X=Xte)
+    import nimbleml
+
+    nimbleml.compress(mlp, quantize=None, val=(Xte, yte), benchmark_time_s=0.01).save(
+        d / "pkg.nimble"
+    )
     np.savez(d / "flat.npz", X=Xte[0], y=yte[:1])
     (d / "garbage.npz").write_bytes(b"this is not a zip file")
     (d / "garbage.ts").write_bytes(b"\x00\x01 not torchscript")
@@ -147,9 +152,18 @@ CASES = {
         ("nas --data {d}/val.npz --val {d}/val.npz -o /proc/front", "cannot write"),
         ("nas --val {d}/val.npz -o {d}/front", "no train: give --data"),
         ("nas --config {d}/bad.yaml -o {d}/front", "unknown section"),
-        ("nas --config {d}/nas.yaml --data {d}/val.npz --val {d}/val.npz -o {d}/front",
-         "search.n_trials must be a whole number"),
+        (
+            "nas --config {d}/nas.yaml --data {d}/val.npz --val {d}/val.npz -o {d}/front",
+            "search.n_trials must be a whole number",
+        ),
         ("nas --config {d}/val.npz", "is not a text file"),
+    ],
+    "predict": [
+        ("predict {d}/missing.nimble --data {d}/val.npz --out {d}/p.csv", "missing.nimble"),
+        ("predict {d}/pkg.nimble --data {d}/missing.csv --out {d}/p.csv", "not found"),
+        ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.json", "writes .csv, .parquet"),
+        ("predict {d}/pkg.nimble --data {d}/narrow.npz --out {d}/p.csv", "takes 64 features"),
+        ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.csv --batch-size 0", "batch_size"),
     ],
     "tune": [
         ("tune --config {d}/missing.yaml", "does not exist"),

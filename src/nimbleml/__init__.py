@@ -35,6 +35,7 @@ from .optimizer import OptimizationResult, optimize
 from .package import Package, load
 
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
+    from .batch import PredictResult, predict_file
     from .monitor import ModelMonitor
     from .runtime import EnsemblePredictor, OptimizedPredictor
     from .search import DistillResult, QATResult, distill, qat, search_architecture, students, tune
@@ -54,6 +55,8 @@ _LAZY = {
     "search_architecture": "search",
     "qat": "search",
     "QATResult": "search",
+    "predict_file": "batch",
+    "PredictResult": "batch",
 }
 
 
@@ -99,6 +102,7 @@ __all__ = [
     "Package",
     "PackageError",
     "PerformanceMetrics",
+    "PredictResult",
     "QATResult",
     "Quantization",
     "ServingError",
@@ -116,6 +120,7 @@ __all__ = [
     "load",
     "load_model",
     "optimize",
+    "predict_file",
     "qat",
     "search_architecture",
     "students",

@@ -13,7 +13,19 @@ from typing import Any
 
 import typer
 
-from . import bench_train, compress, distill, ensemble, nas, report, serve, sign, train, tune
+from . import (
+    bench_train,
+    compress,
+    distill,
+    ensemble,
+    nas,
+    predict,
+    report,
+    serve,
+    sign,
+    train,
+    tune,
+)
 from ._help import PlainGroup, examples
 
 app = typer.Typer(
@@ -62,6 +74,10 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
         "nimbleml optimize model.onnx --val val.npz --objective throughput --batch-size 64 --time-budget 300 -o best.nimble --report search/",
     ),
     report.report: ("nimbleml report --monitor monitor.db -o report/",),
+    predict.predict: (
+        "nimbleml predict model.nimble --data rows.parquet --out predictions.parquet",
+        "nimbleml predict model.nimble --data rows.csv --id-column id --batch-size 512 --out predictions.csv",
+    ),
     serve.serve: (
         "nimbleml serve model.nimble",
         "nimbleml serve digits=model.nimble --port 8080 --workers 2 --api-key SECRET",
