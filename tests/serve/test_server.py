@@ -192,6 +192,10 @@ def test_concurrent_requests_are_batched_and_all_answered(server, digits_package
     assert "# TYPE nimbleml_http_responses_total counter" in text
     assert 'nimbleml_http_responses_total{code="200"}' in text
     assert 'key="' not in text  # no gauge per value any more
+    assert "# TYPE nimbleml_queue_seconds_per_request gauge" in text
+    per_request = float(text.split('nimbleml_queue_seconds_per_request{model="digits"} ')[1]
+                        .split()[0])  # fmt: skip
+    assert 0 < per_request < 1  # 64 requests just waited (16 at a time) for their batches
     del expected
 
 
@@ -404,3 +408,19 @@ def test_model_control_is_off_unless_asked_for_and_stays_in_the_repository(
         assert load(s.url, inside, key="k").status_code == 200
     with pytest.raises(nimbleml.ConfigError, match="not a folder"):
         ServeConfig(repository=str(tmp_path / "nope"))
+
+
+def test_the_recent_mean_forgets_what_is_older_than_its_window():
+    from nimbleml.serve.batcher import RecentMean
+
+    now = [1000.0]
+    recent = RecentMean(window_s=30, clock=lambda: now[0])
+    assert recent.mean() == 0.0
+    recent.add(0.3, 3)  # three requests that waited 0.1 s each
+    now[0] += 10
+    recent.add(0.5, 1)
+    assert recent.mean() == pytest.approx(0.8 / 4)
+    now[0] += 25  # the first second is now 35 s old
+    assert recent.mean() == pytest.approx(0.5)
+    now[0] += 30
+    assert recent.mean() == 0.0  # idle: nothing waited lately

@@ -42,6 +42,32 @@ class _Request:
     enqueued: float
 
 
+class RecentMean:
+    """The mean of values added over the last ``window_s`` seconds, in one-second buckets:
+    O(1) an addition, and 0 when nothing was added lately (an autoscaler reads the gauge of
+    queue time per request from it: an idle server must not look busy)."""
+
+    def __init__(self, window_s: int = 30, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s, self.clock = window_s, clock
+        self._sums = [0.0] * window_s
+        self._counts = [0] * window_s
+        self._seconds = [-1] * window_s  # which second each bucket holds now
+
+    def add(self, value: float, n: int = 1) -> None:
+        second = int(self.clock())
+        i = second % self.window_s
+        if self._seconds[i] != second:
+            self._seconds[i], self._sums[i], self._counts[i] = second, 0.0, 0
+        self._sums[i] += value
+        self._counts[i] += n
+
+    def mean(self) -> float:
+        now = int(self.clock())
+        live = [i for i, sec in enumerate(self._seconds) if now - sec < self.window_s]
+        n = sum(self._counts[i] for i in live)
+        return sum(self._sums[i] for i in live) / n if n else 0.0
+
+
 @dataclass
 class BatcherStats:
     batches: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
@@ -52,6 +78,7 @@ class BatcherStats:
     errors: int = 0
     queue_wait_s: float = 0.0
     compute_s: float = 0.0
+    recent_wait: RecentMean = field(default_factory=RecentMean)  # per request, last 30 s
 
 
 class DynamicBatcher:
@@ -180,8 +207,9 @@ class DynamicBatcher:
         rows = sum(r.rows for r in batch)
         self._rows_out += rows
         started = time.perf_counter()
-        for r in batch:
-            self.stats.queue_wait_s += started - r.enqueued
+        waited = sum(started - r.enqueued for r in batch)
+        self.stats.queue_wait_s += waited
+        self.stats.recent_wait.add(waited, len(batch))
         self.stats.requests += len(batch)
         outputs: list[np.ndarray] | None = None
         error: Exception | None = None

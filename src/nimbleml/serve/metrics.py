@@ -1,6 +1,7 @@
 """The server's own Prometheus metrics, read at scrape time: responses by status code,
 queue depth, shed requests, batches by dispatch reason, batch sizes as a histogram, queue
-and compute time, cache hits and misses by tier. Counters are counters and carry their
+and compute time, the mean queue time per request over the last 30 s (a gauge for
+autoscalers), cache hits and misses by tier. Counters are counters and carry their
 dimensions as labels (``nimbleml_http_responses_total{code="200"}``), as Prometheus's
 naming conventions ask; nothing is added to the request path."""
 
@@ -63,6 +64,12 @@ def server_collector(server: Server) -> Any:
             computed = CounterMetricFamily(
                 "nimbleml_compute_seconds", "Time spent running batches", labels=["model"]
             )
+            per_request = GaugeMetricFamily(
+                "nimbleml_queue_seconds_per_request",
+                "Mean time a request waited for its batch over the last 30 s (0 when idle): "
+                "the signal to autoscale on",
+                labels=["model"],
+            )
             largest = server.config.max_batch_size
             for name, entry in sorted(server.entries.items()):
                 s = entry.batcher.stats
@@ -77,7 +84,8 @@ def server_collector(server: Server) -> Any:
                 samples.add_metric([name], s.samples)
                 waited.add_metric([name], s.queue_wait_s)
                 computed.add_metric([name], s.compute_s)
-            yield from (queue, shed, batches, sizes, samples, waited, computed)
+                per_request.add_metric([name], s.recent_wait.mean())
+            yield from (queue, shed, batches, sizes, samples, waited, computed, per_request)
             yield from cache_families(
                 (name, e.cache) for name, e in sorted(server.entries.items()) if e.cache
             )

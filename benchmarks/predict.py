@@ -1,0 +1,118 @@
+"""Batch prediction figure of issue 14: a file of --rows rows (64 float features, the digits
+MLP's inputs) predicted by nimbleml.predict_file in chunks against package.predict on the whole
+array in memory. Each runs in its own process, so each peak RSS is its own.
+
+Goal: rows/s of the file >= 0.9x the in-memory call, at bounded memory (peak RSS stated).
+
+    python benchmarks/predict.py [--rows 1000000] [--json bench-out/predict.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _harness import table
+from nimbleml.bench.machine import machine_info
+
+CHILD = r"""
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+import numpy as np, nimbleml
+mode, pkg, data, out = sys.argv[1:5]
+t0 = time.perf_counter()
+if mode == "memory":
+    import pyarrow.parquet as pq
+    X = pq.read_table(data).to_pandas().to_numpy(np.float32)  # the whole array in memory
+    loaded = time.perf_counter()
+    y = nimbleml.load(pkg).predict(X)
+    rows, seconds, load_s = len(X), time.perf_counter() - loaded, loaded - t0
+else:
+    res = nimbleml.predict_file(pkg, data, out, chunk_rows=int(sys.argv[5]), batch_size=int(sys.argv[6]))
+    rows, seconds, load_s = res.rows, res.seconds, 0.0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"rows": rows, "seconds": seconds, "load_s": load_s, "peak_mb": peak}))
+"""
+
+
+def child(*args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=65536)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--json", type=Path, default=Path("bench-out/predict.json"))
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    import pandas as pd
+
+    import nimbleml
+    from nimbleml.demo import digits, train_mlp
+
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.2f} on {os.cpu_count()} cores", flush=True)
+    Xtr, Xva, ytr, yva = digits()
+    model = train_mlp(Xtr, ytr, hidden=128, epochs=4)
+    results: dict[str, Any] = {"machine": machine_info().to_dict(), "rows": args.rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        pkg = folder / "m.nimble"
+        nimbleml.compress(model, quantize="int8", calib=Xtr[:256], val=(Xva, yva),
+                          max_drop=None).save(pkg)  # fmt: skip
+        rng = np.random.default_rng(0)
+        X = Xtr[rng.integers(0, len(Xtr), args.rows)]
+        data = folder / "rows.parquet"
+        pd.DataFrame(X, columns=[f"p{i}" for i in range(64)]).to_parquet(data)
+        csv = folder / "rows.csv"
+        pd.DataFrame(X[: args.rows // 10], columns=[f"p{i}" for i in range(64)]).to_csv(
+            csv, index=False
+        )
+        del X
+        print(f"input: {data.stat().st_size / 2**20:.0f} MB parquet, {args.rows:,} rows",
+              flush=True)  # fmt: skip
+        mem = child("memory", str(pkg), str(data), "")
+        par = child("file", str(pkg), str(data), str(folder / "out.parquet"),
+                    str(args.chunk_rows), str(args.batch_size))  # fmt: skip
+        small = child("file", str(pkg), str(csv), str(folder / "out.csv"), str(args.chunk_rows),
+                      str(args.batch_size))  # fmt: skip
+    results.update(memory=mem, parquet=par, csv=small)
+    rate = {k: v["rows"] / v["seconds"] for k, v in (("memory", mem), ("parquet", par),
+                                                      ("csv", small))}  # fmt: skip
+    rows = [
+        ["package.predict(X), the whole array in memory", f"{rate['memory']:,.0f}",
+         f"{mem['peak_mb']:,.0f}", "", "baseline"],
+        [f"predict_file parquet -> parquet ({args.chunk_rows:,}-row chunks)",
+         f"{rate['parquet']:,.0f}", f"{par['peak_mb']:,.0f}",
+         f"{rate['parquet'] / rate['memory']:.2f}x", ">= 0.9x"],
+        [f"predict_file csv -> csv ({args.rows // 10:,} rows)", f"{rate['csv']:,.0f}",
+         f"{small['peak_mb']:,.0f}", f"{rate['csv'] / rate['memory']:.2f}x", "report"],
+    ]  # fmt: skip
+    print(table(rows, ["run", "rows/s", "peak RSS MB", "vs memory", "goal"]))
+    print(f"(the in-memory run also spent {mem['load_s']:.1f} s reading the file, not counted)")
+    end = os.getloadavg()
+    print(f"\nload average at start {load[0]:.2f}, at end {end[0]:.2f} ({os.cpu_count()} cores)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str))
+    print(f"written: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
