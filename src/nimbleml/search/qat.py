@@ -1,18 +1,21 @@
 """Quantization-aware training: ``nimbleml.qat`` and the ``qat`` recipe.
 
 When post-training int8 breaks the accuracy budget, the model is fine-tuned while it sees
-the rounding it will get: every Linear/Conv layer runs with fake quantization that simulates
-what ONNX Runtime's static int8 quantizer (QDQ, the ``int8-static`` recipe) then does to it:
+the rounding it will get: every quantized layer runs with fake quantization that simulates
+what ONNX Runtime's quantizer then does to it, for the recipe that follows (``quantizer()``):
 
-- the layer's input and output tensors: per-tensor, asymmetric, on the calibration set's
-  min/max with 0 inside the range (ORT's MinMax calibrator), uint8 or int8 as this CPU's
-  layout says;
-- the weights: per output channel, symmetric, 7 bits without VNNI (``reduce_range``).
+- static (``int8-static``, QDQ; Linear and Conv): the layer's input and output tensors per
+  tensor, asymmetric, on the calibration set's min/max with 0 inside the range (ORT's MinMax
+  calibrator), uint8 or int8 as this CPU's layout says;
+- dynamic (``int8``; Linear only): the input per tensor, uint8, on the call's own min/max,
+  the output left float;
+- the weights: symmetric, per output channel (or per tensor), 7 bits without VNNI
+  (``reduce_range``).
 
-The ranges are measured again on the calibration rows every ``recalibrate_every`` steps, so
-at the end they are the ones ONNX Runtime will compute for the fine-tuned weights: the
-package is the plain int8-static recipe applied to the fine-tuned model, nothing is carried
-over by hand. Gradients pass the rounding straight through (the STE). The float model is the
+Static ranges are measured again on the calibration rows every ``recalibrate_every`` steps,
+so at the end they are the ones ONNX Runtime will compute for the fine-tuned weights: the
+package is the plain int8 recipe applied to the fine-tuned model, nothing is carried over by
+hand. Gradients pass the rounding straight through (the STE). The float model is the
 teacher by default (``nimbleml.distill``: its outputs are cached once), the labels the rest
 of the loss. Then the package is verified against the *original* model and falls back to it
 when the budget still does not hold.
@@ -181,8 +184,8 @@ def calibrate(module: Any, model: Any, feeds: Any) -> None:
 
 @register
 class QuantAwareTraining(Recipe):
-    """Fine-tune a PyTorch model with fake int8 quantization (ONNX Runtime's static QDQ
-    rounding, simulated), the float model as teacher; follow it with ``int8-static``."""
+    """Fine-tune a PyTorch model with fake int8 quantization (ONNX Runtime's rounding,
+    simulated), the float model as teacher; follow it with the recipes of ``quantizer()``."""
 
     name = "qat"
     stage = "source"
