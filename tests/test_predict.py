@@ -58,6 +58,12 @@ def test_npy_is_read_memory_mapped_and_rows_numbered(package, tmp_path, digits):
     res = nimbleml.predict_file(package, tmp_path / "X.npy", tmp_path / "o.csv", chunk_rows=128)
     got = pd.read_csv(tmp_path / "o.csv")
     assert got["row"].tolist() == list(range(len(Xte))) and res.chunks == 5
+    np.savez(tmp_path / "X.npz", X=Xte)
+    seen = []
+    nimbleml.predict_file(package, tmp_path / "X.npz", tmp_path / "o2.csv", chunk_rows=128,
+                          progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen[-1] == (len(Xte), len(Xte))  # the total read from X's header
+    assert pd.read_csv(tmp_path / "o2.csv").equals(got)
 
 
 def test_an_interrupted_run_resumes_without_redoing_chunks(package, rows):

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,9 +151,15 @@ def _row_count(data: Path) -> int | None:
         return int(require("pyarrow.parquet", "Parquet files").ParquetFile(data).metadata.num_rows)
     if suffix == ".npy":
         return int(np.load(data, mmap_mode="r").shape[0])
-    if suffix == ".npz":
-        with np.load(data) as z:
-            return int(z["X"].shape[0]) if "X" in z.files else None
+    if suffix == ".npz":  # from X's header: the array itself is read once, by _chunks
+        with zipfile.ZipFile(data) as z:
+            if "X.npy" not in z.namelist():
+                return None
+            with z.open("X.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)  # fmt: skip
+                return int(read(f)[0][0])
     return None  # a CSV's rows are known at the end
 
 
