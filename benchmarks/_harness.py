@@ -54,9 +54,13 @@ def table(rows: list[list[object]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def quick_args(doc: str | None, parts: list[str] | None = None) -> argparse.Namespace:
+def quick_args(
+    doc: str | None,
+    parts: list[str] | None = None,
+    more: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """The benchmarks' shared command line: --quick for fewer rounds, --only PART... where a
-    benchmark has parts; warnings muted."""
+    benchmark has parts, a benchmark's own options added by ``more``; warnings muted."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -65,6 +69,8 @@ def quick_args(doc: str | None, parts: list[str] | None = None) -> argparse.Name
         parser.add_argument(
             "--only", nargs="+", choices=parts, default=parts, help="run only these parts"
         )
+    if more is not None:
+        more(parser)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     return args

@@ -1,7 +1,7 @@
 """Load figures for `nimbleml serve` (issue 5), side by side with a plain FastAPI endpoint
 calling the same model, on this machine, in one run.
 
-    .venv/bin/python benchmarks/serve.py [--quick] [--only iris mlp overload reload]
+    .venv/bin/python benchmarks/serve.py [--quick] [--only iris mlp overload reload] [--json serve.json]
 
 Servers run in their own processes; the load comes from benchmarks/_loadgen.py in another
 (open loop, Poisson arrivals, latency from each request's scheduled send time, 64
@@ -20,6 +20,9 @@ cores were.
   goodput (goal >= 95% of capacity), nothing lost;
 - hot reload under load: failed requests while a new version is swapped in (goal 0);
 - idle CPU of a server with batching on (goal <= 1%).
+
+--json PATH writes the capacities measured (iris; the MLP with batching on and off) for
+`nimbleml cost --serve-report PATH`, in nimbleml.cost.serve_report's format (docs/cost.md).
 """
 
 from __future__ import annotations
@@ -48,6 +51,26 @@ from nimbleml.demo import digits, train_mlp
 HERE = Path(__file__).parent
 EXE = str(Path(sys.executable).with_name("nimbleml"))
 TARGET_P99_MS = 25.0
+CAPACITIES: list[dict[str, Any]] = []  # for --json: each capacity measured, as it was found
+LOAD = "Poisson arrivals, open loop, 64 connections, the load generator on the same cores"
+
+
+def measured(name: str, cap: float, run: dict[str, Any], max_batch_size: int) -> None:
+    """Keep a capacity for --json: the rate, the p99/p50 at it, requests sent."""
+    CAPACITIES.append({"name": name, "capacity_rps": cap, "p99_ms": run.get("p99"),
+                       "p50_ms": run.get("p50"), "max_batch_size": max_batch_size,
+                       "requests": run.get("sent")})  # fmt: skip
+
+
+def write_json(path: Path, capacities: list[dict[str, Any]], duration_s: float) -> Path:
+    """The serve report `nimbleml cost --serve-report` reads (nimbleml.cost.serve_report)."""
+    from nimbleml.bench.machine import has_cuda
+    from nimbleml.cost import serve_report
+
+    report = serve_report(capacities, TARGET_P99_MS, f"{LOAD}, {duration_s:g} s a rate",
+                          device="cuda" if has_cuda() else "cpu")  # fmt: skip
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
 
 
 class Server:
@@ -198,6 +221,7 @@ def part_iris(tmp: Path, dur: float, n_seq: int, rows: list[list[str]]) -> None:
                      f"loopback + uvicorn + generator; nimbleml adds {ours['p50'] - bare['p50'] - float(np.median(local)):.3f} ms over it and the model"])  # fmt: skip
         cap_iris, run = capacity(srv.port, INFER.format("iris"), bodies, 500, dur)
         cap_plain, run_plain = capacity(ref.port, "/predict", bodies, 500, dur)
+        measured("iris", cap_iris, run, 32)  # nimbleml serve's default --max-batch-size
         rows.append(["iris, 64 conns: req/s at p99 <= 25 ms, nimbleml", f"{cap_iris:.0f}",
                      f"p99 {run.get('p99') or 0:.1f} ms (goal >= 2,500 req/s)"])  # fmt: skip
         rows.append(["iris, 64 conns: req/s at p99 <= 25 ms, plain FastAPI", f"{cap_plain:.0f}",
@@ -210,7 +234,9 @@ def part_mlp(mlp: Path, bodies: Path, dur: float, rows: list[list[str]]) -> floa
     with Server(serve_mlp) as srv:
         cap, run = capacity(srv.port, INFER.format("mlp"), bodies, 200, dur)
     with Server([*serve_mlp, "--max-batch-size", "1"]) as srv:
-        cap1, _ = capacity(srv.port, INFER.format("mlp"), bodies, 200, dur)
+        cap1, run1 = capacity(srv.port, INFER.format("mlp"), bodies, 200, dur)
+    measured("mlp", cap, run, 16)
+    measured("mlp", cap1, run1, 1)
     with Server([*PLAIN, str(mlp)], "/health") as ref:
         cap_plain, _ = capacity(ref.port, "/predict", bodies, 200, dur)
     rows.append(["mlp: req/s at p99 <= 25 ms, batching on", f"{cap:.0f}",
@@ -276,7 +302,8 @@ def part_reload(mlp: Path, bodies: Path, cap: float, dur: float, rows: list[list
 
 
 def main() -> None:
-    args = quick_args(__doc__, PARTS)
+    args = quick_args(__doc__, PARTS, more=lambda p: p.add_argument(
+        "--json", type=Path, help="write the capacities measured here (nimbleml cost --serve-report)"))  # fmt: skip
     dur = 1.5 if args.quick else 3.0
     tmp = Path(tempfile.mkdtemp())
     rows: list[list[str]] = []
@@ -299,6 +326,8 @@ def main() -> None:
         if "reload" in args.only:
             part_reload(mlp, bodies, cap, dur, rows)
     print(table(rows, ["figure", "value", "note"]))
+    if args.json and CAPACITIES:
+        print(f"capacities written to {write_json(args.json, CAPACITIES, dur)}")
 
 
 if __name__ == "__main__":

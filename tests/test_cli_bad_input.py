@@ -39,6 +39,11 @@ def f(tmp_path_factory, mlp, digits):
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "ens.yaml").write_text("ensemble:\n  fusion_method: magic\n")
     (d / "store.db").write_bytes(b"not sqlite at all")
+    (d / "serve.json").write_text(  # a serve report (benchmarks/serve.py --json) for `cost`
+        '{"schema": 1, "kind": "nimbleml-serve-capacity", "target_p99_ms": 25, "machine": '
+        '{"cpu": "x", "logical_cores": 2}, "models": [{"name": "iris", "capacity_rps": 900, '
+        '"p99_ms": 18.0, "max_batch_size": 32}]}'
+    )
     return d
 
 
@@ -165,9 +170,42 @@ CASES = {
         ("predict {d}/pkg.nimble --data {d}/narrow.npz --out {d}/p.csv", "takes 64 features"),
         ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.csv --batch-size 0", "batch_size"),
     ],
+    "deploy": [
+        ("deploy {d}/missing.nimble --target docker -o {d}/dep", "does not exist"),
+        ("deploy {d}/val.npz --target docker -o {d}/dep", "not a .nimble package"),
+        ("deploy {d}/pkg.nimble --target helm -o {d}/dep", "choose one of: docker, compose"),
+        ("deploy {d}/pkg.nimble pkg={d}/pkg.nimble -t k8s -o {d}/dep", "two packages are named"),
+        ("deploy {d}/pkg.nimble --target docker -o {d}", "not empty; give --force"),
+        ("deploy {d}/pkg.nimble --target docker -o {d}/val.npz", "exists and is a file"),
+        ("deploy {d}/pkg.nimble -t kserve -o {d}/dep --serve-report {d}/val.npz", "is not JSON"),
+    ],
     "tune": [
         ("tune --config {d}/missing.yaml", "does not exist"),
         ("tune --config {d}/val.npz", "is not a text file"),  # a binary file (was a crash)
+    ],
+    "cost": [
+        ("cost --cloud aws", "nothing to estimate from"),
+        ("cost --report {d}/missing.json", "not found"),
+        ("cost --report {d}/garbage.npz", "not a JSON report"),
+        ("cost --report {d}/serve.json", "is a serve report: pass it as --serve-report"),
+        ("cost --serve-report {d}/serve.json --cloud aws,ibm", "choose from aws, azure, gcp"),
+        ("cost --serve-report {d}/serve.json --prices {d}/text.csv", "needs: instance, cloud"),
+        ("cost --serve-report {d}/serve.json --rps -5", "(--rps) must be a number > 0"),
+        ("cost --serve-report {d}/serve.json --sla-p99-ms -1", "must be a number > 0"),
+        ("cost --serve-report {d}/serve.json --sla-p99-ms 5", "meets the p99 SLA of 5 ms"),
+        ("cost --serve-report {d}/serve.json --measured-on c9.huge", "not in the price catalog"),
+        ("cost --serve-report {d}/serve.json --json /proc/c.json", "cannot write"),
+    ],
+    "profile": [
+        ("profile {d}/missing.nimble --data {d}/val.npz", "model not found"),
+        ("profile {d}/pkg.nimble --data {d}/missing.npz", "not found"),
+        ("profile {d}/pkg.nimble --data {d}/narrow.npz", "dimension 1 must be 64"),
+        ("profile {d}/pkg.nimble --data {d}/val.npz --batch-size 0,8", "positive integers"),
+        ("profile {d}/pkg.nimble --data {d}/val.npz --runs 0", "--runs must be"),
+        ("profile {d}/pkg.nimble --data {d}/val.npz --loss mse", "add --train"),
+        ("profile {d}/pkg.nimble --train --data {d}/val.npz", "on a PyTorch model"),
+        ("profile {d}/m.ts --train --data {d}/xonly.npz", "no labels"),
+        ("profile {d}/pkg.nimble --data {d}/val.npz -o /proc/prof", "cannot write"),
     ],
     "bench-train": [
         ("bench-train --model nope_mod:build --data {d}/val.npz -o {d}/bt", "no module named"),

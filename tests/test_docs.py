@@ -59,7 +59,9 @@ TRAIN_OPTIONS = (
     "and test_ddp.py run the same options end to end on digits)"
 )
 TRAIN_YAML = "train --config example: read by nimbleml.cli.train.read_config"
+SERVE_JSON = "serve report example: keys compared with nimbleml.cost.serve_report(), read by cost"
 TUNE_YAML = "tune --config example: read by nimbleml.cli.tune.read_config"
+DEPLOY_JSON = "serve report example: read by nimbleml.deploy.capacity in tests/deploy"
 DISTILL_OPTIONS = (
     "distill with a teacher module of the reader's: the same command runs in "
     "tests/search/test_distill_cli.py on a trained digits MLP"
@@ -79,6 +81,19 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "docs/benchmark-report.md": [("json", "{", REPORT_JSON)],
     "docs/cli.md": [],
+    "docs/cost.md": [
+        ("bash", "nimbleml bench model.nimble --data val.npz --batch-size 1,32", COMMANDS),
+        ("json", "{", SERVE_JSON),
+        ("bash", "nimbleml cost --serve-report serve.json", COMMANDS),
+        ("text", "prices: nimbleml built-in", "illustrative: that command's output, trimmed"),
+        ("text", "instance,cloud,region", "illustrative: a --prices CSV (tests/cost reads such)"),
+        ("python", "import nimbleml", PYTHON),
+    ],
+    "docs/deploy.md": [
+        ("bash", "nimbleml deploy model.nimble --target docker", COMMANDS),
+        ("json", '{"models": [{"name": "model"', DEPLOY_JSON),
+        ("python", "import nimbleml", PYTHON),
+    ],
     "docs/distill.md": [
         ("python", "import nimbleml", PYTHON),
         ("bash", "nimbleml distill --teacher mypkg.models:trained", DISTILL_OPTIONS),
@@ -97,6 +112,10 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
         ("bash", "nimbleml optimize model.ts", COMMANDS),
     ],
     "docs/package-format.md": [("", "model.nimble/", PACKAGE_TREE)],
+    "docs/profile.md": [
+        ("python", "import nimbleml", PYTHON),
+        ("bash", "nimbleml profile model.nimble --data val.npz", COMMANDS),
+    ],
     "docs/qat.md": [("python", "import nimbleml", PYTHON)],
     "docs/runtime.md": [
         ("python", "from nimbleml.runtime import", PYTHON),
@@ -137,7 +156,11 @@ SUBSTITUTIONS = [
 ]  # fmt: skip
 
 # files some blocks need that another block of the docs is the example of
-BLOCK_FILES = {"docs/runtime.md#1": {"ensemble.yaml": "docs/runtime.md#2"}}
+BLOCK_FILES = {
+    "docs/runtime.md#1": {"ensemble.yaml": "docs/runtime.md#2"},
+    "docs/cost.md#2": {"serve.json": "docs/cost.md#1"},
+    "docs/deploy.md#0": {"serve.json": "docs/deploy.md#1", "train.yaml": "docs/train.md#2"},
+}
 
 
 @dataclass(frozen=True)
@@ -356,6 +379,11 @@ def given_train(digits, mlp) -> dict[str, Any]:
     return {"model": model, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
 
 
+def given_profile(digits, mlp) -> dict[str, Any]:
+    Xtr, Xte, ytr, _ = digits
+    return {"model": mlp, "X": Xte, "X_train": Xtr, "y_train": ytr}
+
+
 def given_qat(digits, mlp) -> dict[str, Any]:
     Xtr, Xte, ytr, yte = digits
     return {"model": mlp, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
@@ -366,12 +394,23 @@ def given_distill(digits, mlp) -> dict[str, Any]:
     return {"teacher": mlp, "X_train": Xtr, "y_train": ytr, "X_val": Xte, "y_val": yte}
 
 
+def given_cost(digits, mlp) -> dict[str, Any]:
+    import nimbleml
+    from nimbleml.bench import TimingConfig
+
+    _, Xte, _, _ = digits
+    timing = TimingConfig(time_budget_s=0.05)
+    return {"report": nimbleml.benchmark([mlp], Xte, batch_sizes=(1,), timing=timing)}
+
+
 # names a file's python blocks take from the text around them (the model, the data)
 GIVEN = {
+    "docs/cost.md": given_cost,
     "docs/distill.md": given_distill,
     "docs/train.md": given_train,
     "docs/monitor.md": given_monitor,
     "docs/optimize.md": given_optimize,
+    "docs/profile.md": given_profile,
     "docs/qat.md": given_qat,
     "docs/runtime.md": given_runtime,
 }
@@ -632,6 +671,16 @@ def test_report_json_has_the_keys_the_code_writes(block, digits, mlp):
     shown_keys = {p for p in key_paths(shown) if not p.startswith(libraries)}
     assert shown_keys == real_keys
     assert {p for p in key_paths(shown) if p.startswith(libraries)} <= key_paths(real)
+
+
+@pytest.mark.parametrize("block", of_kind(SERVE_JSON))
+def test_serve_report_json_is_what_the_code_writes_and_reads(block):
+    from nimbleml.cost import estimate_cost, serve_report
+
+    shown = json.loads(block.text)
+    real = serve_report(shown["models"], 25.0, "load", machine=shown["machine"])
+    assert key_paths(shown) == key_paths(real)
+    assert estimate_cost(serve_report=shown, clouds="aws").serving
 
 
 @pytest.mark.parametrize("block", of_kind(PACKAGE_TREE))

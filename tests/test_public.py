@@ -10,7 +10,7 @@ import nimbleml
 def test_all_is_complete_and_importable():
     # nimbleml.train is a package callable as the function; nimbleml.students a module of
     # student builders (nimbleml.students.shrink)
-    public_modules = {"train", "students"}
+    public_modules = {"train", "students", "profile"}
     public = {
         n
         for n in dir(nimbleml)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .bench import BenchmarkReport, PerformanceMetrics, TimingConfig, benchmark
 from .compress import ModelCompressor, Quantization, compress, get_recipe
+from .deploy import deploy
 from .errors import (
     AccuracyBudgetError,
     BenchmarkError,
@@ -36,7 +37,9 @@ from .package import Package, load
 
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
     from .batch import PredictResult, predict_file
+    from .cost import CostEstimate, estimate_cost
     from .monitor import ModelMonitor
+    from .profile import ProfileReport, profile
     from .runtime import EnsemblePredictor, OptimizedPredictor
     from .search import DistillResult, QATResult, distill, qat, search_architecture, students, tune
     from .train import Trainer, TrainResult, find_batch_size, train
@@ -57,6 +60,9 @@ _LAZY = {
     "QATResult": "search",
     "predict_file": "batch",
     "PredictResult": "batch",
+    "ProfileReport": "profile",
+    "estimate_cost": "cost",
+    "CostEstimate": "cost",
 }
 
 
@@ -65,6 +71,10 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(".train", __name__)
+    if name == "profile":  # the package, callable as the function (nimbleml.profile(model, X))
+        import importlib
+
+        return importlib.import_module(".profile", __name__)
     if name == "students":  # nimbleml.students.shrink(teacher, width=0.5, depth=0.5)
         import importlib
 
@@ -79,7 +89,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"train", "students"})
+    return sorted(set(globals()) | set(_LAZY) | {"train", "students", "profile"})
 
 
 __all__ = [
@@ -88,6 +98,7 @@ __all__ = [
     "BenchmarkReport",
     "ConfigError",
     "ConversionError",
+    "CostEstimate",
     "DataError",
     "DistillResult",
     "EnsemblePredictor",
@@ -103,6 +114,7 @@ __all__ = [
     "PackageError",
     "PerformanceMetrics",
     "PredictResult",
+    "ProfileReport",
     "QATResult",
     "Quantization",
     "ServingError",
@@ -114,13 +126,16 @@ __all__ = [
     "__version__",
     "benchmark",
     "compress",
+    "deploy",
     "distill",
+    "estimate_cost",
     "find_batch_size",
     "get_recipe",
     "load",
     "load_model",
     "optimize",
     "predict_file",
+    "profile",
     "qat",
     "search_architecture",
     "students",

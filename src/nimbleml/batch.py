@@ -47,17 +47,30 @@ class PredictResult:
 
 def predict_file(package: Any, data: str | Path, out: str | Path, *, batch_size: int = 256,
                  chunk_rows: int = 65536, id_column: str | None = None, resume: bool = True,
-                 progress: Callable[[int, int | None], None] | None = None) -> PredictResult:  # fmt: skip
+                 progress: Callable[[int, int | None], None] | None = None,
+                 ray: str | None = None, workers: int | None = None) -> PredictResult:  # fmt: skip
     """Run ``package`` (a .nimble path or a loaded Package) over every row of ``data`` (.csv,
     .parquet, .npy or .npz with X) and write its outputs to ``out`` (.csv or .parquet) with
     each row's id: ``id_column``'s values, or the row number from 0. ``progress(rows_done,
     rows_total)`` is called after each chunk (rows_total None when the file does not say).
-    ``resume=False`` discards what an unfinished run of another job left in ``<out>.parts``."""
+    ``resume=False`` discards what an unfinished run of another job left in ``<out>.parts``.
+
+    ``ray``: run the job on Ray Data instead ('auto': the cluster this machine belongs to,
+    'ray://host:port', or 'local': a new instance here), with ``workers`` actors (every CPU
+    but one); see :mod:`nimbleml.batch_ray`."""
     from .package import Package, load
 
     data, out = Path(data), Path(out)
     _check_options(data, out, batch_size, chunk_rows)
     pkg = package if isinstance(package, Package) else load(package)
+    if ray is not None:
+        from .batch_ray import run_on_ray
+
+        started = time.perf_counter()
+        rows, files = run_on_ray(pkg, data, out, address=ray, workers=workers,
+                                 batch_size=batch_size, chunk_rows=chunk_rows,
+                                 id_column=id_column, progress=progress)  # fmt: skip
+        return PredictResult(out, rows, files, 0, time.perf_counter() - started)
     parts = out.with_name(out.name + ".parts")
     job = {"input": str(data.resolve()), "size": data.stat().st_size,
            "mtime_ns": data.stat().st_mtime_ns, "chunk_rows": chunk_rows,

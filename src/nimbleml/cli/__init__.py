@@ -2,7 +2,7 @@
 
 One module per verb family (compress.py: compress, bench, inspect, optimize; serve.py;
 report.py: report, demo; ensemble.py; sign.py: keygen, sign, verify; train.py, with
-_train_run.py for one training process; bench_train.py); what they share (the one-line
+_train_run.py for one training process; bench_train.py; cost.py); what they share (the one-line
 error handler, progress, data loading) lives in _common.py. User errors print one
 line (``error: ...``) and exit with code 2, without a traceback.
 """
@@ -16,10 +16,13 @@ import typer
 from . import (
     bench_train,
     compress,
+    cost,
+    deploy,
     distill,
     ensemble,
     nas,
     predict,
+    profile,
     report,
     serve,
     sign,
@@ -77,11 +80,16 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
     predict.predict: (
         "nimbleml predict model.nimble --data rows.parquet --out predictions.parquet",
         "nimbleml predict model.nimble --data rows.csv --id-column id --batch-size 512 --out predictions.csv",
+        "nimbleml predict model.nimble --data /shared/rows.parquet --out /shared/predictions.parquet --ray auto --workers 8",
     ),
     serve.serve: (
         "nimbleml serve model.nimble",
         "nimbleml serve digits=model.nimble --port 8080 --workers 2 --api-key SECRET",
         "nimbleml serve --config serve.yaml",
+    ),
+    deploy.deploy: (
+        "nimbleml deploy model.nimble --target docker -o deploy/",
+        "nimbleml deploy digits=model.nimble iris.nimble --target k8s --serve-report serve.json -o k8s/",
     ),
     ensemble.ensemble: (
         "nimbleml ensemble a.nimble b.nimble --data val.npz",
@@ -106,6 +114,15 @@ EXAMPLES: dict[Any, tuple[str, ...]] = {
     bench_train.bench_train: (
         "nimbleml bench-train --model mypkg.models:build --data train.npz --val val.npz --compare-amp -o bench/",
         "nimbleml bench-train --model mypkg.models:build --data train.npz --epochs 2 --full-suite --repeats 3 -o bench/",
+    ),
+    cost.cost: (
+        "nimbleml cost --serve-report serve.json --cloud aws,gcp,azure --rps 2000 --spot",
+        "nimbleml cost --report bench/report.json --train-report runs/x --sla-p99-ms 10 --json cost.json",
+    ),
+    profile.profile: (
+        "nimbleml profile model.nimble --data val.npz",
+        "nimbleml profile model.onnx --data val.npz --batch-size 1,32 -o prof/",
+        "nimbleml profile mypkg.models:build --train --data train.npz --batch-size 64 -o prof/",
     ),
     report.demo: ("nimbleml demo", "nimbleml demo --out /tmp/nimble-demo --quick"),
     sign.keygen: ("nimbleml keygen team.pem",),

@@ -19,7 +19,7 @@ from ._common import _show
 
 
 def run(spec: dict[str, Any], progress: str, save_model: Path | None,
-        optimize: tuple[float, float, Path | None] | None) -> None:  # fmt: skip
+        optimize: tuple[float, float, Path | None] | None, cloud: str | None = None) -> None:  # fmt: skip
     torch = require("torch", "nimbleml train")
     from ..train import Trainer, loggers, sources
     from .train import options
@@ -66,6 +66,10 @@ def run(spec: dict[str, Any], progress: str, save_model: Path | None,
         _show(f"weights: {save_model}")
     if optimize is not None:
         _optimize(result, val_data, spec, *optimize)
+    if cloud:
+        from .cost import after
+
+        after(cloud, "this run's training time", train_report=result.report.to_dict())
 
 
 def _check_gpus(torch: Any, device: str, world: int) -> None:

@@ -13,6 +13,7 @@ import typer
 
 from ..errors import ConfigError
 from ._common import _batch_sizes, _data, _guard, _progress, _show, check_writable
+from .cost import after, check_clouds
 
 
 def compress(
@@ -144,6 +145,9 @@ def bench(
         "--trust-pickle",
         help="allow loading pickle/joblib files (they run code when loaded)",
     ),
+    cloud: str | None = typer.Option(
+        None, "--cloud", help="then print the cloud cost estimate for these clouds (aws,gcp,azure)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Benchmark models side by side on the same inputs."""
@@ -159,6 +163,7 @@ def bench(
         sizes = _batch_sizes(batch_size)
         if time_budget <= 0:
             raise ConfigError(f"--time-budget must be > 0 seconds, got {time_budget}")
+        check_clouds(cloud)
         loaded = [
             m if Path(m).is_dir() else load_model(m, X, trust_pickle=trust_pickle) for m in models
         ]
@@ -174,6 +179,8 @@ def bench(
         if report:
             result.save(report)
             _show(f"report written to {report}/")
+        if cloud:
+            after(cloud, "in-process figures of this run", report=result)
 
     _guard(go)
 

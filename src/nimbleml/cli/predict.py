@@ -22,6 +22,12 @@ def predict(
         False, "--restart", help="discard an unfinished run of another job in OUT.parts/"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    ray: str | None = typer.Option(
+        None, help="run on Ray Data: auto (this machine's cluster), ray://HOST:PORT, or local"
+    ),
+    workers: int | None = typer.Option(
+        None, help="Ray actors, each with the package loaded once [every CPU but one]"
+    ),
 ) -> None:
     """Predict every row of a file; an interrupted run resumes where it stopped."""
 
@@ -43,7 +49,12 @@ def predict(
 
             res = predict_file(package, data, out, batch_size=batch_size,
                                chunk_rows=chunk_rows, id_column=id_column,
-                               resume=not restart, progress=show)  # fmt: skip
+                               resume=not restart, progress=show, ray=ray,
+                               workers=workers)  # fmt: skip
+        if ray is not None:
+            typer.echo(f"{res.rows:,} rows on Ray in {res.seconds:.1f} s "
+                       f"({res.rows_per_second:,.0f} rows/s): {res.out}")  # fmt: skip
+            return
         resumed = f", {res.resumed_chunks} chunk(s) kept from an earlier run" if (
             res.resumed_chunks) else ""  # fmt: skip
         typer.echo(f"{res.rows:,} rows in {res.chunks} chunk(s), {res.rows_per_second:,.0f} "

@@ -39,6 +39,7 @@ from ..errors import ConfigError
 from ..train.config import LOSSES, OPTIMIZERS, SCHEDULERS, TrainConfig
 from ..train.precision import PRECISIONS
 from ._common import DEBUG, _guard, check_writable
+from .cost import check_clouds
 
 TRAINING = (*(n for n in TrainConfig.names() if n != "callbacks"), "nproc", "log")
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -259,6 +260,9 @@ def train(
     output: Path | None = typer.Option(
         None, "-o", "--output", help="--optimize: where to write the .nimble package"
     ),
+    cloud: str | None = typer.Option(
+        None, "--cloud", help="then print the cost of this run on these clouds (aws,gcp,azure)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Train a PyTorch model: one process or many (--nproc), checkpoints, reports, trackers."""
@@ -279,6 +283,7 @@ def train(
         }  # fmt: skip
         spec = settings(given, config)
         _check_outputs(spec, save_model, optimize, output, max_drop, time_budget)
+        check_clouds(cloud)
         if spec["nproc"] > 1 and not launch.inside_torchrun():
             _preflight(spec)
             code = launch.relaunch(given_args(ctx), spec["nproc"], debug=DEBUG["on"],
@@ -287,7 +292,7 @@ def train(
         from ._train_run import run
 
         run(spec, progress=_progress_mode(quiet), save_model=save_model,
-            optimize=(max_drop, time_budget, output) if optimize else None)  # fmt: skip
+            optimize=(max_drop, time_budget, output) if optimize else None, cloud=cloud)  # fmt: skip
 
     _guard(go)
 
