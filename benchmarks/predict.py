@@ -3,6 +3,8 @@ MLP's inputs) predicted by nimbleml.predict_file in chunks against package.predi
 array in memory. Each runs in its own process, so each peak RSS is its own.
 
 Goal: rows/s of the file >= 0.9x the in-memory call, at bounded memory (peak RSS stated).
+With the `ray` extra, the same file on a local Ray instance (started first; its start time is
+stated, not counted) with 2 actors and with 1, vs the local path in 1 process.
 
     python benchmarks/predict.py [--rows 1000000] [--json bench-out/predict.json]
 """
@@ -10,6 +12,7 @@ Goal: rows/s of the file >= 0.9x the in-memory call, at bounded memory (peak RSS
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,8 +42,14 @@ if mode == "memory":
     y = nimbleml.load(pkg).predict(X)
     rows, seconds, load_s = len(X), time.perf_counter() - loaded, loaded - t0
 else:
-    res = nimbleml.predict_file(pkg, data, out, chunk_rows=int(sys.argv[5]), batch_size=int(sys.argv[6]))
-    rows, seconds, load_s = res.rows, res.seconds, 0.0
+    ray, load_s = {}, 0.0
+    if mode.startswith("ray"):  # a local Ray instance, started first and timed on its own
+        import ray as ray_module
+        ray_module.init(include_dashboard=False, log_to_driver=False)
+        ray, load_s = {"ray": "auto", "workers": int(mode[3:])}, time.perf_counter() - t0
+    res = nimbleml.predict_file(pkg, data, out, chunk_rows=int(sys.argv[5]),
+                                batch_size=int(sys.argv[6]), **ray)
+    rows, seconds = res.rows, res.seconds
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"rows": rows, "seconds": seconds, "load_s": load_s, "peak_mb": peak}))
 """
@@ -60,6 +69,7 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=65536)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--json", type=Path, default=Path("bench-out/predict.json"))
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray runs")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import pandas as pd
@@ -93,7 +103,13 @@ def main() -> None:
                     str(args.chunk_rows), str(args.batch_size))  # fmt: skip
         small = child("file", str(pkg), str(csv), str(folder / "out.csv"), str(args.chunk_rows),
                       str(args.batch_size))  # fmt: skip
-    results.update(memory=mem, parquet=par, csv=small)
+        ray_runs = {}
+        if not args.no_ray and importlib.util.find_spec("ray") is not None:
+            for mode in ("ray1", "ray2"):
+                ray_runs[mode] = child(mode, str(pkg), str(data),
+                                       str(folder / f"{mode}.parquet"), str(args.chunk_rows),
+                                       str(args.batch_size))  # fmt: skip
+    results.update(memory=mem, parquet=par, csv=small, **ray_runs)
     rate = {k: v["rows"] / v["seconds"] for k, v in (("memory", mem), ("parquet", par),
                                                       ("csv", small))}  # fmt: skip
     rows = [
@@ -105,6 +121,13 @@ def main() -> None:
         [f"predict_file csv -> csv ({args.rows // 10:,} rows)", f"{rate['csv']:,.0f}",
          f"{small['peak_mb']:,.0f}", f"{rate['csv'] / rate['memory']:.2f}x", "report"],
     ]  # fmt: skip
+    for mode, label in (("ray1", "1 actor"), ("ray2", "2 actors")):
+        if mode in ray_runs:
+            r = ray_runs[mode]["rows"] / ray_runs[mode]["seconds"]
+            rows.append([f"predict_file on Ray, {label} (Ray started in "
+                         f"{ray_runs[mode]['load_s']:.0f} s before)", f"{r:,.0f}",
+                         f"{ray_runs[mode]['peak_mb']:,.0f} (driver)",
+                         f"{r / rate['memory']:.2f}x", f"{r / rate['parquet']:.2f}x of 1 process"])  # fmt: skip
     print(table(rows, ["run", "rows/s", "peak RSS MB", "vs memory", "goal"]))
     print(f"(the in-memory run also spent {mem['load_s']:.1f} s reading the file, not counted)")
     end = os.getloadavg()

@@ -169,6 +169,10 @@ CASES = {
         ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.json", "writes .csv, .parquet"),
         ("predict {d}/pkg.nimble --data {d}/narrow.npz --out {d}/p.csv", "takes 64 features"),
         ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.csv --batch-size 0", "batch_size"),
+        ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.csv --ray auto", "on Ray, predict reads"),
+        ("predict {d}/pkg.nimble --data {d}/text.csv --out {d}/p.csv --ray auto --workers 0",
+         "workers must be"),
+        ("predict {d}/pkg.nimble --data {d}/text.csv --out {d}/p.csv --ray auto", "2 columns"),
     ],
     "deploy": [
         ("deploy {d}/missing.nimble --target docker -o {d}/dep", "does not exist"),
@@ -177,7 +181,10 @@ CASES = {
         ("deploy {d}/pkg.nimble pkg={d}/pkg.nimble -t k8s -o {d}/dep", "two packages are named"),
         ("deploy {d}/pkg.nimble --target docker -o {d}", "not empty; give --force"),
         ("deploy {d}/pkg.nimble --target docker -o {d}/val.npz", "exists and is a file"),
-        ("deploy {d}/pkg.nimble -t kserve -o {d}/dep --serve-report {d}/val.npz", "is not JSON"),
+        (
+            "deploy {d}/pkg.nimble -t kserve -o {d}/dep --serve-report {d}/val.npz",
+            "not a JSON report",
+        ),
     ],
     "tune": [
         ("tune --config {d}/missing.yaml", "does not exist"),

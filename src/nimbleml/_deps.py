@@ -26,6 +26,7 @@ _EXTRAS = {
     "psycopg": ("monitor", "psycopg[binary]"),
     "fastapi": ("serve", "fastapi"),
     "uvicorn": ("serve", "uvicorn"),
+    "yaml": ("serve", "pyyaml"),
     "cryptography": ("sign", "cryptography"),
     "optuna": ("search", "optuna"),
     "tensorboard": ("train-logs", "tensorboard"),

@@ -281,10 +281,23 @@ def _rows(inputs: Any, index: slice) -> Any:
     return inputs[index] if isinstance(inputs, np.ndarray) else inputs.iloc[index]
 
 
+def dictionary_columns(names: Any, types: Any) -> list[str]:
+    """The columns worth Parquet's dictionary encoding: labels and other text, not numbers
+    (for float outputs the dictionary only costs: writing 1M rows of 10 floats takes 5x
+    longer with it, for a 10% larger file without it)."""
+    pa = require("pyarrow", "Parquet files")
+    return [str(n) for n, t in zip(names, types, strict=True)
+            if not (pa.types.is_floating(t) or pa.types.is_integer(t))]  # fmt: skip
+
+
 def _write_atomic(table: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".parquet":
-        table.to_parquet(tmp, index=False)
+        pa = require("pyarrow", "Parquet files")
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        require("pyarrow.parquet", "Parquet files").write_table(
+            arrow, tmp, use_dictionary=dictionary_columns(arrow.schema.names, arrow.schema.types)
+        )
     else:
         table.to_csv(tmp, index=False)
     os.replace(tmp, path)
@@ -300,7 +313,10 @@ def _join(parts: Path, out: Path, chunks: int) -> None:
         try:
             for f in files:
                 table = pq.read_table(f)
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                schema = table.schema
+                writer = writer or pq.ParquetWriter(
+                    tmp, schema, use_dictionary=dictionary_columns(schema.names, schema.types)
+                )
                 writer.write_table(table)
         finally:
             if writer is not None:

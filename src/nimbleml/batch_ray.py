@@ -208,6 +208,8 @@ def _parquet_rows(path: Path) -> int:
 
 def _join(staging: Path, out: Path, id_column: str | None) -> int:
     """Ray's output files, in order, into ``out``; rows numbered from 0 without id_column."""
+    from .batch import dictionary_columns
+
     pa = require("pyarrow", "Parquet files")
     pq = require("pyarrow.parquet", "Parquet files")
     files = _files(staging)
@@ -222,7 +224,10 @@ def _join(staging: Path, out: Path, id_column: str | None) -> int:
                 table = table.add_column(0, "row", rows)
             offset += table.num_rows
             if out.suffix == ".parquet":
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                names, types = table.schema.names, table.schema.types
+                writer = writer or pq.ParquetWriter(
+                    tmp, table.schema, use_dictionary=dictionary_columns(names, types)
+                )
                 writer.write_table(table)
             else:
                 table.to_pandas().to_csv(tmp, mode="a", header=writer is None, index=False)

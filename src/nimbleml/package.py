@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelLoadError, PackageError, warn
+from .errors import ConfigError, ModelLoadError, PackageError, warn
 from .inputs import Feeds, TensorSpec
 from .models.base import Model
 
@@ -266,6 +266,24 @@ def load(path: str | Path, verify: Any = None) -> Package:
     since, or PackageError says what is wrong, before any model file is opened. Without it
     a signature is not looked at."""
     return Package(path, verify=verify)
+
+
+def model_map(items: Any) -> dict[str, str]:
+    """{name: path} from NAME=PATH strings, plain paths (named after the folder) or a map:
+    how ``nimbleml serve`` and ``nimbleml deploy`` name the packages they are given."""
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    if isinstance(items, str):
+        items = [items]
+    models: dict[str, str] = {}
+    for item in items or []:
+        item = str(item)
+        name, _, path = item.partition("=") if "=" in item else ("", "", item)
+        name = name or Path(path).name.removesuffix(".nimble")
+        if name in models:
+            raise ConfigError(f"two packages are named '{name}'; use NAME=PATH to tell them apart")
+        models[name] = path
+    return models
 
 
 def write_package(manifest: dict[str, Any], model: Model, baseline: Model, same: bool) -> Package:

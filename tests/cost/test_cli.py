@@ -26,7 +26,7 @@ def cost(*argv: str):
 
 def test_cost_prints_the_right_sizing_table_and_writes_json(reports):
     res = cost("--serve-report", reports / "serve.json", "--train-report", reports / "train",
-               "--cloud", "aws,azure", "--rps", "2000", "--spot", "--json", reports / "c.json")  # fmt: skip
+               "--cloud", "aws,azure", "--rps", "2000", "--spot", "--json", reports / "new" / "c.json")  # fmt: skip
     assert res.exit_code == 0, res.output
     out = res.output
     assert "prices: nimbleml built-in catalog, dated 2026-12-01" in out and "days old" in out
@@ -42,7 +42,7 @@ def test_cost_prints_the_right_sizing_table_and_writes_json(reports):
         "basis     assumption")  # fmt: skip
     assert body and all(" estimate  vCPU-scaled 2->" in line for line in body)
     assert not any(n in line for line in body for n in ("n1-standard", "g4dn"))  # aws, azure only
-    data = json.loads((reports / "c.json").read_text())
+    data = json.loads((reports / "new" / "c.json").read_text())  # its folder made (was: an error)
     assert data["options"]["clouds"] == ["aws", "azure"] and data["serving"]
     assert "estimate written to" in out
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import nimbleml
 from nimbleml.deploy import capacity, plan
-from nimbleml.errors import ConfigError
+from nimbleml.errors import ConfigError, DataError
 
 
 def served(iris_package, **manifest) -> plan.Served:
@@ -96,7 +96,7 @@ def test_the_slowest_model_sets_the_capacity_and_a_report_without_it_is_refused(
     with pytest.raises(ConfigError, match="no capacity for c.*models in it: a, b"):
         capacity.read_report(path, ["c"])
     path.write_text("not json")
-    with pytest.raises(ConfigError, match="is not JSON"):
+    with pytest.raises(DataError, match="not a JSON report"):
         capacity.read_report(path, ["a"])
 
 

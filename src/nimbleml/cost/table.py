@@ -35,6 +35,11 @@ def _money(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if value >= 0.001 or value == 0 else f"{value:.1e}"
 
 
+def _p99(ms: float | None) -> str:
+    """One decimal; two below 1 ms (an in-process p99 of 0.04 ms is not 0.0)."""
+    return "-" if ms is None else f"{ms:.{1 if ms >= 1 else 2}f}"
+
+
 def _duration(hours: float) -> str:
     seconds = hours * 3600
     if seconds < 120:
@@ -83,14 +88,14 @@ def _serving(est: CostEstimate, m: Measured) -> list[str]:
     for r in rows:
         i = r.instance
         cells = [i.name, i.cloud, str(i.vcpus), _gpu(i.accelerator), _money(i.on_demand),
-                 f"{r.capacity_rps:,.0f}", "-" if r.p99_ms is None else f"{r.p99_ms:.1f}",
+                 f"{r.capacity_rps:,.0f}", _p99(r.p99_ms),
                  _money(r.usd_per_million)]  # fmt: skip
         if o.spot:
             saving = i.spot_saving
             cells += [_money(i.spot), _money(r.spot_usd_per_million),
                       "-" if saving is None else f"{saving:.0%}"]  # fmt: skip
         if o.rps:
-            cells += [str(r.instances_needed), _money(r.fleet_usd_hour, 3)]
+            cells += [f"{r.instances_needed:,}", _money(r.fleet_usd_hour, 3)]
             cells += [_money(r.fleet_spot_usd_hour, 3)] if o.spot else []
         body.append([*cells, r.basis, r.assumption])
     return head + grid(header, body) + [_cheapest(est, rows)]
@@ -129,7 +134,7 @@ def _best(est: CostEstimate, rows: list[ServingRow], short: bool = False) -> str
             text += f" (on-demand ${best.fleet_usd_hour * HOURS_PER_MONTH:,.0f}/month: spot saves ${saved:,.0f})"
         return text if short else f"cheapest for {o.rps:,.0f} req/s: {text}"
     per = best.spot_usd_per_million if spot else best.usd_per_million
-    text = f"{best.instance.name} ({best.basis}), ${per:.4f}{' on spot' if spot else ''}"
+    text = f"{best.instance.name} ({best.basis}), ${_money(per)}{' on spot' if spot else ''}"
     return text if short else f"cheapest per 1M predictions: {text}"
 
 

@@ -80,9 +80,12 @@ def deploy(
     _check_ints(threads=threads, max_batch_size=max_batch_size, workers=workers,
                 min_replicas=min_replicas, max_replicas=max_replicas)  # fmt: skip
     if max_replicas < max(min_replicas, 1):
-        raise ConfigError(f"max_replicas ({max_replicas}) must be >= min_replicas ({min_replicas})")
+        raise ConfigError(f"max_replicas (--max-replicas {max_replicas}) must be >= min_replicas "
+                          f"(--min-replicas {min_replicas})")  # fmt: skip
     if cache_mb <= 0:
-        raise ConfigError(f"cache_mb must be > 0 (the Redis tier sits below it), got {cache_mb}")
+        raise ConfigError(
+            f"cache_mb (--cache-mb) must be > 0 (the Redis tier sits below it), got {cache_mb:g}"
+        )
     if train is not None:
         return _train(kind, Path(train), out, force, bucket, accelerators, packages)
     served = read_packages(list(packages or []))
@@ -120,7 +123,9 @@ def _check_ints(**values: int | None) -> None:
         if value is not None and (
             not isinstance(value, int) or value < (0 if name == "min_replicas" else 1)
         ):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            least = "an integer >= 0" if name == "min_replicas" else "a positive integer"
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{name} ({flag}) must be {least}, got {value!r}")
 
 
 def _train(kind: Target, config: Path, out: Path, force: bool, bucket: str | None,

@@ -18,7 +18,6 @@ traffic split is unknown; the slowest model's figure is the safe one).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,13 +79,10 @@ def _per_model(data: Any) -> dict[str, tuple[float, float | None, float | None]]
 
 def read_report(path: str | Path, names: list[str]) -> Capacity:
     """The capacity of the deployed models from a serve report (see the module docstring)."""
+    from ..cost.inputs import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--serve-report {path} does not exist") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--serve-report {path} is not JSON ({exc})") from None
+    data, _ = read_json(path, "--serve-report")
     per_model = _per_model(data)
     chosen = [per_model[n] for n in names if n in per_model]
     if not chosen:

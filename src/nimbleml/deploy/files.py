@@ -9,19 +9,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MissingDependencyError
+from .._deps import require
+from ..errors import ConfigError
 from .plan import Plan
 
 
 def yaml_text(docs: list[Any], comment: list[str]) -> str:
     """YAML documents (``---`` between them) under a ``#`` comment block."""
-    try:
-        import yaml
-    except ImportError as exc:  # pragma: no cover - the serve extra brings it
-        raise MissingDependencyError(
-            "nimbleml deploy writes YAML with PyYAML, which is not installed. Install it with: "
-            "pip install 'nimbleml[serve]'"
-        ) from exc
+    require("yaml", "nimbleml deploy (it writes YAML)")  # or says how to install it
+    import yaml
 
     class Dumper(yaml.SafeDumper):
         def increase_indent(self, flow: bool = False, indentless: bool = False) -> Any:

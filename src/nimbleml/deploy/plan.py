@@ -124,15 +124,13 @@ def _num(value: float) -> str:
 def read_packages(paths: list[str | Path]) -> list[Served]:
     """Each path checked as a package (manifest, checksums) and named; NAME=PATH chooses the
     name, as ``nimbleml serve`` takes it. Two packages with one name are refused."""
-    from ..package import read_manifest
+    from ..package import model_map, read_manifest
 
     if not paths:
         raise ConfigError("no packages to deploy: give one or more .nimble packages")
     served: list[Served] = []
-    for item in map(str, paths):
-        name, _, path = item.partition("=") if "=" in item else ("", "", item)
+    for name, path in model_map(paths).items():
         folder = Path(path)
-        name = name or folder.name.removesuffix(".nimble")
         if not folder.exists():
             raise ConfigError(f"{folder} does not exist: give a .nimble package folder")
         if not (folder / "manifest.json").is_file():
@@ -142,8 +140,6 @@ def read_packages(paths: list[str | Path]) -> list[Served]:
                 f"model name {name!r} must be letters, digits, '-', '_' or '.'; "
                 "use NAME=PATH to choose another"
             )
-        if any(s.name == name for s in served):
-            raise ConfigError(f"two packages are named '{name}'; use NAME=PATH to tell them apart")
         try:
             manifest = read_manifest(folder)
         except PackageError as exc:
@@ -254,7 +250,7 @@ def _memory(packages: list[Served], cache_mb: float) -> Setting:
     rounded = int(math.ceil(mib / 32) * 32)
     return Setting(
         rounded,
-        f"({IDLE_SERVER_MIB} MiB idle server, measured + 2 x {files / 2**20:.1f} MiB of model "
+        f"({IDLE_SERVER_MIB} MiB idle server, measured + 2 x {files / 2**20:.{1 if files >= 2**20 else 3}f} MiB of model "
         f"and baseline files + {_num(cache_mb)} MiB cache) x {HEADROOM}, per worker",
     )
 

@@ -99,8 +99,7 @@ def _notes(settings: Settings) -> list[str]:
         "coverage: summed kernel time / wall time of the same profiled runs (means); the rest is ONNX "
         "Runtime between kernels (model_run minus kernels) and outside it (the Python call, "
         "inputs and outputs)",
-        "FLOPs from the shapes the profiler recorded (2 per multiply-add; MatMul/Gemm/Conv "
-        "families only)",
+        "FLOPs from the shapes the profiler recorded (the MatMul, Gemm and Conv families)",
     ]
 
 
@@ -170,18 +169,7 @@ def _digest(events: list[dict[str, Any]], size: int, runs: int, warmup: int,
     kernels = [e for e in measured
                if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]  # fmt: skip
     runtime_us = sum(e["dur"] for e in model_runs[warmup:])
-    by_node: dict[str, dict[str, Any]] = {}
-    for e in kernels:
-        args = e.get("args", {})
-        node = by_node.setdefault(e["name"].removesuffix("_kernel_time"), {
-            "op": args.get("op_name", "?"), "provider": args.get("provider", "?"), "us": 0.0,
-            "calls": 0, "inputs": _shapes(args.get("input_type_shape")),
-            "outputs": _shapes(args.get("output_type_shape")), "flops": 0.0,
-        })  # fmt: skip
-        node["us"] += e["dur"]
-        node["calls"] += 1
-        node["flops"] += _flops(node["op"], node["inputs"], node["outputs"],
-                                weights.get(e["name"].removesuffix("_kernel_time")))  # fmt: skip
+    by_node = _by_node(kernels, weights)
     total_us = sum(n["us"] for n in by_node.values()) or 1e-9
     quantized = {n["op"] for n in by_node.values() if n["op"] in QUANTIZED_OPS}
     ops = _op_table(by_node, runs, total_us)
@@ -220,6 +208,24 @@ def _digest(events: list[dict[str, Any]], size: int, runs: int, warmup: int,
         },
     }
     return batch, trace, quantized
+
+
+def _by_node(kernels: list[dict[str, Any]],
+             weights: dict[str, list[int]]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Kernel events summed per graph node: op, provider, time, calls, shapes, FLOPs."""
+    by_node: dict[str, dict[str, Any]] = {}
+    for e in kernels:
+        args = e.get("args", {})
+        name = e["name"].removesuffix("_kernel_time")
+        node = by_node.setdefault(name, {
+            "op": args.get("op_name", "?"), "provider": args.get("provider", "?"), "us": 0.0,
+            "calls": 0, "inputs": _shapes(args.get("input_type_shape")),
+            "outputs": _shapes(args.get("output_type_shape")), "flops": 0.0,
+        })  # fmt: skip
+        node["us"] += e["dur"]
+        node["calls"] += 1
+        node["flops"] += _flops(node["op"], node["inputs"], node["outputs"], weights.get(name))
+    return by_node
 
 
 def _op_table(by_node: dict[str, dict[str, Any]], runs: int, total_us: float) -> list[OpStat]:

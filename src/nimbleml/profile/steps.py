@@ -18,6 +18,7 @@ the profiled steps do not change the caller's weights.
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import time
 from typing import Any
@@ -47,7 +48,7 @@ class Steps:
         cfg = trainer.config
         self.torch, self.device = torch, trainer._device()
         self.cuda = self.device.startswith("cuda")
-        self.model = copy.deepcopy(model).to(self.device).train()
+        self.model = _copy(torch, model).to(self.device).train()
         loader_args = cfg.dataloader if isinstance(cfg.dataloader, dict) else None
         self.data = batches(data, batch_size, loader_args, cfg.seed)
         sample = self.data.sample()
@@ -110,6 +111,17 @@ class Steps:
             self.loss_fn(call(self.model, inputs), target).backward()
         self.optimizer.zero_grad(set_to_none=True)
         return float(counter.get_total_flops()) or None
+
+
+def _copy(torch: Any, model: Any) -> Any:
+    """A copy to train: a deep copy, but TorchScript through save and load, since a deep
+    copy's parameters are no longer leaves and no optimizer takes them."""
+    if isinstance(model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(model, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer)
+    return copy.deepcopy(model)
 
 
 def check_options(options: dict[str, Any] | None) -> dict[str, Any]:

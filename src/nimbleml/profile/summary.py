@@ -8,6 +8,7 @@ from __future__ import annotations
 from .report import BatchProfile, ProfileReport
 
 OVERHEAD_BOUND = 0.5  # kernels under half the run: the run is framework-bound
+FLOAT_MATMUL_SHARE = 0.25  # float matrix products this big a share: int8 is worth trying
 DATA_MOVEMENT = frozenset({
     "Transpose", "Reshape", "Cast", "Concat", "Gather", "Slice", "Split", "Expand", "Squeeze",
     "Unsqueeze", "Identity", "Flatten", "ReorderInput", "ReorderOutput", "MemcpyToHost",
@@ -22,7 +23,7 @@ MATMUL_LIKE = ("MatMul", "Gemm", "Conv", "addmm", "aten::mm", "bmm", "conv", "li
 def summarize(report: ProfileReport) -> list[str]:
     if not report.batches:
         return []
-    lines = [_top_op(report, b) for b in report.batches if b.ops]
+    lines = [_top_op(report, b, first=i == 0) for i, b in enumerate(report.batches) if b.ops]
     lines += _stayed_float(report)
     lines += _overhead(report)
     lines += _movement(report)
@@ -37,23 +38,31 @@ def _pct(share: float) -> str:
     return f"{100 * share:.0f}%"
 
 
-def _top_op(report: ProfileReport, b: BatchProfile) -> str:
+def _top_op(report: ProfileReport, b: BatchProfile, first: bool) -> str:
+    """The top op type's share; the first line also says what int8 can (or did) do."""
     top = b.ops[0]
     where = "of kernel time" if report.kind == "onnx" else "of op time"
     text = f"{_pct(top.share)} {where} in {top.op} at batch {b.batch_size}"
     if top.nodes > 1:
         text += f" ({top.nodes} {'nodes' if report.kind == 'onnx' else 'shapes'})"
+    if not first:
+        return text
     if report.quantized:
         integer = [
             o for o in report.quantized_ops if o not in ("QuantizeLinear", "DequantizeLinear")
         ]
         text += f"; the model is already int8 ({', '.join(integer or report.quantized_ops)})"
-    elif any(k in top.op for k in MATMUL_LIKE) and report.kind != "train":
+    elif report.kind != "train" and matmul_share(b) >= FLOAT_MATMUL_SHARE:
         text += (
-            "; the model computes in float: int8 quantization (nimbleml compress --quantize "
-            "int8) targets exactly these ops"
+            f"; the model computes in float ({_pct(matmul_share(b))} in matrix products): int8 "
+            "quantization (nimbleml compress --quantize int8) targets exactly these ops"
         )
     return text
+
+
+def matmul_share(b: BatchProfile) -> float:
+    """The share of the time in matrix products (MatMul, Gemm, Conv, addmm...)."""
+    return sum(o.share for o in b.ops if any(k in o.op for k in MATMUL_LIKE))
 
 
 def _stayed_float(report: ProfileReport) -> list[str]:
@@ -115,12 +124,14 @@ def _scaling(report: ProfileReport) -> list[str]:
     ratio = large.samples_per_s / small.samples_per_s if small.samples_per_s else 0.0
     unit = "steps" if report.kind == "train" else "runs"
     text = (
-        f"batch {large.batch_size} reaches {ratio:.1f}x the samples/s of batch "
+        f"batch {large.batch_size} reaches {ratio:.{1 if ratio >= 1 else 2}f}x the samples/s of batch "
         f"{small.batch_size} ({large.samples_per_s:,.0f} vs {small.samples_per_s:,.0f}, "
         f"{unit} timed without the profiler)"
     )
     if ratio >= 1.5:
         text += "; where latency allows, batch requests (nimbleml serve batches dynamically)"
+    elif ratio < 1:
+        text += f"; batch {large.batch_size} is slower per sample here: larger batches do not pay"
     elif ratio < 1.2:
         text += "; larger batches barely help: the ops are already busy at the small batch"
     return [text]
@@ -132,11 +143,14 @@ def _distortion(report: ProfileReport) -> list[str]:
     if not heavy:
         return []
     worst = max(heavy, key=lambda b: b.overhead)
+    unit = "step" if report.kind == "train" else "run"
+    calmer = [b for b in report.batches if b.overhead < worst.overhead / 2]
+    trust = (f"trust the tables at batch {', '.join(str(b.batch_size) for b in calmer)} more, "
+             "and" if calmer else "trust")  # fmt: skip
     return [
-        f"the profiler made a run {100 * worst.overhead:.0f}% slower at batch "
-        f"{worst.batch_size}: at this size its per-op cost skews the shares toward ops that "
-        "are called often; trust the larger batch sizes' tables more, and the latency and "
-        "samples/s, which were timed without it"
+        f"the profiler made a {unit} {100 * worst.overhead:.0f}% slower at batch "
+        f"{worst.batch_size}: its per-op cost skews the shares toward ops that are called "
+        f"often; {trust} the latency and samples/s, which were timed without it"
     ]
 
 

@@ -81,14 +81,14 @@ def _batch(report: ProfileReport, b: BatchProfile, top: int) -> list[str]:
         rest = b.ops[top:]
         lines.append(f"  ... {len(rest)} more op types, {100 * sum(o.share for o in rest):.1f}%")
     lines.append("")
-    shown = [n for n in b.nodes[:top]] + [n for n in b.nodes[top:] if n.stayed_float]
+    shown = b.nodes[:top] + [n for n in b.nodes[top:] if n.stayed_float]
+    onnx = report.kind == "onnx"  # a PyTorch row is named by its op: no op column
     rows = [[n.name[:48] + (" [float]" if n.stayed_float else ""),
-             n.op if report.kind == "onnx" else "", _ms(n.ms), f"{100 * n.share:.1f}",
+             *([n.op] if onnx else []), _ms(n.ms), f"{100 * n.share:.1f}",
              " ".join(n.inputs)[:60] + (" -> " + " ".join(n.outputs) if n.outputs else "")]
             for n in shown]  # fmt: skip
-    header = ["top nodes" if report.kind == "onnx" else "top ops by input shape", "op",
-              f"ms/{unit}", "share %", "shapes"]  # fmt: skip
-    lines += _grid(rows, header)
+    header = ["top nodes", "op"] if onnx else ["top ops by input shape"]
+    lines += _grid(rows, [*header, f"ms/{unit}", "share %", "shapes"])
     return lines
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..package import model_map
 from .app import ServeConfig, create_app, serving_threads
 
 SPEC_ENV = "NIMBLEML_SERVE_SPEC"  # how the parent hands the settings to worker processes
@@ -44,23 +45,6 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"known: {', '.join(sorted(known))}"
         )
     return out
-
-
-def model_map(items: Any) -> dict[str, str]:
-    """{name: path} from NAME=PATH strings, plain paths (named after the folder) or a map."""
-    if isinstance(items, dict):
-        return {str(k): str(v) for k, v in items.items()}
-    if isinstance(items, str):
-        items = [items]
-    models: dict[str, str] = {}
-    for item in items or []:
-        item = str(item)
-        name, _, path = item.partition("=") if "=" in item else ("", "", item)
-        name = name or Path(path).name.removesuffix(".nimble")
-        if name in models:
-            raise ConfigError(f"two packages are named '{name}'; use NAME=PATH to tell them apart")
-        models[name] = path
-    return models
 
 
 _KINDS: dict[str, tuple[type, ...]] = {
