@@ -74,32 +74,22 @@ def test_bad_input_is_found_before_ray_starts(package, frame, tmp_path):
 
 
 def test_ray_matches_the_local_run_rows_in_order(package, cluster, frame, tmp_path):
-    frame.to_parquet(tmp_path / "in.parquet", row_group_size=500)
-    local = nimbleml.predict_file(package, tmp_path / "in.parquet", tmp_path / "local.parquet",
-                                  chunk_rows=400, id_column="id")  # fmt: skip
-    res = nimbleml.predict_file(package, tmp_path / "in.parquet", tmp_path / "ray.parquet",
-                                chunk_rows=400, id_column="id", ray="auto", workers=2)  # fmt: skip
-    assert res.rows == local.rows == len(frame) and res.chunks >= 2
-    got, want = (
-        pd.read_parquet(tmp_path / "ray.parquet"),
-        pd.read_parquet(tmp_path / "local.parquet"),
-    )
-    assert got["id"].tolist() == frame["id"].tolist()  # every row once, in the input's order
-    np.testing.assert_allclose(got.drop(columns=["id"]).to_numpy(),
-                               want.drop(columns=["id"]).to_numpy(), rtol=1e-5, atol=1e-6)  # fmt: skip
+    """Through the CLI, a Parquet file without ids: Ray's rows come back in the input's order,
+    numbered from 0, with the local path's values; only OUT is left."""
+    data = tmp_path / "in.parquet"
+    frame.drop(columns=["id"]).to_parquet(data, row_group_size=500)
+    local = nimbleml.predict_file(package, data, tmp_path / "local.parquet", chunk_rows=400)
+    out = tmp_path / "ray.parquet"
+    r = CliRunner().invoke(app, ["predict", str(package), "--data", str(data), "--out", str(out),
+                                 "--chunk-rows", "400", "--ray", "auto", "--workers", "2",
+                                 "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"{len(frame):,} rows on Ray" in r.output
+    got, want = pd.read_parquet(out), pd.read_parquet(tmp_path / "local.parquet")
+    assert local.rows == len(frame) and got["row"].tolist() == list(range(len(frame)))
+    assert got.columns.tolist() == want.columns.tolist()
+    # row by row against the local run, which keeps the input's order
+    np.testing.assert_allclose(got.drop(columns=["row"]).to_numpy(),
+                               want.drop(columns=["row"]).to_numpy(), rtol=1e-5, atol=1e-6)  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "local.parquet",
                                                           "ray.parquet"]  # fmt: skip
-
-    # the CLI, a CSV without ids: rows numbered from 0, the same values
-    frame.drop(columns=["id"]).to_csv(tmp_path / "noid.csv", index=False)
-    out = tmp_path / "ray.csv"
-    r = CliRunner().invoke(app, ["predict", str(package), "--data", str(tmp_path / "noid.csv"),
-                                 "--out", str(out), "--chunk-rows", "500", "--ray", "auto",
-                                 "--workers", "2", "-q"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert "rows on Ray" in r.output
-    csv = pd.read_csv(out)
-    assert csv["row"].tolist() == list(range(len(frame)))
-    np.testing.assert_allclose(csv.drop(columns=["row"]).to_numpy(),
-                               want.drop(columns=["id"]).to_numpy(), rtol=1e-5, atol=1e-5)  # fmt: skip
-    assert not out.with_name("ray.csv.ray").exists()
