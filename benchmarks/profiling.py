@@ -3,7 +3,10 @@ times account for (coverage; goal >= 90% at batch 32), and what profiling costs 
 on a 64->1024->1024->10 MLP as a float ONNX model, as an int8 package, and as a PyTorch
 module, at batch 1 and 32, all in one run.
 
-    .venv/bin/python benchmarks/profile.py [--quick] [--json bench-out/profile.json]
+    .venv/bin/python benchmarks/profiling.py [--quick] [--json bench-out/profile.json]
+
+(Not benchmarks/profile.py: a script there would shadow the standard library's `profile`
+module, which cProfile imports, for every benchmark run from this folder.)
 
 coverage: summed kernel (op self) time / wall time of the same profiled runs (means);
 e2e p50: median run without the profiler; overhead: profiled median / e2e median - 1.
