@@ -135,9 +135,11 @@ class _Predictor:
             pd = require("pandas", "batch prediction")
             X = np.stack(frame["data"].to_numpy())
             frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
-        table = _predict_chunk(self.package, frame, 0, self.batch_size, self.id_column,
-                               self.source)  # fmt: skip
-        return table if self.id_column else table.drop(columns=["row"])
+        columns = _predict_chunk(self.package, frame, 0, self.batch_size, self.id_column,
+                                 self.source)  # fmt: skip
+        if self.id_column is None:
+            del columns["row"]  # numbered by the driver, which knows each row's place
+        return require("pandas", "batch prediction").DataFrame(columns)
 
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
