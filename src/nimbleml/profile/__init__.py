@@ -118,7 +118,7 @@ def _adapt(model: Any, data: Any, trust_pickle: bool) -> tuple[Any, str, list[st
 
         if not is_reference(str(model)):
             raise ModelLoadError(f"model not found: {model}")
-        model = build_model(str(model))
+        model = build_model(str(model), flag="MODEL")
     if isinstance(model, str | Path) and Path(model).is_dir():
         model = load(model)
     if isinstance(model, Package):
@@ -158,7 +158,7 @@ def _trainable(model: Any, data: Any, trust_pickle: bool) -> tuple[Any, str]:
 
         text = str(model)
         if not Path(text).exists() and is_reference(text):
-            return build_model(text), text
+            return build_model(text, flag="MODEL"), text
         path = Path(text)
         if path.is_file() and path.suffix.lower() in TORCH_SUFFIXES:
             from ..models.torch_model import load_torch_file

@@ -125,9 +125,10 @@ def _call(fn: Any, kwargs: dict[str, Any], text: str, flag: str) -> Any:
 
 
 def build_model(factory: str | None, arch: str | None = None, num_classes: int | None = None,
-                kwargs: dict[str, Any] | None = None) -> Any:  # fmt: skip
+                kwargs: dict[str, Any] | None = None, flag: str = "--model") -> Any:  # fmt: skip
     """The torch.nn.Module that ``factory`` (``module:function``, called with ``kwargs`` and
-    ``num_classes=`` when given) or the torchvision architecture ``arch`` builds."""
+    ``num_classes=`` when given) or the torchvision architecture ``arch`` builds; errors
+    name ``factory`` as ``flag``."""
     torch = require("torch", "nimbleml train")
     args = dict(kwargs or {})
     if factory and arch:
@@ -144,8 +145,8 @@ def build_model(factory: str | None, arch: str | None = None, num_classes: int |
         assert factory is not None
         if num_classes is not None:
             args["num_classes"] = num_classes
-        model = _call(import_object(factory, "--model"), args, factory, "--model")
-        where, flag = factory, "--model"
+        model = _call(import_object(factory, flag), args, factory, flag)
+        where = factory
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(
             f"{flag} {where!r} returned a {type(model).__name__}, not a torch.nn.Module"
