@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 # system packages the tests run against for real (Debian): redis-server for the Redis cache
-# tier, postgresql for the monitor's fleet store, chromium + chromium-driver for the dashboard
+# tier, postgresql for the monitor's fleet store, chromium + chromium-driver for the dashboard,
+# prometheus for promtool (checks the config and every PromQL query nimbleml deploy writes)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck bench clean sysdeps
@@ -25,10 +26,11 @@ demo: $(STAMP)
 
 sysdeps:
 	@if ! command -v redis-server >/dev/null || ! command -v chromedriver >/dev/null || \
+		! command -v promtool >/dev/null || \
 		! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server postgresql \
-			chromium chromium-driver >/dev/null; fi
+			chromium chromium-driver prometheus >/dev/null; fi
 
 # two pytest workers (pytest-xdist): 7.4 min for the suite on 2 cores instead of 9.6
 TEST_WORKERS ?= 2

@@ -129,6 +129,34 @@ def test_prometheus_config_passes_promtool_where_installed(deployments):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_every_promql_expression_parses_in_promtool(deployments, tmp_path):
+    """The dashboard's queries and the adapter rule's, as recording rules for promtool to
+    parse (Grafana's $__rate_interval and the adapter's <<...>> templating filled in as
+    Grafana and the adapter would)."""
+    import shutil
+    import subprocess
+
+    from nimbleml.deploy.observability import adapter_rule, queries
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    rule = adapter_rule()
+    templated = rule["metricsQuery"].replace("<<.Series>>", "nimbleml_queue_seconds_per_request")
+    templated = templated.replace("<<.LabelMatchers>>", 'namespace="default",pod=~"a|b"')
+    templated = templated.replace("<<.GroupBy>>", "pod")
+    exprs = [q.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+             for q in queries()] + [templated]  # fmt: skip
+    assert all("$" not in e and "<<" not in e for e in exprs)
+    rules = {"groups": [{"name": "nimbleml", "rules": [
+        {"record": f"nimbleml:query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}  # fmt: skip
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    proc = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(exprs)} rules found" in proc.stdout
+
+
 def test_adapter_values_hold_a_well_formed_rule(deployments):
     (values,) = load_yaml(deployments["k8s"] / "prometheus-adapter-values.yaml")
     (rule,) = values["rules"]["custom"]
