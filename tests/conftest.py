@@ -96,6 +96,18 @@ def mlp(digits):
 
 
 @pytest.fixture(scope="session")
+def fp32_package(tmp_path_factory, mlp, digits):
+    """The MLP as a saved fp32 package (dynamic int8 rounds each call by its own batch, so
+    outputs would depend on how rows are batched)."""
+    import nimbleml
+
+    _, Xte, _, yte = digits
+    path = tmp_path_factory.mktemp("pkg") / "m.nimble"
+    nimbleml.compress(mlp, quantize=None, val=(Xte, yte), benchmark_time_s=0.01).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def pipeline(digits):
     from nimbleml.demo import train_pipeline
 

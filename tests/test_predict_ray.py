@@ -18,11 +18,8 @@ pytest.importorskip("pyarrow")
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory, mlp, digits):
-    _, Xte, _, yte = digits
-    path = tmp_path_factory.mktemp("pkg") / "m.nimble"
-    nimbleml.compress(mlp, quantize=None, val=(Xte, yte), benchmark_time_s=0.01).save(path)
-    return path
+def package(fp32_package):
+    return fp32_package
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ generated file on this machine (container paths and ports mapped to local ones).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -71,44 +69,6 @@ def local_argv(argv: list[str], models: Path, port: int, **urls: str) -> list[st
         value = {"port": str(port), "host": "127.0.0.1"}.get(key) or urls.get(key) or value
         out += [arg, value]
     return out
-
-
-class Server:
-    """A command started for real, stopped (killed) on exit whatever happened."""
-
-    def __init__(self, argv: list[str], log: Path, port: int) -> None:
-        self.argv, self.log_path, self.port = argv, log, port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def __enter__(self) -> Server:
-        import httpx
-
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.argv} never got ready:\n{self.log_path.read_text()}")
-                time.sleep(0.1)
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")

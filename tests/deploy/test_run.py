@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tests._net import free_port
-from tests.deploy.conftest import Server, local_argv
+from tests.deploy.conftest import local_argv
+from tests.serve.conftest import ServeProcess
 
 
 def dockerfile_argv(folder) -> tuple[list[str], list[str], dict[str, str]]:
@@ -96,7 +97,8 @@ def served(deployments, tmp_path_factory):
     argv, _, _ = dockerfile_argv(deployments["docker"])
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with Server(local_argv(argv, deployments["docker"] / "models", port), log, port) as server:
+    command = local_argv(argv, deployments["docker"] / "models", port)
+    with ServeProcess([], log, command=command, port=port) as server:
         yield server
 
 
@@ -142,6 +144,6 @@ def test_the_compose_command_runs_with_redis_postgres_and_workers(
     compose = yaml.safe_load((deployments["compose"] / "compose.yaml").read_text())
     health = compose["services"]["server"]["healthcheck"]["test"]
     assert health[0] == "CMD"
-    with Server(local, tmp_path / "compose-serve.log", port) as server:
+    with ServeProcess([], tmp_path / "compose-serve.log", command=local, port=port) as server:
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
         assert run_healthcheck(health[1:], port) == 0

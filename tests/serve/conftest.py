@@ -48,20 +48,22 @@ def digits_package(tmp_path_factory, mlp, digits):
 
 
 class ServeProcess:
-    """`nimbleml serve ARGS` in its own process, ready when /v2/health/ready answers 200."""
+    """`nimbleml serve ARGS` in its own process, ready when /v2/health/ready answers 200;
+    or ``command``, a whole command line already holding its ``port``."""
 
-    def __init__(self, args: list[str], log_path) -> None:
+    def __init__(self, args: list[str], log_path, *, command: list[str] | None = None,
+                 port: int | None = None) -> None:  # fmt: skip
         import subprocess
         import sys
         from pathlib import Path
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         exe = str(Path(sys.executable).with_name("nimbleml"))
+        argv = command or [exe, "serve", *args, "--port", str(self.port)]
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([exe, "serve", *args, "--port", str(self.port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> ServeProcess:
         import httpx
