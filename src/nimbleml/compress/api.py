@@ -51,10 +51,12 @@ class PruneMethod(_Choice):
 
 
 # the accuracy budget compress applies when none is given: an absolute drop of 0.01 on metrics
-# read as a share of rows (accuracy, f1, agreement); other metrics have no natural scale, so
-# they get no default budget (the drop is still measured and shown)
+# bounded by 1 (accuracy, f1, agreement as shares of rows; cosine similarity to the original;
+# r2). A per-tensor int8 encoder at cosine 0.871 shipped without a warning before cosine had
+# one. Error metrics (mse, mae) have no natural scale, so they get no default budget (the
+# drop is still measured and shown)
 DEFAULT_MAX_DROP = 0.01
-ACCURACY_LIKE = ("accuracy", "f1", "agreement")
+ACCURACY_LIKE = ("accuracy", "f1", "agreement", "cosine", "r2")
 
 
 def budget_for(max_drop: float | str | None, metric_name: str | None) -> float | None:
@@ -274,7 +276,7 @@ def compress(
     remove. ``val``: (X, y) to check ``metric``; when the metric drops by more than
     ``max_drop`` (absolute) the package runs the baseline and a warning says so.
     ``max_drop="auto"`` (the default) is 0.01 for accuracy-like metrics (accuracy, f1,
-    agreement) and no budget for the others; ``None`` turns the budget off.
+    agreement, cosine, r2) and no budget for mse/mae; ``None`` turns the budget off.
     """
     compressor = ModelCompressor(
         quantization=quantize,
