@@ -29,6 +29,8 @@ _EXTRAS = {
     "yaml": ("serve", "pyyaml"),
     "cryptography": ("sign", "cryptography"),
     "optuna": ("search", "optuna"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("openvino", "nncf"),
     "tensorboard": ("train-logs", "tensorboard"),
     "mlflow": ("train-logs", "mlflow-skinny"),
 }

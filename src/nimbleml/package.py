@@ -20,7 +20,9 @@ from .models.base import Model
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
-_MODEL_SUFFIXES = (".onnx", ".skops", ".pt", ".pth", ".ts", ".pt2", ".pkl", ".joblib")
+_MODEL_SUFFIXES = (".onnx", ".xml", ".skops", ".pt", ".pth", ".ts", ".pt2", ".pkl", ".joblib")
+# the runtime that runs a model of each framework (manifest runtime.engine)
+ENGINES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
 class FallbackWarning(RuntimeWarning):
@@ -61,6 +63,10 @@ def _open_model(path: Path, manifest: dict[str, Any]) -> Model:
         from .models.onnx_model import OnnxModel
 
         model: Model = OnnxModel(path, threads=runtime.get("intra_op_num_threads"))
+    elif suffix == ".xml":  # OpenVINO IR (model.xml + model.bin); needs the openvino extra
+        from .models.openvino_model import OpenVinoModel
+
+        model = OpenVinoModel(path, threads=runtime.get("intra_op_num_threads"))
     elif suffix == ".skops":
         from .models.sklearn_model import load_skops
 
@@ -122,11 +128,12 @@ def read_manifest(directory: Path, verify: Any = None) -> dict[str, Any]:
     check_manifest(manifest, str(path))
     listed = {entry["path"] for entry in manifest["files"]}
     for role in ("model", "baseline"):
-        if manifest[role]["path"] not in listed:
-            raise PackageError(
-                f"{directory.name}: the {role} file '{manifest[role]['path']}' is not among the "
-                "files the manifest checksums; the package is damaged or crafted"
-            )
+        for name in [manifest[role]["path"], *manifest[role].get("files", [])]:
+            if name not in listed:
+                raise PackageError(
+                    f"{directory.name}: the {role} file '{name}' is not among the files the "
+                    "manifest checksums; the package is damaged or crafted"
+                )
     for entry in manifest["files"]:
         file = _inside(directory, entry["path"])
         if not file.is_file():
@@ -227,7 +234,10 @@ class Package:
         return model.run(model.feeds(inputs))[0]
 
     def size_bytes(self) -> int:
-        return int((self.directory / self.manifest["model"]["path"]).stat().st_size)
+        """Bytes of the model's files (an OpenVINO IR's .xml and .bin together)."""
+        entry = self.manifest["model"]
+        files = entry.get("files") or [entry["path"]]
+        return sum(int((self.directory / f).stat().st_size) for f in files)
 
     def num_parameters(self) -> int:
         return int(self.manifest["model"].get("num_parameters") or self.model.num_parameters())
@@ -286,25 +296,39 @@ def model_map(items: Any) -> dict[str, str]:
     return models
 
 
+def engine_of(model: Model) -> str:
+    """What runs ``model``: onnxruntime, openvino, torch, sklearn..."""
+    return ENGINES.get(model.framework, model.framework)
+
+
 def write_package(manifest: dict[str, Any], model: Model, baseline: Model, same: bool) -> Package:
-    """Write models + manifest into a temporary folder and open it as a Package."""
+    """Write models + manifest into a temporary folder and open it as a Package.
+
+    Every file a model's ``save`` writes is listed with its checksum (an OpenVINO IR's
+    ``.bin`` beside its ``.xml``), so loading and signatures cover all of them;
+    ``runtime.engine`` says what runs the model (``runtime.why`` is the writer's to give)."""
     directory = Path(tempfile.mkdtemp(prefix="nimble-", suffix=".nimble"))
-    baseline_file = baseline.save(directory, "baseline")
-    model_file = baseline_file if same else model.save(directory, "model")
-    manifest["model"] = {
-        "path": model_file,
-        "size_bytes": (directory / model_file).stat().st_size,
-        "num_parameters": model.num_parameters(),
-    }
-    manifest["baseline"] = {
-        "path": baseline_file,
-        "size_bytes": (directory / baseline_file).stat().st_size,
-        "num_parameters": baseline.num_parameters(),
-    }
+    baseline_file, baseline_files = _save(baseline, directory, "baseline")
+    model_file, model_files = (
+        (baseline_file, baseline_files) if same else _save(model, directory, "model")
+    )
+    for role, path, files, m in (
+        ("model", model_file, model_files, model),
+        ("baseline", baseline_file, baseline_files, baseline),
+    ):
+        manifest[role] = {
+            "path": path,
+            "size_bytes": sum((directory / f).stat().st_size for f in files),
+            "num_parameters": m.num_parameters(),
+        }
+        if files != [path]:
+            manifest[role]["files"] = files
     for entry in (manifest["model"], manifest["baseline"]):
         if entry["path"].endswith(".skops"):
             entry["trusted_types"] = _custom_types(directory / entry["path"])
-    names = sorted({model_file, baseline_file})
+    runtime = manifest.setdefault("runtime", {})
+    runtime["engine"] = engine_of(baseline if same else model)
+    names = sorted({*model_files, *baseline_files})
     manifest["files"] = [{"path": n, "sha256": sha256(directory / n)} for n in names]
     text = json.dumps(manifest, indent=2, default=_json_default)
     try:
@@ -316,6 +340,15 @@ def write_package(manifest: dict[str, Any], model: Model, baseline: Model, same:
     pkg = Package(directory)
     pkg._tmp = weakref.finalize(pkg, shutil.rmtree, directory, ignore_errors=True)
     return pkg
+
+
+def _save(model: Model, directory: Path, stem: str) -> tuple[str, list[str]]:
+    """(the file ``model.save`` names, every file it wrote), relative to ``directory``."""
+    before = {p for p in directory.rglob("*") if p.is_file()}
+    name = model.save(directory, stem)
+    written = {p for p in directory.rglob("*") if p.is_file()} - before
+    files = sorted({name, *(p.relative_to(directory).as_posix() for p in written)})
+    return name, [name, *(f for f in files if f != name)]
 
 
 def _custom_types(path: Path) -> list[str]:

@@ -30,6 +30,8 @@ SUBJECT = {
     "coef-prune": ("pipeline", 0.9),
     "coef-int8": ("pipeline", 0.999),
     "coef-int16": ("pipeline", 0.99999),
+    "openvino": ("mlp-onnx", 0.99999),
+    "openvino-int8": ("mlp-onnx", 0.99),
 }
 
 
@@ -53,6 +55,8 @@ def fingerprint(model) -> str:
     h = hashlib.sha256()
     if model.framework == "onnx":
         h.update(model.data)
+    elif model.framework == "openvino":
+        h.update(model.digest().encode())
     elif model.framework == "torch":
         for name, m in model.module.named_modules():
             h.update(f"{name}:{type(m).__name__}".encode())
@@ -78,6 +82,8 @@ def test_recipe_conformance(name, subjects, digits):
     Xte = digits[1]
     ctx = Context(example=model.feeds(Xte[:16]), calib=model.feeds(Xte[:128]),
                   train=(digits[0], digits[2]))  # fmt: skip
+    if name.startswith("openvino"):
+        pytest.importorskip("openvino")
     recipe = get_recipe(name, epochs=1) if name == "qat" else get_recipe(name)
     assert recipe.__doc__ and recipe.stage in ("source", "onnx", "torch")
     if name == "bf16" and not bf16_support()[0]:

@@ -1,6 +1,6 @@
 """Compression: recipes registered by name, and the compress() pipeline."""
 
-from .api import CompressConfig, ModelCompressor, PruneMethod, Quantization, compress
+from .api import CompressConfig, ModelCompressor, PruneMethod, Quantization, Runtime, compress
 from .base import RECIPES, Context, Recipe, get_recipe, register
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "PruneMethod",
     "Quantization",
     "Recipe",
+    "Runtime",
     "compress",
     "get_recipe",
     "register",

@@ -50,6 +50,17 @@ class PruneMethod(_Choice):
     MAGNITUDE = "magnitude"
 
 
+class Runtime(_Choice):
+    """What runs the compressed model: ONNX Runtime, or OpenVINO (the 'openvino' extra)."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+
+# quantize= values each runtime takes besides None, and the recipe that does it under OpenVINO
+OPENVINO_RECIPES = {None: "openvino", "int8": "openvino-int8", "int8-static": "openvino-int8"}
+
+
 # the accuracy budget compress applies when none is given: an absolute drop of 0.01 on metrics
 # bounded by 1 (accuracy, f1, agreement as shares of rows; cosine similarity to the original;
 # r2). A per-tensor int8 encoder at cosine 0.871 shipped without a warning before cosine had
@@ -78,12 +89,21 @@ class CompressConfig:
     calibration: str = "minmax"
     per_channel: bool | None = None
     graph_optimize: bool = True
+    runtime: Runtime = Runtime.ONNXRUNTIME
 
     def __post_init__(self) -> None:
         if self.quantize is not None and not isinstance(self.quantize, Quantization):
             q = str(self.quantize).lower()
             self.quantize = None if q in ("none", "") else Quantization(q)
         self.prune_method = PruneMethod(self.prune_method)
+        self.runtime = Runtime(str(getattr(self.runtime, "value", self.runtime)).lower())
+        q_value = self.quantize.value if self.quantize is not None else None
+        if self.runtime is Runtime.OPENVINO and q_value not in OPENVINO_RECIPES:
+            raise ConfigError(
+                f"runtime='openvino' takes quantize=None (float32) or 'int8' / 'int8-static' "
+                f"(NNCF int8, calibrated), not quantize={q_value!r}; the other quantize= "
+                "values run under runtime='onnxruntime'"
+            )
         if self.prune is not None:
             from .base import fraction
 
@@ -107,6 +127,16 @@ def plan(model: Model, cfg: CompressConfig) -> tuple[list[Recipe], list[Recipe],
     torch_stage: list[Recipe] = []
     onnx_stage: list[Recipe] = []
     linear = isinstance(model, SklearnModel) and hasattr(final_estimator(model.estimator), "coef_")
+    if cfg.runtime is Runtime.OPENVINO:  # the verified ONNX model, then OpenVINO's recipe
+        q_value = cfg.quantize.value if cfg.quantize is not None else None
+        onnx_stage.append(get_recipe(OPENVINO_RECIPES[q_value]))
+        if cfg.prune is not None:
+            if model.framework != "torch":
+                raise UnsupportedError(
+                    "with runtime='openvino', prune= applies to PyTorch models; drop prune="
+                )
+            source.append(get_recipe(f"prune-{cfg.prune_method.value}", amount=cfg.prune))
+        return source, torch_stage, onnx_stage
     if cfg.prune is not None:
         if model.framework == "torch":
             source.append(get_recipe(f"prune-{cfg.prune_method.value}", amount=cfg.prune))
@@ -161,8 +191,10 @@ class ModelCompressor:
         metric: str | Callable[..., float] | None = None,
         benchmark_batch_sizes: Sequence[int] = (1, 32),
         benchmark_time_s: float = 0.5,
+        runtime: str = "onnxruntime",
     ) -> None:
         self.quantization = quantization
+        self.runtime = runtime
         self.prune = prune
         self.prune_method = prune_method
         self.max_drop = max_drop
@@ -180,6 +212,7 @@ class ModelCompressor:
             calibration=calibration,
             per_channel=per_channel,
             graph_optimize=graph_optimize,
+            runtime=runtime,  # type: ignore[arg-type]
         )
 
     def compress(
@@ -197,6 +230,13 @@ class ModelCompressor:
         if cfg.max_drop not in (None, "auto") and val_parts(val)[0] is None:
             raise ConfigError("max_drop needs validation data: pass val=(X, y)")
         prepared = prepare(model, example_inputs, calib, val, trust_pickle=trust_pickle, say=say)
+        if (
+            cfg.runtime is Runtime.OPENVINO
+            and prepared.ctx.calib is None
+            and not prepared.synthetic
+        ):
+            # NNCF calibrates on the validation inputs, else the example inputs
+            prepared.ctx.calib = prepared.base_feeds
         return finish(prepared, plan(prepared.source, cfg), metric=self.metric,
                       max_drop=cfg.max_drop, benchmark_batch_sizes=self.benchmark_batch_sizes,
                       benchmark_time_s=self.benchmark_time_s, say=say)  # fmt: skip
@@ -248,6 +288,11 @@ def finish(
         validation["speed_note"] = slower
         warn(slower, SlowerPackageWarning)
     manifest = make_manifest(prepared, applied, validation, fallback, bench)
+    manifest.setdefault("runtime", {})["why"] = (
+        "the compressed model was rejected (see fallback); its verified baseline runs"
+        if fallback
+        else "chosen by the caller"
+    )
     return write_package(manifest, chosen, prepared.baseline, same=chosen is prepared.baseline)
 
 
@@ -268,6 +313,7 @@ def compress(
     benchmark_batch_sizes: Sequence[int] = (1, 32),
     benchmark_time_s: float = 0.5,
     progress: Callable[[str], None] | None = None,
+    runtime: str = "onnxruntime",
 ) -> Package:
     """Compress ``model`` and return a verified, timed Package with a fallback.
 
@@ -277,6 +323,10 @@ def compress(
     ``max_drop`` (absolute) the package runs the baseline and a warning says so.
     ``max_drop="auto"`` (the default) is 0.01 for accuracy-like metrics (accuracy, f1,
     agreement, cosine, r2) and no budget for mse/mae; ``None`` turns the budget off.
+    ``runtime``: "onnxruntime" (default) or "openvino" (the 'openvino' extra): the verified
+    ONNX model then runs under OpenVINO, in float32 (quantize=None) or NNCF int8
+    (quantize="int8" or "int8-static"; calibrated on ``calib``, else the validation
+    inputs, else the example inputs); checked, timed and falling back as any package.
     """
     compressor = ModelCompressor(
         quantization=quantize,
@@ -288,6 +338,7 @@ def compress(
         metric=metric,
         benchmark_batch_sizes=benchmark_batch_sizes,
         benchmark_time_s=benchmark_time_s,
+        runtime=runtime,
     )
     return compressor.compress(
         model, example_inputs, calib, val, trust_pickle=trust_pickle, progress=progress

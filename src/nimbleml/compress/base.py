@@ -8,6 +8,7 @@ A recipe acts at one stage of the path:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,13 +22,16 @@ STAGES = ("source", "onnx", "torch")
 
 @dataclass
 class Context:
-    """What a recipe may use besides the model: example and calibration inputs, the CPU, and
-    training data for the recipes that fine-tune (qat)."""
+    """What a recipe may use besides the model: example and calibration inputs, the CPU,
+    training data for the recipes that fine-tune (qat), and ``score``: the validation metric
+    of a candidate model, higher is better (the optimizer sets it; openvino-int8's
+    accuracy control needs it)."""
 
     example: Feeds
     calib: Feeds | None = None
     caps: CpuCaps = field(default_factory=cpu_caps)
     train: Any = None
+    score: Callable[[Model], float] | None = None
 
 
 class Recipe:
@@ -78,6 +82,7 @@ def get_recipe(name: str, **params: Any) -> Recipe:
 
     if name == "qat":  # it trains: registered on demand, so other recipes never import torch
         from ..search import qat  # noqa: F401
+    from . import openvino  # noqa: F401  (imports OpenVINO only when a recipe is applied)
 
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe '{name}'; choose one of: {', '.join(sorted(RECIPES))}")
