@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -40,12 +40,21 @@ def compress(
         "--trust-pickle",
         help="allow loading pickle/joblib files (they run code when loaded)",
     ),
+    runtime: str = typer.Option(
+        "onnxruntime",
+        help="what runs the package: onnxruntime, or openvino (with --quantize none, int8 or "
+        "int8-static; needs pip install 'nimbleml[openvino]')",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:
     """Compress a model into a verified .nimble package."""
     from ..compress import compress as run_compress
 
     def go() -> None:
+        from ..compress.api import CompressConfig
+
+        q = None if quantize.lower() == "none" else quantize  # bad values named before any work
+        CompressConfig(quantize=cast(Any, q), runtime=cast(Any, runtime))
         check_writable(output, folder=True)
         calib_x, _ = _data(calib, target)
         val_x, val_y = _data(val, target)
@@ -57,7 +66,7 @@ def compress(
                 model, quantize=None if quantize.lower() == "none" else quantize, prune=prune,
                 prune_method=prune_method, calib=calib_x,
                 val=(val_x, val_y) if val_x is not None else None, metric=metric,
-                max_drop=budget, trust_pickle=trust_pickle, progress=say,
+                max_drop=budget, trust_pickle=trust_pickle, progress=say, runtime=runtime,
             )  # fmt: skip
         pkg.save(output)
         _show(_summary(pkg.manifest, output))
@@ -200,6 +209,7 @@ def inspect(package: Path = typer.Argument(..., help="a .nimble package folder")
         for s in m["outputs"]:
             _show(f"  output {s['name']}: {s['dtype']} {s['shape']}")
         _show(f"conversion: {m['conversion'].get('converter')}")
+        _show(_runtime_line(m, pkg))
         for step in m["recipe"]:
             _show(f"  step {step['step']} ({step['stage']}): {json.dumps(step['params'])}")
         _show(_summary(m, package))
@@ -207,6 +217,19 @@ def inspect(package: Path = typer.Argument(..., help="a .nimble package folder")
             _show(f"NOTE: on this machine the baseline runs ({pkg.fallback_reason})")
 
     _guard(go)
+
+
+def _runtime_line(m: dict[str, Any], pkg: Any) -> str:
+    """What runs the package (and why), and the model's files: an OpenVINO IR is two."""
+    from ..package import engine_of
+
+    runtime = m.get("runtime", {})
+    engine = runtime.get("engine") or engine_of(pkg.baseline if pkg.using_baseline else pkg.model)
+    files = m["model"].get("files") or [m["model"]["path"]]
+    line = f"runtime: {engine}" + (f" ({runtime['why']})" if runtime.get("why") else "")
+    if runtime.get("intra_op_num_threads"):
+        line += f", {runtime['intra_op_num_threads']} thread(s)"
+    return line + f"\nmodel files: {', '.join(files)}; baseline: {m['baseline']['path']}"
 
 
 def optimize(

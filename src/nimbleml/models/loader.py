@@ -56,6 +56,10 @@ def _load_file(
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return OnnxModel(path)
+    if suffix == ".xml":  # an OpenVINO IR, its .bin beside it (the 'openvino' extra)
+        from .openvino_model import OpenVinoModel
+
+        return OpenVinoModel(path)
     if suffix == ".skops":
         from .sklearn_model import load_skops
 
@@ -69,6 +73,7 @@ def _load_file(
 
         return load_pickle(path, trust_pickle)
     raise ModelLoadError(
-        f"unknown model file type '{suffix}' ({path}); nimbleml reads .onnx, .skops, "
-        f"{', '.join(TORCH_SUFFIXES)} and (with --trust-pickle) {', '.join(PICKLE_SUFFIXES)}"
+        f"unknown model file type '{suffix}' ({path}); nimbleml reads .onnx, OpenVINO .xml, "
+        f".skops, {', '.join(TORCH_SUFFIXES)} and (with --trust-pickle) "
+        f"{', '.join(PICKLE_SUFFIXES)}"
     )

@@ -129,7 +129,7 @@ class _Compiled:
         return mine
 
 
-def _low_level_infer() -> Any:
+def low_level_infer() -> Any:
     """The compiled request's infer underneath the Python wrapper (its data dispatcher costs
     more than the MLP's arithmetic), or None where this OpenVINO build lacks it."""
     try:
@@ -193,7 +193,7 @@ class OpenVinoModel(Model):
         self._hits: dict[tuple[Any, ...], int] = {}
         self._dynamic: _Compiled | None = None
         self.evictions = 0
-        self._infer = _low_level_infer()
+        self._infer = low_level_infer()
         self._files: tuple[str, int] | None = None  # (sha256, bytes) of xml + bin
 
     # -- construction ---------------------------------------------------------------

@@ -4,7 +4,8 @@
     print(report.table())          # op types, top nodes, kernels vs overhead, bottlenecks
     report.save("prof/")           # profile.txt, profile.json, profile.png, Chrome traces
 
-ONNX models and packages run under ONNX Runtime's own profiler (onnx.py), PyTorch models
+ONNX models and packages run under ONNX Runtime's own profiler (onnx.py), OpenVINO models
+and packages under OpenVINO's per-layer counters (openvino.py), PyTorch models
 under torch.profiler (pytorch.py), training steps under it too, split into data loading,
 forward, backward and optimizer (steps.py). The summary (summary.py) is derived from the
 measured tables; the report (report.py) holds the figures and writes the outputs.
@@ -46,7 +47,8 @@ def profile(
 ) -> ProfileReport:
     """Profile ``model`` at each of ``batch_sizes``; returns a ProfileReport.
 
-    ``model``: a .nimble package (or its path), an .onnx file, a TorchScript / .pt2 file, a
+    ``model``: a .nimble package (or its path), an .onnx file, an OpenVINO .xml (its .bin
+    beside it), a TorchScript / .pt2 file, a
     ``module:function`` that builds an nn.Module, a torch.nn.Module, or a nimbleml Model.
     ``data``: the inputs (an array, a dict of arrays, a DataFrame); rows repeat when there
     are fewer than a batch. With ``train=True``: training data as nimbleml.train takes it
@@ -94,6 +96,10 @@ def _profile_inference(model: Any, data: Any, sizes: list[int], settings: Any,
         from .onnx import profile_onnx
 
         report = profile_onnx(adapted, feeds, sizes, settings, name)
+    elif adapted.framework == "openvino":
+        from .openvino import profile_openvino
+
+        report = profile_openvino(adapted, feeds, sizes, settings, name)
     elif adapted.framework == "torch":
         from .pytorch import profile_torch
 
@@ -101,7 +107,8 @@ def _profile_inference(model: Any, data: Any, sizes: list[int], settings: Any,
     else:
         raise UnsupportedError(
             f"profiling a {adapted.framework} model is not supported: profile its package "
-            "(nimbleml compress makes it an ONNX model), an ONNX file or a PyTorch model"
+            "(nimbleml compress makes it an ONNX model), an ONNX or OpenVINO file or a PyTorch "
+            "model"
         )
     report.notes[:0] = notes
     return report

@@ -26,7 +26,7 @@ class OpStat:
     """One op type at one batch size: time per run and its share of the op (kernel) time."""
 
     op: str
-    nodes: int  # distinct graph nodes (ONNX) or distinct input shapes (PyTorch)
+    nodes: int  # distinct graph nodes (ONNX, OpenVINO) or distinct input shapes (PyTorch)
     calls: float  # per run
     ms: float  # per run
     share: float  # of the summed op time, 0-1
@@ -94,7 +94,7 @@ class ProfileReport:
     """A profile of one model (or training step) at one or more batch sizes."""
 
     model: str
-    kind: str  # "onnx", "torch" or "train"
+    kind: str  # "onnx", "openvino", "torch" or "train"
     runtime: dict[str, Any]  # what ran it: providers, threads, device, precision...
     batches: list[BatchProfile]
     quantized_ops: list[str] = field(default_factory=list)  # integer op types that ran

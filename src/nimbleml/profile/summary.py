@@ -17,7 +17,7 @@ DATA_MOVEMENT = frozenset({
 })  # fmt: skip
 # op names holding these do the heavy arithmetic (FusedGemm, NhwcFusedConv, aten::addmm...)
 MATMUL_LIKE = ("MatMul", "Gemm", "Conv", "addmm", "aten::mm", "bmm", "conv", "linear",
-               "matmul")  # fmt: skip
+               "matmul", "FullyConnected")  # fmt: skip
 
 
 def summarize(report: ProfileReport) -> list[str]:
@@ -41,10 +41,11 @@ def _pct(share: float) -> str:
 def _top_op(report: ProfileReport, b: BatchProfile, first: bool) -> str:
     """The top op type's share; the first line also says what int8 can (or did) do."""
     top = b.ops[0]
-    where = "of kernel time" if report.kind == "onnx" else "of op time"
+    where = {"onnx": "of kernel time", "openvino": "of layer time"}.get(report.kind, "of op time")
     text = f"{_pct(top.share)} {where} in {top.op} at batch {b.batch_size}"
     if top.nodes > 1:
-        text += f" ({top.nodes} {'nodes' if report.kind == 'onnx' else 'shapes'})"
+        graph = report.kind in ("onnx", "openvino")
+        text += f" ({top.nodes} {'nodes' if graph else 'shapes'})"
     if not first:
         return text
     if report.quantized:
@@ -53,9 +54,12 @@ def _top_op(report: ProfileReport, b: BatchProfile, first: bool) -> str:
         ]
         text += f"; the model is already int8 ({', '.join(integer or report.quantized_ops)})"
     elif report.kind != "train" and matmul_share(b) >= FLOAT_MATMUL_SHARE:
+        how = (
+            "--runtime openvino --quantize int8" if report.kind == "openvino" else "--quantize int8"
+        )
         text += (
             f"; the model computes in float ({_pct(matmul_share(b))} in matrix products): int8 "
-            "quantization (nimbleml compress --quantize int8) targets exactly these ops"
+            f"quantization (nimbleml compress {how}) targets exactly these ops"
         )
     return text
 
@@ -85,11 +89,10 @@ def _overhead(report: ProfileReport) -> list[str]:
     for b in report.batches:
         if b.coverage >= OVERHEAD_BOUND:
             continue
-        who = (
-            "ONNX Runtime and the Python call"
-            if report.kind == "onnx"
-            else "Python and the dispatcher"
-        )
+        who = {
+            "onnx": "ONNX Runtime and the Python call",
+            "openvino": "OpenVINO and the Python call",
+        }.get(report.kind, "Python and the dispatcher")
         hint = (
             "larger batches, or the server's dynamic batching, spread it over more samples"
             if report.kind != "train"

@@ -7,6 +7,8 @@ from typing import Any
 
 from .report import FLOPS_CONVENTION, BatchProfile, ProfileReport
 
+GRAPHS = ("onnx", "openvino")  # profiles whose rows are graph nodes
+
 
 def _grid(rows: list[list[str]], header: list[str], indent: str = "  ") -> list[str]:
     """Columns: the first and the last left-aligned (names, shapes), numbers right-aligned."""
@@ -38,6 +40,8 @@ def _runtime(report: ProfileReport) -> str:
         parts.append(f"intra-op threads: {r['intra_op_threads']}")
     if "device" in r:
         parts.append(f"device {r['device']}, {r.get('threads')} threads")
+    if "hint" in r:
+        parts.append(f"hint {r['hint']}, pinning {'on' if r.get('pinning') else 'off'}")
     for key in ("precision", "loss", "optimizer"):
         if key in r:
             parts.append(f"{key} {r[key]}")
@@ -49,9 +53,11 @@ def _split(report: ProfileReport, b: BatchProfile) -> str:
     if b.runtime_ms is not None:
         between = max(0.0, b.runtime_ms - b.op_ms)
         outside = max(0.0, wall - b.runtime_ms)
-        return (f"kernels {_ms(b.op_ms)} ms ({100 * b.coverage:.0f}%), ONNX Runtime between "
-                f"kernels {_ms(between)} ms ({100 * between / wall:.0f}%), outside ONNX "
-                f"Runtime {_ms(outside)} ms ({100 * outside / wall:.0f}%) of a profiled run (means)")  # fmt: skip
+        engine = "OpenVINO" if report.kind == "openvino" else "ONNX Runtime"
+        kernels = "layers" if report.kind == "openvino" else "kernels"
+        return (f"{kernels} {_ms(b.op_ms)} ms ({100 * b.coverage:.0f}%), {engine} between "
+                f"{kernels} {_ms(between)} ms ({100 * between / wall:.0f}%), outside {engine} "
+                f"{_ms(outside)} ms ({100 * outside / wall:.0f}%) of a profiled run (means)")  # fmt: skip
     rest = max(0.0, wall - b.op_ms)
     return (f"ops {_ms(b.op_ms)} ms ({100 * b.coverage:.0f}%), Python and dispatch between "
             f"ops {_ms(rest)} ms ({100 * rest / wall:.0f}%) of a profiled (mean) "
@@ -75,25 +81,26 @@ def _batch(report: ProfileReport, b: BatchProfile, top: int) -> list[str]:
     lines.append("")
     rows = [[o.op, str(o.nodes), f"{o.calls:g}", _ms(o.ms), f"{100 * o.share:.1f}",
              _provider(o.provider)] for o in b.ops[:top]]  # fmt: skip
-    count = "nodes" if report.kind == "onnx" else "shapes"
+    graph = report.kind in GRAPHS  # rows are graph nodes (ONNX, OpenVINO), not shapes
+    count = "nodes" if graph else "shapes"
     lines += _grid(rows, ["op type", count, f"calls/{unit}", f"ms/{unit}", "share %", "provider"])
     if len(b.ops) > top:
         rest = b.ops[top:]
         lines.append(f"  ... {len(rest)} more op types, {100 * sum(o.share for o in rest):.1f}%")
     lines.append("")
     shown = b.nodes[:top] + [n for n in b.nodes[top:] if n.stayed_float]
-    onnx = report.kind == "onnx"  # a PyTorch row is named by its op: no op column
-    rows = [[n.name[:48] + (" [float]" if n.stayed_float else ""),
-             *([n.op] if onnx else []), _ms(n.ms), f"{100 * n.share:.1f}",
+    rows = [[n.name[:48] + (" [float]" if n.stayed_float else ""),  # a PyTorch row: its op
+             *([n.op] if graph else []), _ms(n.ms), f"{100 * n.share:.1f}",
              " ".join(n.inputs)[:60] + (" -> " + " ".join(n.outputs) if n.outputs else "")]
             for n in shown]  # fmt: skip
-    header = ["top nodes", "op"] if onnx else ["top ops by input shape"]
+    header = ["top nodes", "op"] if graph else ["top ops by input shape"]
     lines += _grid(rows, [*header, f"ms/{unit}", "share %", "shapes"])
     return lines
 
 
 def render(report: ProfileReport, top: int = 10) -> str:
-    kind = {"onnx": "ONNX", "torch": "PyTorch", "train": "training step"}[report.kind]
+    kind = {"onnx": "ONNX", "openvino": "OpenVINO", "torch": "PyTorch",
+            "train": "training step"}[report.kind]  # fmt: skip
     title = f"profile of {report.model} ({kind}"
     title += ", int8)" if report.quantized else ")"
     lines: list[Any] = [title, _runtime(report), ""]

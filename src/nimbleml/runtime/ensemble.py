@@ -23,6 +23,7 @@ from ..bench.stats import LatencyStats, is_stable, summarize
 from ..errors import ConfigError, ConversionError, warn
 from ..models.base import Model
 from ..models.onnx_model import OnnxModel
+from ..models.openvino_model import OpenVinoModel
 from .fused import FusedEnsemble, probe_feeds
 from .predictor import OptimizedPredictor, _resolve
 
@@ -128,11 +129,10 @@ class EnsemblePredictor:
         # idle member sessions do not steal the CPU from the running ones.
         cores = os.cpu_count() or 1
         workers = min(len(models), cores)
-        self._sequential = [
-            m.with_threads(cores) if isinstance(m, OnnxModel) else m for m in models
-        ]
+        threaded = (OnnxModel, OpenVinoModel)  # the runtimes whose thread count is set here
+        self._sequential = [m.with_threads(cores) if isinstance(m, threaded) else m for m in models]
         self._concurrent = [
-            m.with_threads(max(1, cores // workers)) if isinstance(m, OnnxModel) else m
+            m.with_threads(max(1, cores // workers)) if isinstance(m, threaded) else m
             for m in models
         ]
         self._workers = workers

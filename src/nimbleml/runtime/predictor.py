@@ -28,6 +28,8 @@ def content_hash(model: Model) -> str:
     h = hashlib.sha256()
     if isinstance(model, OnnxModel):
         h.update(model.data)
+    elif model.framework == "openvino":  # sha256 of model.xml + model.bin
+        h.update(model.digest().encode())  # type: ignore[attr-defined]
     elif model.framework == "torch":
         module = model.module  # type: ignore[attr-defined]
         h.update(type(module).__qualname__.encode())

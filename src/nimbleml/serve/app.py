@@ -29,6 +29,7 @@ from ..errors import ConfigError, DataError, NimbleError
 from ..inputs import Feeds
 from ..models.base import Model
 from ..models.onnx_model import OnnxModel
+from ..models.openvino_model import OpenVinoModel
 from ..runtime.cache import TieredCache, make_cache
 from ..runtime.codec import KeyMaker
 from . import protocol
@@ -220,7 +221,9 @@ class Server:
         )
         digest = next(f["sha256"] for f in pkg.manifest["files"] if f["path"] == entry_file)
         model = pkg.model
-        if isinstance(model, OnnxModel):  # idle workers must not spin on the event loop's core
+        if isinstance(model, OnnxModel | OpenVinoModel):
+            # idle workers must not spin on (ONNX Runtime) or be pinned to (OpenVINO) the
+            # event loop's core
             model = model.with_threads(serving_threads(config.threads, model.threads), spin=False)
         cache = make_cache(config.cache_mb, redis_url=config.redis) if config.cache_mb > 0 else None
         return ModelEntry(
