@@ -370,3 +370,71 @@ def test_the_same_records_read_again_are_not_new_evidence(tmp_path):
     assert [e.state for e in m.flush()] == ["firing"]
     assert m.health()["status"] == "degraded"
     m.close()
+
+
+def test_threads_recording_while_flushing_lose_nothing(tmp_path):
+    """record has no lock (hotpath.py): four threads record, a fifth records batches, while
+    the background thread and a sixth one flush; with a 1 µs switch interval, threads change
+    in the middle of everything. Every record is stored once, in its window, and the counts
+    are exact (test_hotpath.py stresses the list protocol itself, thousands of takes)."""
+    m = ModelMonitor(store=f"sqlite:///{tmp_path / 'threads.db'}", flush_interval_s=0.001,
+                     resources_interval_s=None)  # fmt: skip
+    per, go = 5_000, threading.Barrier(5)
+
+    def one_by_one(t):
+        go.wait()
+        for i in range(per):
+            m.record(1.0, f"{t}-{i}", f"m{t % 2}", i % 2, i % 10 == 0)
+
+    def batches():
+        go.wait()
+        for b in range(50):
+            m.record_batch(np.full(100, 2.0), [f"b-{b}-{i}" for i in range(100)], "m0",
+                           errors=np.arange(100) % 10 == 0)  # fmt: skip
+
+    def flushing():  # beside the background thread: flushes back to back
+        while any(thread.is_alive() for thread in threads):
+            m.flush()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=one_by_one, args=(t,)) for t in range(4)]
+        threads.append(threading.Thread(target=batches))
+        for thread in threads:
+            thread.start()
+        flusher = threading.Thread(target=flushing)
+        flusher.start()
+        for thread in [*threads, flusher]:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(switch)
+    m.flush()
+    ids = [r[0] for r in m.store.query("SELECT prediction_id FROM predictions")]
+    assert len(ids) == len(set(ids)) == 4 * per + 5_000
+    assert m.counts("m0") == {"requests": 2 * per + 5_000, "errors": (2 * per + 5_000) // 10}
+    assert m.counts("m1") == {"requests": 2 * per, "errors": 2 * per // 10}
+    assert m.latency("m0")["n"] == 2 * per + 5_000 and m.latency("m1")["n"] == 2 * per
+    windows = m.store.query("SELECT model, SUM(requests), SUM(sampled) FROM windows GROUP BY model")
+    assert sorted(windows) == [("m0", 15_000, 15_000), ("m1", 10_000, 10_000)]
+    m.close()
+
+
+def test_sampling_rate_rebuilds_the_hot_path(tmp_path):
+    """record is a closure built for the rate; setting the rate builds another, and the id
+    hash the hot path samples by is the one ground truth checks."""
+    m = monitor(tmp_path)
+    assert m.record.__doc__ == ModelMonitor.record.__doc__
+    m.sampling_rate = 0.5
+    for i in range(1000):
+        m.record(1.0, prediction_id=i)
+    ModelMonitor.record(m, 1.0, prediction_id=1000)  # the method calls the same closure
+    m.flush()
+    kept = {int(r[0]) for r in m.store.query("SELECT prediction_id FROM predictions")}
+    assert 400 < len(kept) < 600 and m.counts()["requests"] == 1001
+    for i in range(1001):
+        m.record_ground_truth(i, 1)
+    assert m.labels_unsampled == 1001 - len(kept)
+    with pytest.raises(ConfigError, match="sampling_rate"):
+        m.sampling_rate = 1.5
+    m.close()
