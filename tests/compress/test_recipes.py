@@ -164,7 +164,7 @@ def test_structured_pruning_of_conv_channels(digits):
     )
     mods = list(pruned.module.modules())
     convs = [m for m in mods if isinstance(m, torch.nn.Conv2d)]
-    assert convs[0].out_channels == 4 and convs[1].in_channels == 4 and convs[1].out_channels == 8
+    assert convs[0].out_channels == 4 and convs[1].in_channels == 4 and convs[1].out_channels == 4
     assert next(m for m in mods if isinstance(m, torch.nn.BatchNorm2d)).num_features == 4
     assert pruned(x)[0].shape == (4, 10)
 

@@ -21,6 +21,7 @@ T = TypeVar("T")
 _DATA_ARGS = {"val": "--val DATA", "calib": "--calib DATA", "example_inputs": "--calib DATA"}
 _FLAGS = (
     "quantize",
+    "runtime",
     "prune",
     "prune_method",
     "metric",
@@ -186,15 +187,13 @@ def check_writable(path: Any, folder: bool = False) -> None:
         raise ConfigError(f"cannot write {target}: {parent} is not writable")
 
 
-def _batch_sizes(text: str) -> list[int]:
+def _batch_sizes(text: str, flag: str = "--batch-size") -> list[int]:
     try:
         sizes = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise ConfigError(
-            f"--batch-size takes comma-separated integers like 1,32; got {text!r}"
-        ) from None
+        raise ConfigError(f"{flag} takes comma-separated integers like 1,32; got {text!r}") from None
     if not sizes or any(s < 1 for s in sizes):
-        raise ConfigError(f"--batch-size takes positive integers like 1,32; got {text!r}")
+        raise ConfigError(f"{flag} takes positive integers like 1,32; got {text!r}")
     return sizes
 
 

@@ -246,6 +246,11 @@ def optimize(
     relative: bool = typer.Option(False, "--relative", help="max-drop is a share of the baseline"),
     objective: str = typer.Option("latency", help="latency or throughput"),
     batch_size: int = typer.Option(1, help="batch size the latency objective is measured at"),
+    batch_sizes: str | None = typer.Option(
+        None,
+        help="comma-separated batch sizes the model will run at, e.g. 1,32: each candidate is "
+        "timed at every one and the worst ratio to the original decides (latency objective)",
+    ),
     time_budget: float = typer.Option(
         180.0, help="seconds the whole search may take, package included; 0 for no limit"
     ),
@@ -290,6 +295,7 @@ def optimize(
             result = run_optimize(
                 model, (X, y), metric=metric or ("accuracy" if y is not None else "cosine"),
                 max_drop=max_drop, objective=objective, batch_size=batch_size,
+                batch_sizes=_batch_sizes(batch_sizes, "--batch-sizes") if batch_sizes else None,
                 time_budget_s=_budget(time_budget), calib=calib_x, relative=relative,
                 try_compile=try_compile, trust_pickle=trust_pickle, progress=show,
                 train_data=train, qat_options={"epochs": qat_epochs} if train else None,

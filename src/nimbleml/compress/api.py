@@ -161,7 +161,7 @@ def plan(model: Model, cfg: CompressConfig) -> tuple[list[Recipe], list[Recipe],
             )
         torch_stage.append(get_recipe(q.value))
     elif q is Quantization.INT8:
-        onnx_stage.append(get_recipe("int8", per_channel=bool(cfg.per_channel)))
+        onnx_stage.append(get_recipe("int8", per_channel=cfg.per_channel))
     elif q is Quantization.INT8_STATIC:
         per_channel = True if cfg.per_channel is None else cfg.per_channel
         onnx_stage.append(

@@ -14,6 +14,7 @@ from ..package import Package
 REPORT_SCHEMA = 1
 STATUSES = (
     "baseline", "running", "ok", "over-budget", "slower", "failed", "skipped", "not-packageable",
+    "not-applicable", "not-installed",
 )  # fmt: skip
 
 
@@ -36,11 +37,19 @@ class Candidate:
     size_bytes: int | None = None
     num_parameters: int | None = None
     cosine: float | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # what evaluating it cost: building, scoring, checking, timing
+    engine: str | None = None  # the runtime that runs it: onnxruntime, openvino, torch...
+    # p50/p99 (ms), n and samples/s at each batch size timed; score: lower is better (see
+    # optimizer/evaluate.py): p50 ms, the worst ratio to the original over several batch
+    # sizes, or ms per sample for throughput
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)
+    score: float | None = None
     model: Model | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "model"}
+        out = {k: v for k, v in self.__dict__.items() if k != "model"}
+        out["timings"] = {str(bs): t for bs, t in self.timings.items()}
+        return out
 
     @property
     def timed(self) -> bool:
@@ -83,7 +92,11 @@ class OptimizationResult:
 
     @property
     def speedup(self) -> float:
+        """How much faster than the original: by the score that decided (the worst ratio
+        over several batch sizes), else p50 latency or throughput."""
         best = next(c for c in self.candidates if c.name == self.best_name)
+        if self.objective == "latency" and len(self.settings.get("batch_sizes") or []) > 1:
+            return 1.0 / best.score if best.score else 1.0
         if self.objective == "throughput":
             return (best.samples_per_second or 0) / (self.baseline.samples_per_second or 1)
         return (self.baseline.p50_ms or 0) / (best.p50_ms or 1)
@@ -105,9 +118,17 @@ class OptimizationResult:
         }
 
     def table(self) -> str:
+        """One row per candidate: status, metric, drop, p50 at every deciding batch size (with
+        the ratio to the original when several decide), samples/s, threads, size, and the
+        seconds it cost; a reason line under each one that is not ok."""
+        sizes = [int(b) for b in self.settings.get("batch_sizes") or [self.settings.get("batch_size") or 1]]
+        multi = self.objective == "latency" and len(sizes) > 1
+        p50 = [f"p50@{b}" for b in sizes] if multi else ["p50 ms"]
         head = (
-            f"{'candidate':<38} {'status':<12} {'metric':>8} {'drop':>8} {'p50 ms':>9} "
-            f"{'samples/s':>10} {'bs':>4} {'thr':>4} {'size KB':>9}"
+            f"{'candidate':<38} {'status':<14} {'metric':>8} {'drop':>8} "
+            + " ".join(f"{h:>9}" for h in p50)
+            + (f" {'vs orig':>8}" if multi else "")
+            + f" {'samples/s':>10} {'bs':>4} {'thr':>4} {'size KB':>9} {'seconds':>8}"
         )
         lines = [head, "-" * len(head)]
         for c in self.candidates:
@@ -116,11 +137,17 @@ class OptimizationResult:
             def f(v: float | None, fmt: str) -> str:
                 return "" if v is None else format(v, fmt)
 
+            if multi:
+                cells = [f((c.timings.get(b) or {}).get("p50_ms"), ".4f") for b in sizes]
+            else:
+                cells = [f(c.p50_ms, ".4f")]
             lines.append(
-                f"{mark}{c.name[:37]:<37} {c.status:<12} {f(c.metric, '.4f'):>8} "
-                f"{f(c.drop, '.4f'):>8} {f(c.p50_ms, '.4f'):>9} {f(c.samples_per_second, '.0f'):>10} "
-                f"{c.batch_size or '':>4} {c.threads or 'auto':>4} "
-                f"{f((c.size_bytes or 0) / 1024 if c.size_bytes else None, '.1f'):>9}"
+                f"{mark}{c.name[:37]:<37} {c.status:<14} {f(c.metric, '.4f'):>8} "
+                f"{f(c.drop, '.4f'):>8} " + " ".join(f"{x:>9}" for x in cells)
+                + (f" {f(1 / c.score if c.score else None, '.2f') + ('x' if c.score else ''):>8}" if multi else "")
+                + f" {f(c.samples_per_second, '.0f'):>10} {c.batch_size or '':>4} {c.threads or 'auto':>4} "
+                f"{f((c.size_bytes or 0) / 1024 if c.size_bytes else None, '.1f'):>9} "
+                f"{f(c.seconds if c.seconds else None, '.1f'):>8}"
             )
             if c.reason and c.status not in ("ok", "baseline"):
                 lines.append(f"    {c.reason}")  # whole: the advice is often at the end

@@ -8,186 +8,28 @@ skips candidates that cannot win, and stays inside the time budget.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from ..bench.timer import TimingConfig, time_calls
 from ..compress.pipeline import Prepared, agreement, build, make_manifest, prepare
 from ..compress.quantize import DYNAMIC_OPS, STATIC_OPS, quantizable_nodes
 from ..errors import ConfigError
-from ..inputs import rows
 from ..metrics import Metric, resolve
-from ..models.base import Model
 from ..models.onnx_model import OnnxModel
 from ..package import write_package
+from .evaluate import TIE, Search, engine_of, score_fn
 from .result import Candidate, OptimizationResult
-from .space import GRAPH, INT8_DYN, INT8_QDQ, Spec, _p, search_space
+from .space import GRAPH, INT8_DYN, INT8_QDQ, OV_FP32, OV_INT8, Spec, _p, model_kind, search_space
 
 OBJECTIVES = ("latency", "throughput")
-THROUGHPUT_SIZES = (8, 32, 128, 256)
-CLEARLY_SLOWER = 1.5  # a probe this much slower than the best stops the candidate's timing
-PROBE_CALLS = 30
-PROBE_ROUNDS = 5
-TIE = 0.03  # latencies within 3% are a tie: the more accurate, then smaller, candidate wins
 DEFAULT_BUDGET_S = 180.0
 # the share of the budget kept back for what follows the last candidate: checking the best
 # against the original once more and writing its package (a 22M-parameter encoder: ~5 s)
 RESERVE, RESERVE_MIN_S, RESERVE_MAX_S = 0.05, 1.0, 15.0
 
 
-@dataclass
-class _Search:
-    p: Prepared
-    metric: Metric
-    base_value: float
-    max_drop: float
-    relative: bool
-    objective: str
-    batch_size: int
-    exhaustive: bool
-    deadline: float
-    timing_s: float
-    say: Callable[[Candidate, Candidate], None]
-    best: Candidate | None = None
-
-    # -- scoring ----------------------------------------------------------------
-    def drop_of(self, value: float) -> float:
-        drop = self.metric.drop(self.base_value, value)
-        return drop / abs(self.base_value) if self.relative and self.base_value else drop
-
-    def better(self, a: Candidate, b: Candidate | None) -> bool:
-        """a beats b when clearly faster, or as fast (within TIE) and more accurate or
-        smaller; nothing beats the baseline without being strictly faster."""
-        if b is None:
-            return True
-        sa, sb = self._score_of(a), self._score_of(b)
-        if sa is None or sb is None:
-            return sb is None
-        if b.status == "baseline" or (a.drop == b.drop and a.size_bytes == b.size_bytes):
-            return sa < sb
-        if sa < sb * (1 - TIE):
-            return True
-        return sa <= sb * (1 + TIE) and (a.drop or 0, a.size_bytes or 0) < (
-            b.drop or 0,
-            b.size_bytes or 0,
-        )
-
-    def out_of_time(self) -> bool:
-        return time.perf_counter() > self.deadline
-
-    def cannot_afford(self, done: list[Candidate]) -> bool:
-        """True when the next candidate would likely run past the deadline: it is expected
-        to take as long as the median candidate evaluated so far."""
-        spent = sorted(c.seconds for c in done if c.status not in ("skipped", "baseline"))
-        expected = spent[len(spent) // 2] if spent else 0.0
-        return time.perf_counter() + expected > self.deadline
-
-    # -- timing -----------------------------------------------------------------
-    def _probe(self, model: Model, bs: int, calls: int = PROBE_CALLS) -> float:
-        feeds = rows(self.p.base_feeds, bs)
-        model.run(feeds)
-        ts = []
-        for _ in range(calls):
-            t0 = time.perf_counter_ns()
-            model.run(feeds)
-            ts.append(time.perf_counter_ns() - t0)
-        return float(np.median(ts)) / 1e6
-
-    def time(self, c: Candidate, model: Model) -> Model:
-        """Time ``model`` for the objective, trying thread settings for ONNX models; stop
-        early when a probe shows it clearly slower than the best. Returns the model with
-        the thread setting chosen."""
-        sizes = [self.batch_size] if self.objective == "latency" else sorted(
-            {self.batch_size, *THROUGHPUT_SIZES}
-        )  # fmt: skip
-        variants: list[tuple[int | None, Model]] = [(None, model)]
-        if isinstance(model, OnnxModel):
-            variants.append((1, model.with_threads(1)))
-        settings = [(threads, m, bs) for threads, m in variants for bs in sizes]
-        # interleaved rounds, so that every setting sees the same machine noise
-        medians: list[list[float]] = [[] for _ in settings]
-        for _ in range(PROBE_ROUNDS):
-            for i, (_threads, m, bs) in enumerate(settings):
-                medians[i].append(self._probe(m, bs, calls=PROBE_CALLS // PROBE_ROUNDS + 1))
-        probes = []
-        for (threads, m, bs), ms in zip(settings, medians, strict=True):
-            value = float(np.median(ms))
-            probes.append((value / bs if self.objective == "throughput" else value, threads, m, bs))
-        score, threads, chosen, bs = min(probes, key=lambda t: t[0])
-        best_score = self._score_of(self.best)
-        if not self.exhaustive and best_score is not None and score > CLEARLY_SLOWER * best_score:
-            c.status = "slower"
-            c.reason = f"early stop: probe {score * 1e3:.1f} µs vs best {best_score * 1e3:.1f} µs"
-            c.p50_ms = score * (bs if self.objective == "throughput" else 1)
-            c.batch_size, c.threads = bs, threads
-            c.samples_per_second = bs * 1e3 / c.p50_ms
-            return chosen
-        stats = time_calls(
-            functools.partial(chosen.run, rows(self.p.base_feeds, bs)),
-            TimingConfig(warmup_s=0.05, min_samples=300, time_budget_s=self.timing_s),
-        )
-        c.p50_ms, c.p99_ms, c.n = stats.p50_ms, stats.p99_ms, stats.n
-        c.samples_per_second = bs * 1e3 / stats.mean_ms
-        c.batch_size, c.threads = bs, threads
-        return chosen
-
-    def _score_of(self, c: Candidate | None) -> float | None:
-        """Lower is better: p50 latency, or milliseconds per sample for throughput."""
-        if c is None or c.p50_ms is None:
-            return None
-        if self.objective == "throughput":
-            return 1e3 / c.samples_per_second if c.samples_per_second else None
-        return c.p50_ms
-
-    # -- one candidate ----------------------------------------------------------
-    def evaluate(self, spec: Spec) -> Candidate:
-        c = Candidate(spec.name)
-        start = time.perf_counter()
-        try:
-            model, applied = build(self.p, spec.steps())
-            c.recipe = [s.describe() for s in applied]
-            if self.out_of_time():  # between stages, so one candidate overruns by one stage
-                return self._stopped(c, "built", start)
-            c.metric = self.p.metric_of(self.metric, model)
-            c.drop = self.drop_of(c.metric)
-            c.size_bytes, c.num_parameters = model.size_bytes(), model.num_parameters()
-            c.cosine = min(a["cosine"] or 1.0 for a in agreement(self.p, model))
-            if self.out_of_time():
-                return self._stopped(c, "scored", start)
-            if c.drop > self.max_drop:
-                c.status = "over-budget"
-                c.reason = f"{self.metric.name} drop {c.drop:.4g} > max_drop {self.max_drop:g}"
-                self._time_quietly(c, model)
-            else:
-                c.status = "ok"
-                c.model = self.time(c, model)
-                if c.status == "ok" and self.better(c, self.best):
-                    self.best = c
-        except Exception as exc:  # a candidate that crashes is recorded, not fatal
-            c.status = "failed"
-            c.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        c.seconds = time.perf_counter() - start
-        return c
-
-    @staticmethod
-    def _stopped(c: Candidate, stage: str, start: float) -> Candidate:
-        c.status, c.reason = "skipped", f"time budget spent (stopped once {stage})"
-        c.seconds = time.perf_counter() - start
-        return c
-
-    def _time_quietly(self, c: Candidate, model: Model) -> None:
-        """A short timing of an over-budget candidate, for the Pareto front."""
-        ms = self._probe(model, self.batch_size, calls=PROBE_CALLS)
-        c.p50_ms, c.n, c.batch_size = ms, PROBE_CALLS, self.batch_size
-        c.samples_per_second = self.batch_size * 1e3 / ms
-
-
-def _mixed_precision(s: _Search, spec: Spec) -> list[Candidate]:
+def _mixed_precision(s: Search, spec: Spec) -> list[Candidate]:
     """Keep the most sensitive nodes in float until the budget holds.
 
     Sensitivity of a node = the metric drop when only that node is quantised. Nodes are then
@@ -233,6 +75,7 @@ def optimize(
     time_budget_s: float | None = DEFAULT_BUDGET_S,
     example_inputs: Any = None,
     *,
+    batch_sizes: Sequence[int] | Mapping[int, float] | None = None,
     calib: Any = None,
     relative: bool = False,
     exhaustive: bool = False,
@@ -245,25 +88,30 @@ def optimize(
     qat_options: dict[str, Any] | None = None,
     progress: Callable[[Candidate, Candidate], None] | None = None,
 ) -> OptimizationResult:
-    """Search recipes and runtime settings; return the fastest candidate within the budget.
+    """Search recipes, runtimes and their settings; return the fastest candidate within the
+    budget.
 
     ``val``: (X, y), y may be None for 'cosine'/'agreement'. ``max_drop``: absolute, or a
     share of the baseline's metric with ``relative=True``. ``objective``: 'latency' (p50 at
-    ``batch_size``) or 'throughput' (samples/s at the best batch size). ``calib``:
-    calibration inputs for static int8 (default: the validation inputs). ``try_compile``:
-    also measure torch.compile (costs its compile time; reported, never packaged).
-    ``time_budget_s``: seconds for everything (conversion, verification, calibration,
-    timing, the package), 180 by default; None for no limit. Candidates that would not fit
-    are skipped and listed as such. ``progress(candidate, best_so_far)`` is called when a
-    candidate starts (status "running") and again when it has its figures. ``train_data``:
-    (X, y) or a Dataset; with it, a PyTorch model whose post-training int8 candidates all
-    break the budget gets one more, quantization-aware training + int8-static
+    ``batch_size``) or 'throughput' (samples/s at the best batch size). ``batch_sizes``: the
+    sizes the model will run at, for the latency objective: every candidate is timed at each,
+    and the one whose worst ratio to the original over them is lowest wins; a mapping
+    ``{1: 3, 32: 1}`` weights the ratios instead (a weighted mean). ``calib``: calibration
+    inputs for static int8 and OpenVINO int8 (default: the validation inputs).
+    ``try_compile``: also measure torch.compile (costs its compile time; reported, never
+    packaged). ``time_budget_s``: seconds for everything (conversion, verification,
+    calibration, timing, the package), 180 by default; None for no limit. Candidates that
+    would not fit are skipped and listed as such. ``progress(candidate, best_so_far)`` is
+    called when a candidate starts (status "running") and again when it has its figures.
+    ``train_data``: (X, y) or a Dataset; with it, a PyTorch model whose post-training int8
+    candidates all break the budget gets one more, quantization-aware training + int8-static
     (``qat_options``: the ``qat`` recipe's, e.g. ``{"epochs": 5}``).
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    sizes, weights = _batch_sizes(batch_sizes, batch_size, objective)
     try:
         max_drop = float(max_drop)
     except (TypeError, ValueError):
@@ -282,10 +130,11 @@ def optimize(
     if p.ctx.calib is None:
         p.ctx.calib = p.val_feeds
     metric_obj = resolve(metric, p.source.task)
-    s = _Search(
+    p.ctx.score = score_fn(p, metric_obj)
+    s = Search(
         p=p, metric=metric_obj, base_value=p.metric_of(metric_obj, p.source), max_drop=max_drop,
-        relative=relative, objective=objective, batch_size=batch_size, exhaustive=exhaustive,
-        deadline=_deadline(started, time_budget_s), timing_s=timing_s,
+        relative=relative, objective=objective, sizes=sizes, weights=weights,
+        exhaustive=exhaustive, deadline=_deadline(started, time_budget_s), timing_s=timing_s,
         say=progress or (lambda _c, _b: None),
     )  # fmt: skip
     baseline = Candidate(
@@ -294,23 +143,33 @@ def optimize(
     baseline.size_bytes, baseline.num_parameters = p.source.size_bytes(), p.source.num_parameters()
     baseline.cosine = 1.0
     baseline.model = s.time(baseline, p.source)
+    baseline.seconds = 0.0
     s.best = baseline
     s.say(baseline, baseline)
     candidates = [baseline]
-    specs = search_space(p.source, p.ctx.caps, has_calib=p.ctx.calib is not None, prune=prune)
+    kind = model_kind(p.baseline)
+    specs = search_space(
+        p.source, p.ctx.caps, has_calib=p.ctx.calib is not None, prune=prune, kind=kind
+    )
     if not p.converted:
         specs = [sp for sp in specs if not sp.onnx]
+    unusable = _unusable(p, specs)
     slow_classes: dict[str, str] = {}
     broken: dict[str, float] = {}  # family -> least aggressive level that broke the budget
     fits: dict[str, float] = {}  # family -> most aggressive level that fit it
     for spec in specs:
+        if spec.name in unusable:
+            status, why = unusable[spec.name]
+            candidates.append(Candidate(spec.name, status=status, reason=why))
+            s.say(candidates[-1], s.best)
+            continue
         if s.out_of_time() or s.cannot_afford(candidates):
             candidates.append(Candidate(spec.name, reason="time budget spent"))
             continue
         if not s.exhaustive:
-            why = _cannot_win(spec, slow_classes, broken, fits)
-            if why:
-                candidates.append(Candidate(spec.name, reason=why))
+            cannot = _cannot_win(spec, slow_classes, broken, fits)
+            if cannot:
+                candidates.append(Candidate(spec.name, reason=cannot))
                 continue
         s.say(Candidate(spec.name, status="running"), s.best)
         c = s.evaluate(spec)
@@ -322,6 +181,9 @@ def optimize(
             broken[spec.family] = min(broken.get(spec.family, 1.0), spec.level)
         if c.status in ("ok", "slower") and spec.family:
             fits[spec.family] = max(fits.get(spec.family, 0.0), spec.level)
+        if c.status == "over-budget" and spec.speed_class == OV_INT8 and not s.out_of_time():
+            candidates.append(_accuracy_control(s, spec))
+            s.say(candidates[-1], s.best)
         if (
             c.status == "over-budget"
             and mixed_precision
@@ -341,13 +203,78 @@ def optimize(
         s.say(candidates[-1], s.best)
     best = _final_choice(s, candidates, baseline)
     assert best.model is not None
-    return _result(s, best, baseline, candidates, started, metric_obj, max_drop)
+    return _result(s, best, baseline, candidates, started, metric_obj, max_drop, kind)
+
+
+def _batch_sizes(
+    given: Sequence[int] | Mapping[int, float] | None, batch_size: int, objective: str
+) -> tuple[list[int], dict[int, float] | None]:
+    """The deciding batch sizes (the first is the one the table and manifest lead with) and
+    their weights (None: the worst ratio decides); ConfigError naming a bad one."""
+    if given is None:
+        return [batch_size], None
+    if objective != "latency":
+        raise ConfigError(
+            "batch_sizes= is for objective='latency'; the throughput objective tries batch "
+            "sizes itself (pass batch_size= to add one)"
+        )
+    weights = dict(given) if isinstance(given, Mapping) else None
+    try:
+        sizes = list(given)
+    except TypeError:
+        raise ConfigError(f"batch_sizes must be a list of sizes, e.g. [1, 32]; got {given!r}") from None
+    if not sizes:
+        raise ConfigError("batch_sizes is empty; give at least one size, e.g. [1, 32]")
+    for bs in sizes:
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise ConfigError(f"batch_sizes must hold positive integers; got {bs!r}")
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"batch_sizes lists a size twice: {sizes}")
+    if weights is not None:
+        for bs, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not w > 0:
+                raise ConfigError(f"the weight of batch size {bs} must be a number > 0; got {w!r}")
+    return sizes, weights
+
+
+def _unusable(p: Prepared, specs: list[Spec]) -> dict[str, tuple[str, str]]:
+    """Candidates listed at no cost with why they cannot run here: OpenVINO's when it is not
+    installed, structured pruning's when the model cannot be pruned (one fx trace decides,
+    instead of every pruning candidate failing in turn)."""
+    from ..models.openvino_model import openvino_missing
+
+    out: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        if spec.speed_class in (OV_FP32, OV_INT8):
+            missing = openvino_missing(nncf=spec.speed_class == OV_INT8)
+            if missing:
+                out[spec.name] = ("not-installed", missing)
+    pruning = [sp for sp in specs if any(n == "prune-structured" for n, _ in sp.source)]
+    if pruning:
+        from ..compress.prune import structured_pruning_check
+
+        reason = structured_pruning_check(getattr(p.source, "module", None), p.ctx.example)
+        for spec in pruning if reason else []:
+            out[spec.name] = ("not-applicable", f"not applicable: {reason}")
+    return out
+
+
+def _accuracy_control(s: Search, spec: Spec) -> Candidate:
+    """OpenVINO int8 broke the budget: NNCF's accuracy-aware quantization keeps the layers
+    that cost the most accuracy in float until the drop fits (budget absolute, as NNCF
+    measures it on the metric made higher-is-better)."""
+    limit = s.max_drop * abs(s.base_value) if s.relative else s.max_drop
+    aware = Spec(f"{spec.name} accuracy-aware", OV_INT8 + "-aware", spec.prior,
+                 onnx=(("openvino-int8", _p(accuracy_control=True, max_drop=limit)),))  # fmt: skip
+    assert s.best is not None
+    s.say(Candidate(aware.name, status="running"), s.best)
+    return s.evaluate(aware)
 
 
 QAT = "qat + int8"
 
 
-def _qat(s: _Search, candidates: list[Candidate], train_data: Any,
+def _qat(s: Search, candidates: list[Candidate], train_data: Any,
          options: dict[str, Any]) -> Candidate:  # fmt: skip
     """Quantization-aware training, tried only when every post-training int8 candidate broke
     the budget (it costs a fine-tuning run, and cannot beat an int8 that already fits): for
@@ -399,7 +326,7 @@ def _full_int8(c: Candidate) -> bool:
     )  # fmt: skip
 
 
-def _final_choice(s: _Search, candidates: list[Candidate], baseline: Candidate) -> Candidate:
+def _final_choice(s: Search, candidates: list[Candidate], baseline: Candidate) -> Candidate:
     """Among the candidates strictly faster than the original, those within TIE of the
     fastest; of these the most accurate, then the smallest. Chosen once at the end because
     ties decided one pair at a time do not chain: A, then a smaller B 2% slower, then a C 3.5%
@@ -417,20 +344,37 @@ def _final_choice(s: _Search, candidates: list[Candidate], baseline: Candidate) 
     return min(near, key=lambda c: (c.drop or 0.0, c.size_bytes or 0, s._score_of(c) or 0.0))
 
 
-def _bench_entry(baseline: Candidate, best: Candidate) -> dict[str, Any]:
+def _bench_entry(baseline: Candidate, best: Candidate, bs: int) -> dict[str, Any]:
     """The manifest's benchmark layout that compress writes too (docs/package-format.md):
-    original and package at the batch size the objective chose."""
+    original and package at batch size ``bs``."""
 
     def timing(c: Candidate) -> dict[str, Any]:
-        return {"p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "n": c.n,
-                "samples_per_second": c.samples_per_second, "batch_size": c.batch_size}  # fmt: skip
+        t = c.timings.get(bs) or {}
+        return {"p50_ms": t.get("p50_ms"), "p99_ms": t.get("p99_ms"), "n": t.get("n", 0),
+                "samples_per_second": t.get("samples_per_second"), "batch_size": bs}  # fmt: skip
 
-    same = baseline.batch_size == best.batch_size and best.p50_ms
-    speedup = (baseline.p50_ms or 0.0) / best.p50_ms if same and best.p50_ms else None
-    entry = {"original": timing(baseline), "package": timing(best), "speedup_p50": speedup}
-    if baseline.samples_per_second and best.samples_per_second:
-        entry["speedup_throughput"] = best.samples_per_second / baseline.samples_per_second
+    entry: dict[str, Any] = {"original": timing(baseline), "package": timing(best)}
+    base, pkg = entry["original"], entry["package"]
+    entry["speedup_p50"] = base["p50_ms"] / pkg["p50_ms"] if base["p50_ms"] and pkg["p50_ms"] else None
+    if base["samples_per_second"] and pkg["samples_per_second"]:
+        entry["speedup_throughput"] = pkg["samples_per_second"] / base["samples_per_second"]
     return entry
+
+
+def _why_runtime(s: Search, best: Candidate, candidates: list[Candidate]) -> str:
+    """Why the package runs on its runtime, from the figures measured here: the best
+    candidate against the fastest one on another runtime."""
+    if best.status == "baseline":
+        return "no candidate within the budget beat the original here (measured)"
+    others = [c for c in candidates if c.status in ("ok", "slower", "baseline")
+              and c.engine != best.engine and c.score]  # fmt: skip
+    if not others or not best.score:
+        return f"{best.name}: the fastest candidate within the budget here (measured)"
+    rival = min(others, key=lambda c: c.score or 0.0)
+    return (
+        f"{best.name} measured {(rival.score or 0.0) / best.score:.2f}x as fast as the fastest "
+        f"{rival.engine} candidate ({rival.name}) on this machine"
+    )
 
 
 def _deadline(started: float, budget: float | None) -> float:
@@ -441,7 +385,7 @@ def _deadline(started: float, budget: float | None) -> float:
     return started + max(budget - reserve, budget / 2)
 
 
-def _torch_compile(s: _Search) -> Candidate:
+def _torch_compile(s: Search) -> Candidate:
     """torch.compile of the original, measured for the record: a compiled module cannot be
     saved, so it is reported (and would be worth a runtime flag) but never packaged."""
     import torch
@@ -479,13 +423,14 @@ def _cannot_win(
 
 
 def _result(
-    s: _Search,
+    s: Search,
     best: Candidate,
     baseline: Candidate,
     candidates: list[Candidate],
     started: float,
     metric: Metric,
     max_drop: float,
+    kind: str,
 ) -> OptimizationResult:
     p = s.p
     chosen = best.model
@@ -502,13 +447,16 @@ def _result(
         "relative": s.relative,
         "agreement": agreement(p, chosen),
     }
-    bench = {f"batch_{best.batch_size}": _bench_entry(baseline, best)}
+    sizes = sorted(best.timings) if s.objective == "latency" else [best.batch_size or 1]
+    bench = {f"batch_{bs}": _bench_entry(baseline, best, bs) for bs in sizes}
     manifest = make_manifest(
         p, [], validation, None, bench,
-        runtime={"intra_op_num_threads": best.threads, "batch_size": best.batch_size},
+        runtime={"intra_op_num_threads": best.threads, "batch_size": best.batch_size,
+                 "engine": engine_of(chosen), "why": _why_runtime(s, best, candidates)},
         optimization={
             "best": best.name, "candidates": len(candidates), "objective": s.objective,
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - started, "model_kind": kind,
+            "batch_sizes": s.sizes, "batch_weights": s.weights,
         },
     )  # fmt: skip
     manifest["recipe"] = best.recipe
@@ -525,7 +473,10 @@ def _result(
             "metric": metric.name,
             "max_drop": max_drop,
             "relative": s.relative,
-            "batch_size": s.batch_size,
+            "batch_size": s.sizes[0],
+            "batch_sizes": s.sizes,
+            "batch_weights": s.weights,
+            "model_kind": kind,
             "exhaustive": s.exhaustive,
         },
         seconds=time.perf_counter() - started,

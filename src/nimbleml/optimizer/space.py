@@ -14,6 +14,7 @@ from ..models.base import Model
 # speed classes: candidates that run the same kernels on the same shapes run at the same
 # speed; once one of a class is clearly slower than the best, the rest cannot win
 FP32, INT8_DYN, INT8_QDQ, FP16, TORCH = "fp32", "int8-dynamic", "int8-static", "fp16", "torch"
+OV_FP32, OV_INT8 = "openvino-fp32", "openvino-int8"
 
 
 @dataclass(frozen=True)
@@ -55,45 +56,94 @@ def _p(**params: Any) -> tuple[tuple[str, Any], ...]:
 GRAPH = ("graph-opt", _p())
 
 
-def search_space(model: Model, caps: CpuCaps, has_calib: bool, prune: bool = True) -> list[Spec]:
-    """Candidates for ``model``, best expected first (the baseline is measured separately)."""
+# model kinds, read from the verified ONNX graph: the order in which candidates pay differs
+KINDS = ("transformer", "conv", "mlp")
+
+# expected speedup over fp32 ONNX Runtime on a CPU, by model kind, for ordering only (what
+# wins is measured). Measured on a 2-core AVX2 CPU without VNNI (benchmarks/peers.py,
+# docs/benchmark-report.md): a BERT-layout encoder gains most from per-channel dynamic int8
+# (its per-tensor form breaks a 0.01 cosine budget), a conv net from static int8 and
+# OpenVINO (dynamic int8 leaves its Convs in float), an MLP from dynamic int8.
+PRIORS: dict[str, dict[str, float]] = {
+    "transformer": {
+        "int8-dyn-pc": 3.0, "fp32": 2.0, "ov-fp32": 1.9, "ov-int8": 1.8, "int8-qdq": 1.7,
+        "torch-int8": 1.6, "int8-dyn": 1.2, "fp16": 0.6, "bf16": 1.4,
+    },
+    "conv": {
+        "ov-int8": 2.4, "int8-qdq": 2.3, "ov-fp32": 2.0, "fp32": 1.5, "int8-dyn": 1.1,
+        "int8-dyn-pc": 1.05, "torch-int8": 0.9, "fp16": 0.6, "bf16": 1.4,
+    },
+    "mlp": {
+        "int8-dyn": 2.2, "int8-dyn-pc": 2.1, "int8-qdq": 1.9, "fp32": 1.0, "ov-fp32": 0.95,
+        "ov-int8": 0.9, "torch-int8": 1.5, "fp16": 0.6, "bf16": 1.4,
+    },
+}  # fmt: skip
+OPENVINO = ("openvino fp32", "openvino int8")
+
+
+def model_kind(model: Model) -> str:
+    """'transformer', 'conv' or 'mlp' (anything else), from an ONNX graph's operators."""
+    from ..compress.quantize import transformer_parts
+    from ..models.onnx_model import OnnxModel
+
+    if not isinstance(model, OnnxModel):
+        return "mlp"
+    if transformer_parts(model):
+        return "transformer"
+    return "conv" if {"Conv", "ConvTranspose"} & set(model.op_types()) else "mlp"
+
+
+def search_space(
+    model: Model, caps: CpuCaps, has_calib: bool, prune: bool = True, kind: str = "mlp"
+) -> list[Spec]:
+    """Candidates for ``model``, best expected first (the baseline is measured separately).
+    ``kind``: the model kind (``model_kind`` of its verified ONNX graph)."""
     from ..models.sklearn_model import SklearnModel, final_estimator
 
+    prior = PRIORS[kind]
     specs: list[Spec] = []
     if model.framework in ("torch", "onnx"):
         vnni = 1.3 if caps.vnni else 1.0
         specs += [
-            Spec("onnx int8 dynamic", INT8_DYN, 2.2 * vnni, onnx=(("int8", _p(per_channel=False)), GRAPH)),
-            Spec("onnx int8 dynamic per-channel", INT8_DYN + "-per-channel", 2.1 * vnni,
-                 onnx=(("int8", _p(per_channel=True)), GRAPH)),
-            Spec("onnx fp32", FP32, 1.0, onnx=(GRAPH,), lossy=False),
+            Spec("onnx int8 dynamic per-channel", INT8_DYN + "-per-channel",
+                 prior["int8-dyn-pc"] * vnni, onnx=(("int8", _p(per_channel=True)), GRAPH)),
+            Spec("onnx int8 dynamic", INT8_DYN, prior["int8-dyn"] * vnni,
+                 onnx=(("int8", _p(per_channel=False)), GRAPH)),
+            Spec("onnx fp32", FP32, prior["fp32"], onnx=(GRAPH,), lossy=False),
+            Spec("openvino fp32", OV_FP32, prior["ov-fp32"], onnx=(("openvino", _p()),),
+                 lossy=False),
         ]  # fmt: skip
         if has_calib:
             for i, method in enumerate(("minmax", "entropy", "percentile")):
                 specs.append(
-                    Spec(f"onnx int8 static {method}", INT8_QDQ, 1.9 * vnni - 0.01 * i,
+                    Spec(f"onnx int8 static {method}", INT8_QDQ, prior["int8-qdq"] * vnni - 0.01 * i,
                          onnx=(("int8-static", _p(calibration=method, per_channel=True)), GRAPH))
                 )  # fmt: skip
+            specs.append(
+                Spec("openvino int8", OV_INT8, prior["ov-int8"] * vnni,
+                     onnx=(("openvino-int8", _p()),))
+            )  # fmt: skip
         specs.append(
-            Spec("onnx fp16", FP16, 0.6 if not caps.bf16 else 1.2, onnx=(("fp16", _p()), GRAPH))
-        )
+            Spec("onnx fp16", FP16, prior["fp16"] if not caps.bf16 else 1.2,
+                 onnx=(("fp16", _p()), GRAPH))
+        )  # fmt: skip
     if model.framework == "torch":
         if not _scripted(model):  # TorchScript layers cannot be swapped: it would be a no-op
-            specs.append(Spec("torch int8", TORCH, 1.5, torch=(("torch-int8", _p()),)))
+            specs.append(Spec("torch int8", TORCH, prior["torch-int8"], torch=(("torch-int8", _p()),)))
         if bf16_support()[0]:
-            specs.append(Spec("torch bf16", TORCH, 1.4, torch=(("bf16", _p()),)))
+            specs.append(Spec("torch bf16", TORCH, prior["bf16"], torch=(("bf16", _p()),)))
         if prune and not _scripted(model):  # structured pruning rebuilds nn.Module layers
             for amount in (0.25, 0.5):
                 specs.append(
                     Spec(f"pruned {amount:.0%} + onnx int8", f"{INT8_DYN}-pruned-{amount}",
-                         2.2 / (1 - amount) ** 0.5,
+                         prior["int8-dyn"] / (1 - amount) ** 0.5,
                          source=(("prune-structured", _p(amount=amount)),),
-                         onnx=(("int8", _p(per_channel=False)), GRAPH),
+                         onnx=(("int8", _p(per_channel=kind == "transformer")), GRAPH),
                          family="prune-structured+int8", level=amount)
                 )  # fmt: skip
                 specs.append(
                     Spec(f"pruned {amount:.0%} + onnx fp32", f"{FP32}-pruned-{amount}",
-                         1.0 / (1 - amount) ** 0.5,
+                         prior["fp32"] / (1 - amount) ** 0.5,
                          source=(("prune-structured", _p(amount=amount)),), onnx=(GRAPH,),
                          family="prune-structured", level=amount)
                 )  # fmt: skip
