@@ -82,12 +82,16 @@ def bert_layout_encoder(
     generator = torch.Generator().manual_seed(seed + 1)
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            rows = torch.randperm(module.out_features, generator=generator)[: module.out_features // 64]
+            rows = torch.randperm(module.out_features, generator=generator)[
+                : module.out_features // 64
+            ]
             module.weight.data[rows] *= outliers
     return model.eval()
 
 
-def sentences(n: int = 64, length: int = 64, vocab: int = 30522, seed: int = 2) -> dict[str, np.ndarray]:
+def sentences(
+    n: int = 64, length: int = 64, vocab: int = 30522, seed: int = 2
+) -> dict[str, np.ndarray]:
     """Padded token batches: each row a random length from 8 to ``length``, pad id 0 where
     the mask is 0, a [CLS]-like id 101 first."""
     rng = np.random.default_rng(seed)

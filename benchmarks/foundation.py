@@ -24,7 +24,9 @@ import torch
 from sklearn.ensemble import RandomForestClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+# appended, not first: tests/profile/ would shadow the standard library's profile module,
+# which torch.export imports (the dynamo exporter then failed with "profile has no run")
+sys.path.append(str(Path(__file__).parents[1] / "tests"))
 
 import nimbleml
 from _harness import side_by_side, table

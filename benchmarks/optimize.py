@@ -7,8 +7,9 @@ metric drop (must be <= max_drop), the search wall time (goal <= 3 min), the bes
 exhaustive sweep of the same space finds, and optimize/exhaustive (goal >= 0.95; both bests
 and the original re-timed side by side). Then a model built so that full int8 breaks a
 1-point budget, to show mixed precision meeting it. Last, `encoder`: optimize with its default
-time budget on a 22M-parameter BERT-style encoder with padded inputs (goal: returns within
-200 s), with the speedup and cosine it found.
+time budget on a 22M-parameter BERT-layout encoder (benchmarks/_models.py) with padded inputs,
+called as a user would (one sentence as the example, batch 1): goals: returns within 200 s,
+>= 3x torch fp32 at batch 1, cosine >= 0.99.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+# appended, not first: tests/profile/ would shadow the standard library's profile module,
+# which torch.export imports (the dynamo exporter then failed with "profile has no run")
+sys.path.append(str(Path(__file__).parents[1] / "tests"))
 
 from _harness import side_by_side, table
+from _models import bert_layout_encoder, sentences
 from conftest import make_encoder, token_batch
 from nimbleml.bench.machine import machine_info
 from nimbleml.demo import digits, train_mlp, train_pipeline
@@ -89,32 +93,6 @@ def cases(quick: bool) -> dict[str, dict]:
     }  # fmt: skip
 
 
-def bert_style_encoder(vocab: int = 30522, dim: int = 384, layers: int = 6) -> torch.nn.Module:
-    """A MiniLM-sized encoder (22M parameters: 6 layers, 384 wide, 12 heads, 1,536 FFN, a
-    30,522-token vocabulary) with position embeddings and a masked mean-pooled embedding."""
-
-    class Encoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = torch.nn.Embedding(vocab, dim, padding_idx=0)
-            self.pos = torch.nn.Embedding(512, dim)
-            self.norm = torch.nn.LayerNorm(dim)
-            layer = torch.nn.TransformerEncoderLayer(
-                dim, 12, dim * 4, dropout=0.0, activation="gelu", batch_first=True
-            )
-            self.enc = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-        def forward(self, input_ids, attention_mask):
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            h = self.norm(self.emb(input_ids) + self.pos(positions))
-            h = self.enc(h, src_key_padding_mask=attention_mask == 0)
-            m = attention_mask.unsqueeze(-1).to(h.dtype)
-            return (h * m).sum(1) / m.sum(1)
-
-    torch.manual_seed(0)
-    return Encoder().eval()
-
-
 def encoder_budget(quick: bool) -> list[list[object]]:
     """`optimize` with its default budget on the 22M-parameter encoder, padded inputs: the
     wall time of the whole call (goal <= 200 s), the best, its speedup and cosine. Twice: at
@@ -124,9 +102,10 @@ def encoder_budget(quick: bool) -> list[list[object]]:
     import os
     import tempfile
 
-    model = bert_style_encoder()
+    model = bert_layout_encoder()
     params = sum(p.numel() for p in model.parameters())
-    val = (token_batch(n=32 if quick else 64, length=64, vocab=30522, seed=2), None)
+    tokens = sentences(n=32 if quick else 64)
+    val, one = (tokens, None), {k: v[:1] for k, v in tokens.items()}
     default = inspect.signature(optimize).parameters["time_budget_s"].default
     rows = []
     here = os.getcwd()
@@ -135,7 +114,9 @@ def encoder_budget(quick: bool) -> list[list[object]]:
             os.chdir(scratch)
             try:
                 t0 = time.perf_counter()
-                result = optimize(model, val, metric="cosine", max_drop=max_drop)
+                result = optimize(
+                    model, val, metric="cosine", max_drop=max_drop, example_inputs=one, batch_size=1
+                )
                 took = time.perf_counter() - t0
             finally:
                 os.chdir(here)
@@ -146,7 +127,8 @@ def encoder_budget(quick: bool) -> list[list[object]]:
         rows.append([
             f"encoder {params / 1e6:.1f}M, max_drop {max_drop:g}", f"{default:g} s (default)",
             f"{took:.1f} s (goal <= 200)", result.best_name,
-            f"{result.baseline.p50_ms / best.p50_ms:.2f}x", f"{best.metric:.5f}",
+            f"{result.baseline.p50_ms / best.p50_ms:.2f}x" + (" (goal >= 3)" if max_drop == 0.01 else ""),
+            f"{best.metric:.5f}" + (" (goal >= 0.99)" if max_drop == 0.01 else ""),
             f"{tried}/{len(result.candidates)} tried, {out_of_time} cut by the budget",
         ])  # fmt: skip
     return rows

@@ -191,7 +191,9 @@ def _batch_sizes(text: str, flag: str = "--batch-size") -> list[int]:
     try:
         sizes = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated integers like 1,32; got {text!r}") from None
+        raise ConfigError(
+            f"{flag} takes comma-separated integers like 1,32; got {text!r}"
+        ) from None
     if not sizes or any(s < 1 for s in sizes):
         raise ConfigError(f"{flag} takes positive integers like 1,32; got {text!r}")
     return sizes

@@ -35,6 +35,9 @@ PROBE_ROUND_S = 0.02
 # the timed calls that follow a probe: enough for a stable median in about this long, never
 # fewer than 30 nor more than 300 (a 22M-parameter encoder: 37 calls where it took 125 in 1 s)
 TIMED_S, MIN_TIMED, MAX_TIMED = 0.3, 30, 300
+# a drop this small is float rounding, not a loss: the original's own cosine to itself came
+# out 1 - 1.2e-14, and with max_drop=0 every lossless candidate was called over budget
+ROUNDING = 1e-9
 
 
 def engine_of(model: Model) -> str:
@@ -157,7 +160,9 @@ class Search:
         if not self.exhaustive and best_score is not None and score > CLEARLY_SLOWER * best_score:
             c.status = "slower"
             probe = per_variant[threads]
-            c.reason = f"early stop: probe {self._describe(score)} vs best {self._describe(best_score)}"
+            c.reason = (
+                f"early stop: probe {self._describe(score)} vs best {self._describe(best_score)}"
+            )
             c.timings = {b: {"p50_ms": probe[b], "n": 0} for b in probe}
             c.p50_ms, c.batch_size, c.threads, c.score = probe[bs], bs, threads, score
             c.samples_per_second = bs * 1e3 / probe[bs]
@@ -202,7 +207,7 @@ class Search:
             c.cosine = min(a["cosine"] or 1.0 for a in agreement(self.p, model))
             if self.out_of_time():
                 return self._stopped(c, "scored", start)
-            if c.drop > self.max_drop:
+            if c.drop > self.max_drop + ROUNDING:
                 c.status = "over-budget"
                 c.reason = f"{self.metric.name} drop {c.drop:.4g} > max_drop {self.max_drop:g}"
                 self._time_quietly(c, model)

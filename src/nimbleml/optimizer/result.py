@@ -121,13 +121,15 @@ class OptimizationResult:
         """One row per candidate: status, metric, drop, p50 at every deciding batch size (with
         the ratio to the original when several decide), samples/s, threads, size, and the
         seconds it cost; a reason line under each one that is not ok."""
-        sizes = [int(b) for b in self.settings.get("batch_sizes") or [self.settings.get("batch_size") or 1]]
+        sizes = [
+            int(b)
+            for b in self.settings.get("batch_sizes") or [self.settings.get("batch_size") or 1]
+        ]
         multi = self.objective == "latency" and len(sizes) > 1
         p50 = [f"p50@{b}" for b in sizes] if multi else ["p50 ms"]
         head = (
             f"{'candidate':<38} {'status':<14} {'metric':>8} {'drop':>8} "
-            + " ".join(f"{h:>9}" for h in p50)
-            + (f" {'vs orig':>8}" if multi else "")
+            + " ".join(f"{h:>9}" for h in [*p50, *(["vs orig"] if multi else [])])
             + f" {'samples/s':>10} {'bs':>4} {'thr':>4} {'size KB':>9} {'seconds':>8}"
         )
         lines = [head, "-" * len(head)]
@@ -139,12 +141,13 @@ class OptimizationResult:
 
             if multi:
                 cells = [f((c.timings.get(b) or {}).get("p50_ms"), ".4f") for b in sizes]
+                cells.append(f"{1 / c.score:.2f}x" if c.score else "")
             else:
                 cells = [f(c.p50_ms, ".4f")]
             lines.append(
                 f"{mark}{c.name[:37]:<37} {c.status:<14} {f(c.metric, '.4f'):>8} "
-                f"{f(c.drop, '.4f'):>8} " + " ".join(f"{x:>9}" for x in cells)
-                + (f" {f(1 / c.score if c.score else None, '.2f') + ('x' if c.score else ''):>8}" if multi else "")
+                f"{f(c.drop, '.4f'):>8} "
+                + " ".join(f"{x:>9}" for x in cells)
                 + f" {f(c.samples_per_second, '.0f'):>10} {c.batch_size or '':>4} {c.threads or 'auto':>4} "
                 f"{f((c.size_bytes or 0) / 1024 if c.size_bytes else None, '.1f'):>9} "
                 f"{f(c.seconds if c.seconds else None, '.1f'):>8}"

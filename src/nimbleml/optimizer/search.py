@@ -222,7 +222,9 @@ def _batch_sizes(
     try:
         sizes = list(given)
     except TypeError:
-        raise ConfigError(f"batch_sizes must be a list of sizes, e.g. [1, 32]; got {given!r}") from None
+        raise ConfigError(
+            f"batch_sizes must be a list of sizes, e.g. [1, 32]; got {given!r}"
+        ) from None
     if not sizes:
         raise ConfigError("batch_sizes is empty; give at least one size, e.g. [1, 32]")
     for bs in sizes:
@@ -355,7 +357,9 @@ def _bench_entry(baseline: Candidate, best: Candidate, bs: int) -> dict[str, Any
 
     entry: dict[str, Any] = {"original": timing(baseline), "package": timing(best)}
     base, pkg = entry["original"], entry["package"]
-    entry["speedup_p50"] = base["p50_ms"] / pkg["p50_ms"] if base["p50_ms"] and pkg["p50_ms"] else None
+    entry["speedup_p50"] = (
+        base["p50_ms"] / pkg["p50_ms"] if base["p50_ms"] and pkg["p50_ms"] else None
+    )
     if base["samples_per_second"] and pkg["samples_per_second"]:
         entry["speedup_throughput"] = pkg["samples_per_second"] / base["samples_per_second"]
     return entry

@@ -63,19 +63,21 @@ KINDS = ("transformer", "conv", "mlp")
 # wins is measured). Measured on a 2-core AVX2 CPU without VNNI (benchmarks/peers.py,
 # docs/benchmark-report.md): a BERT-layout encoder gains most from per-channel dynamic int8
 # (its per-tensor form breaks a 0.01 cosine budget), a conv net from static int8 and
-# OpenVINO (dynamic int8 leaves its Convs in float), an MLP from dynamic int8.
+# OpenVINO (dynamic int8 leaves its Convs in float), an MLP from dynamic int8. "prune"
+# scales the pruning candidates: a transformer's come last (each costs a new export and
+# verification, and pruning without fine-tuning rarely keeps a trained encoder's accuracy).
 PRIORS: dict[str, dict[str, float]] = {
     "transformer": {
         "int8-dyn-pc": 3.0, "fp32": 2.0, "ov-fp32": 1.9, "ov-int8": 1.8, "int8-qdq": 1.7,
-        "torch-int8": 1.6, "int8-dyn": 1.2, "fp16": 0.6, "bf16": 1.4,
+        "torch-int8": 1.6, "int8-dyn": 1.2, "fp16": 0.6, "bf16": 1.4, "prune": 0.4,
     },
     "conv": {
         "ov-int8": 2.4, "int8-qdq": 2.3, "ov-fp32": 2.0, "fp32": 1.5, "int8-dyn": 1.1,
-        "int8-dyn-pc": 1.05, "torch-int8": 0.9, "fp16": 0.6, "bf16": 1.4,
+        "int8-dyn-pc": 1.05, "torch-int8": 0.9, "fp16": 0.6, "bf16": 1.4, "prune": 1.0,
     },
     "mlp": {
         "int8-dyn": 2.2, "int8-dyn-pc": 2.1, "int8-qdq": 1.9, "fp32": 1.0, "ov-fp32": 0.95,
-        "ov-int8": 0.9, "torch-int8": 1.5, "fp16": 0.6, "bf16": 1.4,
+        "ov-int8": 0.9, "torch-int8": 1.5, "fp16": 0.6, "bf16": 1.4, "prune": 1.0,
     },
 }  # fmt: skip
 OPENVINO = ("openvino fp32", "openvino int8")
@@ -129,21 +131,23 @@ def search_space(
         )  # fmt: skip
     if model.framework == "torch":
         if not _scripted(model):  # TorchScript layers cannot be swapped: it would be a no-op
-            specs.append(Spec("torch int8", TORCH, prior["torch-int8"], torch=(("torch-int8", _p()),)))
+            specs.append(
+                Spec("torch int8", TORCH, prior["torch-int8"], torch=(("torch-int8", _p()),))
+            )
         if bf16_support()[0]:
             specs.append(Spec("torch bf16", TORCH, prior["bf16"], torch=(("bf16", _p()),)))
         if prune and not _scripted(model):  # structured pruning rebuilds nn.Module layers
             for amount in (0.25, 0.5):
                 specs.append(
                     Spec(f"pruned {amount:.0%} + onnx int8", f"{INT8_DYN}-pruned-{amount}",
-                         prior["int8-dyn"] / (1 - amount) ** 0.5,
+                         prior["prune"] * prior["int8-dyn"] / (1 - amount) ** 0.5,
                          source=(("prune-structured", _p(amount=amount)),),
                          onnx=(("int8", _p(per_channel=kind == "transformer")), GRAPH),
                          family="prune-structured+int8", level=amount)
                 )  # fmt: skip
                 specs.append(
                     Spec(f"pruned {amount:.0%} + onnx fp32", f"{FP32}-pruned-{amount}",
-                         prior["fp32"] / (1 - amount) ** 0.5,
+                         prior["prune"] * prior["fp32"] / (1 - amount) ** 0.5,
                          source=(("prune-structured", _p(amount=amount)),), onnx=(GRAPH,),
                          family="prune-structured", level=amount)
                 )  # fmt: skip
