@@ -60,7 +60,7 @@ def test_batch_sizes_decide_by_the_worst_ratio(mlp, digits):
         assert c.score == pytest.approx(max(ratios))
         assert all(c.timings[b]["n"] >= 30 for b in (1, 8))
     best = next(c for c in r.candidates if c.name == r.best_name)
-    assert best.score == min(c.score for c in timed + [base])  # ties aside: the fastest wins
+    assert best.score <= min(c.score for c in [*timed, base]) * 1.03  # the fastest, or a tie
     table = r.table()
     assert "p50@1" in table and "p50@8" in table and "vs orig" in table and "seconds" in table
     bench = r.best.manifest["benchmark"]
