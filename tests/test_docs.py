@@ -111,6 +111,7 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
         ("python", "result = nimbleml.optimize(", PYTHON),
         ("bash", "nimbleml optimize model.ts", COMMANDS),
     ],
+    "docs/openvino.md": [("python", "import nimbleml", PYTHON)],
     "docs/package-format.md": [("", "model.nimble/", PACKAGE_TREE)],
     "docs/profile.md": [
         ("python", "import nimbleml", PYTHON),
@@ -362,6 +363,11 @@ def given_optimize(digits, mlp) -> dict[str, Any]:
     return {"nimbleml": nimbleml, "model": mlp, "X": Xte, "y": yte}
 
 
+def given_openvino(digits, mlp) -> dict[str, Any]:
+    pytest.importorskip("openvino")  # the 'openvino' extra: the suite passes without it
+    return given_optimize(digits, mlp)
+
+
 def given_runtime(digits, mlp) -> dict[str, Any]:
     from nimbleml.monitor import ModelMonitor
 
@@ -409,6 +415,7 @@ GIVEN = {
     "docs/distill.md": given_distill,
     "docs/train.md": given_train,
     "docs/monitor.md": given_monitor,
+    "docs/openvino.md": given_openvino,
     "docs/optimize.md": given_optimize,
     "docs/profile.md": given_profile,
     "docs/qat.md": given_qat,

@@ -1,14 +1,19 @@
 """OpenVINO IR models (``model.xml`` + ``model.bin``), run by OpenVINO's CPU plugin.
 
-The call path, and why (measured on this project's 2-core AMD EPYC VM, digits MLP
-64-128-128-10, batch 1, one thread, median of 7 rounds of 2,000 calls, both from Python):
+The call path, and why (measured on this project's 2-core AMD EPYC VM with AVX512, digits
+MLP 64-128-128-10, medians of 15 interleaved rounds of 2,000 calls from Python):
 
-- ``InferRequest.infer(dict, share_inputs=True)`` (the documented call) costs 24.8 µs a call,
-  ONNX Runtime's ``OnnxModel.run`` 5.8 µs. Most of the difference is OpenVINO's Python data
-  dispatcher, so ``run`` writes the inputs into the request's own tensors (``np.copyto`` into
-  views kept per request), calls the compiled request underneath the wrapper, and copies the
-  outputs out: 11.6 µs (the bare C++ ``infer`` alone is 10.4 µs). Handing OpenVINO a shared
-  ``ov.Tensor`` instead of copying cost more at this size (16.3 µs).
+- ``OpenVinoModel.run`` costs 13.4 µs a call at batch 1 with one thread, where
+  ``OnnxModel.run`` costs 5.5 µs (batch 32: 31.4 vs 21.2 µs; with OpenVINO's default
+  threads, 19.1 vs 5.6 µs at batch 1). So OpenVINO pays where its kernels win, not on the
+  smallest models: the tests' tiny 2-layer encoder (dynamo export, one thread) runs in
+  45 µs at batch 1 against ONNX Runtime's 76, and 567 against 834 µs at batch 32.
+- The documented call, ``InferRequest.infer(dict, share_inputs=True)``, cost 24.8 µs: most
+  of it is OpenVINO's Python data dispatcher. ``run`` instead writes the inputs into the
+  request's own tensors (``np.copyto`` into views kept per request), calls the compiled
+  request underneath the wrapper (the bare C++ ``infer`` alone is 10.4 µs), and copies the
+  outputs out. Handing OpenVINO a shared ``ov.Tensor`` instead of copying cost more at this
+  size (16.3 µs).
 - A static-shape compilation beats the dynamic one at every size measured: MLP batch 1
   12.8 vs 18.8 µs, tiny encoder batch 1 46 vs 91 µs, batch 32 575 vs 731 µs. But a
   compilation takes 20 ms (MLP) to 90 ms (encoder), the price of ~3,000 calls: so every call
