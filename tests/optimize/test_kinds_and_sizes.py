@@ -101,7 +101,7 @@ def test_openvino_missing_is_listed_not_failed(mlp, digits, monkeypatch):
     _, Xte, _, yte = digits
     r = nimbleml.optimize(mlp, (Xte, yte), time_budget_s=60, **FAST)
     ov = {c.name: c for c in r.candidates if c.name.startswith("openvino")}
-    assert set(ov) == {"openvino fp32", "openvino int8"}
+    assert {"openvino fp32", "openvino int8"} <= set(ov)  # + bf16 ones where the CPU runs bf16
     for c in ov.values():
         assert c.status == "not-installed" and c.seconds == 0.0
         assert c.reason == "not installed: pip install 'nimbleml[openvino]'"

@@ -247,8 +247,8 @@ def _unusable(p: Prepared, specs: list[Spec]) -> dict[str, tuple[str, str]]:
 
     out: dict[str, tuple[str, str]] = {}
     for spec in specs:
-        if spec.speed_class in (OV_FP32, OV_INT8):
-            missing = openvino_missing(nncf=spec.speed_class == OV_INT8)
+        if spec.speed_class.startswith(OV_FP32) or spec.speed_class.startswith(OV_INT8):
+            missing = openvino_missing(nncf=spec.speed_class.startswith(OV_INT8))
             if missing:
                 out[spec.name] = ("not-installed", missing)
     pruning = [sp for sp in specs if any(n == "prune-structured" for n, _ in sp.source)]

@@ -125,6 +125,16 @@ def search_space(
                 Spec("openvino int8", OV_INT8, prior["ov-int8"] * vnni,
                      onnx=(("openvino-int8", _p()),))
             )  # fmt: skip
+            if caps.bf16:  # int8 layers, the rest (softmax, norms, float leftovers) in bf16
+                specs.append(
+                    Spec("openvino int8 + bf16", OV_INT8 + "-bf16", prior["ov-int8"] * vnni * 1.1,
+                         onnx=(("openvino-int8", _p(precision="bf16")),))
+                )  # fmt: skip
+        if caps.bf16:  # OpenVINO's own default where the CPU runs bf16
+            specs.append(
+                Spec("openvino bf16", OV_FP32 + "-bf16", prior["ov-fp32"] * 1.5,
+                     onnx=(("openvino", _p(precision="bf16")),))
+            )  # fmt: skip
         specs.append(
             Spec("onnx fp16", FP16, prior["fp16"] if not caps.bf16 else 1.2,
                  onnx=(("fp16", _p()), GRAPH))
