@@ -93,7 +93,13 @@ def test_the_simulation_covers_convolutions(digits):
     assert diff.max() <= 1.01 * step and (diff < 1e-6).mean() > 0.95
 
 
-def test_qat_meets_a_budget_post_training_int8_misses(friedman):
+def test_qat_meets_a_budget_post_training_int8_misses(friedman, monkeypatch):
+    """On an AVX2 CPU (no VNNI: 7-bit weights, uint8 activations), where int8 costs this
+    regressor most. With VNNI's full 8 bits the post-training drop is already near float's
+    (r2 0.0003 here) and QAT cut it by a fifth only, so this CPU's flags are set to AVX2's."""
+    from nimbleml.bench import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: ("avx", "avx2", "fma", "f16c"))
     model, train_data, val = friedman
     before = copy.deepcopy(model.state_dict())
     ptq = nimbleml.compress(model, quantize="int8-static", example_inputs=val[0][:1],
