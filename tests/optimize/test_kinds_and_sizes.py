@@ -174,3 +174,21 @@ def test_static_int8_calibrates_on_any_row_count(mlp, digits, calibration):
     step = next(s for s in pkg.manifest["recipe"] if s["step"] == "int8-static")
     assert step["params"]["calibration_rows"] == 288
     assert (pkg.predict(Xte).argmax(1) == yte).mean() > 0.8
+
+
+def test_openvino_int8_over_budget_gets_accuracy_control(mlp, digits):
+    """NNCF's accuracy-aware mode follows an OpenVINO int8 that broke a budget within its
+    reach, and is listed as unable to win where int8's drop is far past the budget."""
+    _, Xte, _, yte = digits
+    kw = {**FAST, "metric": "cosine", "time_budget_s": 90}
+    first = nimbleml.optimize(mlp, (Xte, None), max_drop=0.01, **kw)
+    drop = next(c.drop for c in first.candidates if c.name == "openvino int8")
+    assert drop and drop > 0
+    near = nimbleml.optimize(mlp, (Xte, None), max_drop=drop / 2, **kw)
+    aware = next(c for c in near.candidates if c.name == "openvino int8 accuracy-aware")
+    assert aware.status in ("ok", "slower", "over-budget"), aware.reason
+    step = aware.recipe[0]
+    assert step["step"] == "openvino-int8" and step["params"]["accuracy_control"] is True
+    far = nimbleml.optimize(mlp, (Xte, None), max_drop=drop / 100, **kw)
+    aware = next(c for c in far.candidates if c.name == "openvino int8 accuracy-aware")
+    assert aware.status == "skipped" and aware.reason.startswith("cannot win: int8's drop")

@@ -181,8 +181,8 @@ def optimize(
             broken[spec.family] = min(broken.get(spec.family, 1.0), spec.level)
         if c.status in ("ok", "slower") and spec.family:
             fits[spec.family] = max(fits.get(spec.family, 0.0), spec.level)
-        if c.status == "over-budget" and spec.speed_class == OV_INT8 and not s.out_of_time():
-            candidates.append(_accuracy_control(s, spec))
+        if c.status == "over-budget" and spec.speed_class == OV_INT8:
+            candidates.append(_accuracy_control(s, spec, c))
             s.say(candidates[-1], s.best)
         if (
             c.status == "over-budget"
@@ -261,12 +261,24 @@ def _unusable(p: Prepared, specs: list[Spec]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _accuracy_control(s: Search, spec: Spec) -> Candidate:
+AWARE_REACH = 10  # NNCF's accuracy control is tried when int8's drop is within 10x the budget
+AWARE_COST = 4  # ... and at least 4x what the int8 candidate cost is left
+
+
+def _accuracy_control(s: Search, spec: Spec, int8: Candidate) -> Candidate:
     """OpenVINO int8 broke the budget: NNCF's accuracy-aware quantization keeps the layers
     that cost the most accuracy in float until the drop fits (budget absolute, as NNCF
-    measures it on the metric made higher-is-better)."""
+    measures it on the metric made higher-is-better). Not tried where it cannot pay: an int8
+    drop far past the budget would send most layers back to float (on the BERT-layout
+    encoder at max_drop=1e-6 it ran 321 s and found nothing), or too little time left."""
+    name = f"{spec.name} accuracy-aware"
     limit = s.max_drop * abs(s.base_value) if s.relative else s.max_drop
-    aware = Spec(f"{spec.name} accuracy-aware", OV_INT8 + "-aware", spec.prior,
+    if (int8.drop or 0.0) > AWARE_REACH * s.max_drop:
+        return Candidate(name, reason=f"cannot win: int8's drop {int8.drop:.3g} is over "
+                                      f"{AWARE_REACH}x max_drop {s.max_drop:g}")  # fmt: skip
+    if time.perf_counter() + AWARE_COST * int8.seconds > s.deadline:
+        return Candidate(name, reason="time budget spent")
+    aware = Spec(name, OV_INT8 + "-aware", spec.prior,
                  onnx=(("openvino-int8", _p(accuracy_control=True, max_drop=limit)),))  # fmt: skip
     assert s.best is not None
     s.say(Candidate(aware.name, status="running"), s.best)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from .common import (
     shape_text,
     timed,
 )
-from .report import BatchProfile, NodeStat, OpStat, ProfileReport
+from .report import BatchProfile, NodeStat, ProfileReport, op_table
 
 # integer (or integer-weight) ops: a model running any of them is a quantized model
 QUANTIZED_OPS = frozenset({
@@ -172,7 +171,7 @@ def _digest(events: list[dict[str, Any]], size: int, runs: int, warmup: int,
     by_node = _by_node(kernels, weights)
     total_us = sum(n["us"] for n in by_node.values()) or 1e-9
     quantized = {n["op"] for n in by_node.values() if n["op"] in QUANTIZED_OPS}
-    ops = _op_table(by_node, runs, total_us)
+    ops = op_table(by_node, runs, total_us)
     nodes: list[NodeStat] = []
     for name, n in sorted(by_node.items(), key=lambda kv: -kv[1]["us"]):
         stayed = bool(quantized) and n["op"] in FLOAT_COMPUTE and _is_float(n["inputs"])
@@ -226,29 +225,6 @@ def _by_node(kernels: list[dict[str, Any]],
         node["calls"] += 1
         node["flops"] += _flops(node["op"], node["inputs"], node["outputs"], weights.get(name))
     return by_node
-
-
-def _op_table(by_node: dict[str, dict[str, Any]], runs: int, total_us: float) -> list[OpStat]:
-    grouped: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"nodes": 0, "calls": 0, "us": 0.0, "providers": set()}
-    )
-    for n in by_node.values():
-        g = grouped[n["op"]]
-        g["nodes"] += 1
-        g["calls"] += n["calls"]
-        g["us"] += n["us"]
-        g["providers"].add(n["provider"])
-    return [
-        OpStat(
-            op=op,
-            nodes=g["nodes"],
-            calls=g["calls"] / runs,
-            ms=g["us"] / runs / 1e3,
-            share=g["us"] / total_us,
-            provider=",".join(sorted(g["providers"])),
-        )
-        for op, g in sorted(grouped.items(), key=lambda kv: -kv[1]["us"])
-    ]
 
 
 def _shapes(spec: Any) -> list[tuple[str, list[int]]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from ..inputs import Feeds
 from ..models.openvino_model import OpenVinoModel, low_level_infer
 from .common import TOP_NODES, Settings, batches_of, median_ms, shape_text, timed
-from .report import BatchProfile, NodeStat, OpStat, ProfileReport
+from .report import BatchProfile, NodeStat, ProfileReport, op_table
 
 # layer types that do the heavy arithmetic; in an int8 model, these on a float kernel
 # stayed float
@@ -193,7 +192,7 @@ def _digest(size: int, runs: int, warmup: int, unprofiled: np.ndarray, wall: np.
         latency_ms=latency_ms, profiled_ms=median_ms(wall), samples_per_s=size / (latency_ms / 1e3),
         op_ms=op_ms, runtime_ms=float(latency.mean()),
         coverage=op_ms / wall_mean if wall_mean > 0 else 0.0,
-        overhead=median_ms(wall) / latency_ms - 1, ops=_op_table(by_node, runs, total_us),
+        overhead=median_ms(wall) / latency_ms - 1, ops=op_table(by_node, runs, total_us),
         nodes=nodes, flops=flops or None,
         gflops_per_s=flops / (latency_ms / 1e3) / 1e9 if flops else None, trace=trace_name,
     )  # fmt: skip
@@ -215,18 +214,3 @@ def _integer(kernel: str) -> bool:
     return any(tag in name for tag in _INT_KERNELS)
 
 
-def _op_table(by_node: dict[str, dict[str, Any]], runs: int, total_us: float) -> list[OpStat]:
-    grouped: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"nodes": 0, "calls": 0, "us": 0.0, "kernels": set()}
-    )
-    for n in by_node.values():
-        g = grouped[n["op"]]
-        g["nodes"] += 1
-        g["calls"] += n["calls"]
-        g["us"] += n["us"]
-        g["kernels"].add(n["provider"])
-    return [
-        OpStat(op=op, nodes=g["nodes"], calls=g["calls"] / runs, ms=g["us"] / runs / 1e3,
-               share=g["us"] / total_us, provider=",".join(sorted(g["kernels"])))
-        for op, g in sorted(grouped.items(), key=lambda kv: -kv[1]["us"])
-    ]  # fmt: skip

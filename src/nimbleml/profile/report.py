@@ -185,3 +185,21 @@ class ProfileReport:
         (out / "profile.txt").write_text(self.table() + "\n")
         self.to_json(out / "profile.json")
         return [*written, out / "profile.txt", out / "profile.json"]
+
+
+def op_table(by_node: dict[str, dict[str, Any]], runs: int, total_us: float) -> list[OpStat]:
+    """Per-node figures ({"op", "provider", "calls", "us"}) summed by op type, slowest first:
+    per run, with the share of the total and the providers (ONNX Runtime) or kernels
+    (OpenVINO) that ran them."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for n in by_node.values():
+        g = grouped.setdefault(n["op"], {"nodes": 0, "calls": 0, "us": 0.0, "providers": set()})
+        g["nodes"] += 1
+        g["calls"] += n["calls"]
+        g["us"] += n["us"]
+        g["providers"].add(n["provider"])
+    return [
+        OpStat(op=op, nodes=g["nodes"], calls=g["calls"] / runs, ms=g["us"] / runs / 1e3,
+               share=g["us"] / total_us, provider=",".join(sorted(g["providers"])))
+        for op, g in sorted(grouped.items(), key=lambda kv: -kv[1]["us"])
+    ]  # fmt: skip
