@@ -44,7 +44,8 @@ def _mixed_precision(s: Search, spec: Spec) -> list[Candidate]:
     sensitivity: dict[str, float] = {}
     for node in nodes:
         if s.out_of_time():
-            return []
+            return [Candidate(f"{spec.name} mixed", reason=f"time budget spent (after measuring "
+                              f"{len(sensitivity)}/{len(nodes)} node sensitivities)")]  # fmt: skip
         alone = spec.with_onnx(step, f"only {node}", include_nodes=(node,))
         model, _ = build(s.p, alone.steps())
         sensitivity[node] = s.drop_of(s.p.metric_of(s.metric, model))
@@ -154,6 +155,7 @@ def optimize(
     if not p.converted:
         specs = [sp for sp in specs if not sp.onnx]
     unusable = _unusable(p, specs)
+    refine: list[tuple[Spec, Candidate]] = []
     slow_classes: dict[str, str] = {}
     broken: dict[str, float] = {}  # family -> least aggressive level that broke the budget
     fits: dict[str, float] = {}  # family -> most aggressive level that fit it
@@ -181,17 +183,19 @@ def optimize(
             broken[spec.family] = min(broken.get(spec.family, 1.0), spec.level)
         if c.status in ("ok", "slower") and spec.family:
             fits[spec.family] = max(fits.get(spec.family, 0.0), spec.level)
-        if c.status == "over-budget" and spec.speed_class == OV_INT8:
+        if c.status == "over-budget" and (
+            spec.speed_class == OV_INT8
+            or (mixed_precision and spec.speed_class in (INT8_DYN, INT8_QDQ) and not spec.source)
+        ):
+            refine.append((spec, c))
+    # int8 that broke the budget, refined once every other candidate was measured: the
+    # refinements cost many builds (a sensitivity per node), and a lossless candidate measured
+    # first may already beat what they could reach
+    for spec, c in refine:
+        if spec.speed_class == OV_INT8:
             candidates.append(_accuracy_control(s, spec, c))
             s.say(candidates[-1], s.best)
-        if (
-            c.status == "over-budget"
-            and mixed_precision
-            and spec.speed_class in (INT8_DYN, INT8_QDQ)
-            and not spec.source
-            and p.converted
-            and not any(x.status == "ok" and x.name.startswith(spec.name) for x in candidates[:-1])
-        ):
+        elif not any(x.status == "ok" and x.name.startswith(spec.name) for x in candidates):
             for m in _mixed_precision(s, spec):
                 candidates.append(m)
                 s.say(m, s.best)
