@@ -10,7 +10,8 @@ import torch
 from nimbleml.bench.machine import CpuCaps, cpu_caps
 from nimbleml.compress import RECIPES, Context, get_recipe
 from nimbleml.compress.pipeline import convert_verified
-from nimbleml.compress.quantize import bf16_support, int8_layout
+from nimbleml.compress.quantize import int8_layout
+from nimbleml.compress.torch_native import bf16_support
 from nimbleml.errors import ConfigError, UnsupportedError
 from nimbleml.models import load_model
 from nimbleml.verify import compare_outputs, variants

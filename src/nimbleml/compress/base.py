@@ -78,7 +78,7 @@ def register(cls: type[Recipe]) -> type[Recipe]:
 
 def get_recipe(name: str, **params: Any) -> Recipe:
     """The registered recipe ``name`` configured with ``params``."""
-    from . import prune, quantize  # noqa: F401  (registers the built-in recipes)
+    from . import prune, quantize, torch_native  # noqa: F401  (registers the built-in recipes)
 
     if name == "qat":  # it trains: registered on demand, so other recipes never import torch
         from ..search import qat  # noqa: F401

@@ -101,7 +101,7 @@ def _precision(value: str) -> str:
 
 
 def _bf16_here(precision: str) -> None:
-    from .quantize import bf16_support
+    from .torch_native import bf16_support
 
     ok, found = bf16_support()
     if precision == "bf16" and not ok:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..bench.timer import TimingConfig, time_calls
 from ..compress.pipeline import Prepared, agreement, build
+from ..errors import ConfigError
 from ..inputs import rows
 from ..metrics import Metric
 from ..models.base import Model
@@ -236,6 +237,39 @@ class Search:
         c.score = self.score(ms)[0]
         c.p50_ms, c.n, c.batch_size = ms[self.sizes[0]], PROBE_CALLS, self.sizes[0]
         c.samples_per_second = self.sizes[0] * 1e3 / c.p50_ms
+
+
+def deciding_sizes(
+    given: Sequence[int] | Mapping[int, float] | None, batch_size: int, objective: str
+) -> tuple[list[int], dict[int, float] | None]:
+    """The deciding batch sizes (the first is the one the table and manifest lead with) and
+    their weights (None: the worst ratio decides); ConfigError naming a bad one."""
+    if given is None:
+        return [batch_size], None
+    if objective != "latency":
+        raise ConfigError(
+            "batch_sizes= is for objective='latency'; the throughput objective tries batch "
+            "sizes itself (pass batch_size= to add one)"
+        )
+    weights = dict(given) if isinstance(given, Mapping) else None
+    try:
+        sizes = list(given)
+    except TypeError:
+        raise ConfigError(
+            f"batch_sizes must be a list of sizes, e.g. [1, 32]; got {given!r}"
+        ) from None
+    if not sizes:
+        raise ConfigError("batch_sizes is empty; give at least one size, e.g. [1, 32]")
+    for bs in sizes:
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise ConfigError(f"batch_sizes must hold positive integers; got {bs!r}")
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"batch_sizes lists a size twice: {sizes}")
+    if weights is not None:
+        for bs, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not w > 0:
+                raise ConfigError(f"the weight of batch size {bs} must be a number > 0; got {w!r}")
+    return sizes, weights
 
 
 def score_fn(p: Prepared, metric: Metric) -> Callable[[Model], Any]:

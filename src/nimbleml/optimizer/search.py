@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..metrics import Metric, resolve
 from ..models.onnx_model import OnnxModel
 from ..package import write_package
-from .evaluate import TIE, Search, engine_of, score_fn
+from .evaluate import TIE, Search, deciding_sizes, engine_of, score_fn
 from .result import Candidate, OptimizationResult
 from .space import GRAPH, INT8_DYN, INT8_QDQ, OV_FP32, OV_INT8, Spec, _p, model_kind, search_space
 
@@ -112,7 +112,7 @@ def optimize(
         raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    sizes, weights = _batch_sizes(batch_sizes, batch_size, objective)
+    sizes, weights = deciding_sizes(batch_sizes, batch_size, objective)
     try:
         max_drop = float(max_drop)
     except (TypeError, ValueError):
@@ -208,39 +208,6 @@ def optimize(
     best = _final_choice(s, candidates, baseline)
     assert best.model is not None
     return _result(s, best, baseline, candidates, started, metric_obj, max_drop, kind)
-
-
-def _batch_sizes(
-    given: Sequence[int] | Mapping[int, float] | None, batch_size: int, objective: str
-) -> tuple[list[int], dict[int, float] | None]:
-    """The deciding batch sizes (the first is the one the table and manifest lead with) and
-    their weights (None: the worst ratio decides); ConfigError naming a bad one."""
-    if given is None:
-        return [batch_size], None
-    if objective != "latency":
-        raise ConfigError(
-            "batch_sizes= is for objective='latency'; the throughput objective tries batch "
-            "sizes itself (pass batch_size= to add one)"
-        )
-    weights = dict(given) if isinstance(given, Mapping) else None
-    try:
-        sizes = list(given)
-    except TypeError:
-        raise ConfigError(
-            f"batch_sizes must be a list of sizes, e.g. [1, 32]; got {given!r}"
-        ) from None
-    if not sizes:
-        raise ConfigError("batch_sizes is empty; give at least one size, e.g. [1, 32]")
-    for bs in sizes:
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise ConfigError(f"batch_sizes must hold positive integers; got {bs!r}")
-    if len(set(sizes)) != len(sizes):
-        raise ConfigError(f"batch_sizes lists a size twice: {sizes}")
-    if weights is not None:
-        for bs, w in weights.items():
-            if isinstance(w, bool) or not isinstance(w, int | float) or not w > 0:
-                raise ConfigError(f"the weight of batch size {bs} must be a number > 0; got {w!r}")
-    return sizes, weights
 
 
 def _unusable(p: Prepared, specs: list[Spec]) -> dict[str, tuple[str, str]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..bench.machine import CpuCaps
 from ..compress.base import Recipe, get_recipe
-from ..compress.quantize import bf16_support
+from ..compress.torch_native import bf16_support
 from ..models.base import Model
 
 # speed classes: candidates that run the same kernels on the same shapes run at the same
@@ -125,11 +125,6 @@ def search_space(
                 Spec("openvino int8", OV_INT8, prior["ov-int8"] * vnni,
                      onnx=(("openvino-int8", _p()),))
             )  # fmt: skip
-            if caps.bf16:  # int8 layers, the rest (softmax, norms, float leftovers) in bf16
-                specs.append(
-                    Spec("openvino int8 + bf16", OV_INT8 + "-bf16", prior["ov-int8"] * vnni * 1.1,
-                         onnx=(("openvino-int8", _p(precision="bf16")),))
-                )  # fmt: skip
         if caps.bf16:  # OpenVINO's own default where the CPU runs bf16
             specs.append(
                 Spec("openvino bf16", OV_FP32 + "-bf16", prior["ov-fp32"] * 1.5,

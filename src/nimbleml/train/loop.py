@@ -452,7 +452,7 @@ class Trainer:
 
     def _warn_emulated(self, model: Any, sample: Batch, loss_fn: Any, device: str,
                        precision: Precision) -> None:  # fmt: skip
-        from ..compress.quantize import bf16_support
+        from ..compress.torch_native import bf16_support
 
         native, found = bf16_support()
         if native and precision.name == "bf16-mixed":
