@@ -147,6 +147,11 @@ def test_throughput_objective_picks_a_batch_size(pipeline, digits):
     assert best.batch_size in (1, 8, 32, 128, 256)
     assert best.samples_per_second >= r.baseline.samples_per_second
     assert r.best.manifest["runtime"]["batch_size"] == best.batch_size
+    entry = r.best.manifest["benchmark"][f"batch_{best.batch_size}"]
+    assert entry["original"]["p50_ms"] and entry["package"]["p50_ms"]  # each at its best size
+    assert entry["speedup_throughput"] == pytest.approx(
+        best.samples_per_second / r.baseline.samples_per_second
+    )
 
 
 def test_relative_budget_and_exhaustive_mode(pipeline, digits):

@@ -334,15 +334,17 @@ def _bench_entry(baseline: Candidate, best: Candidate, bs: int) -> dict[str, Any
     original and package at batch size ``bs``."""
 
     def timing(c: Candidate) -> dict[str, Any]:
-        t = c.timings.get(bs) or {}
+        t = c.timings.get(bs)
+        if t is None:  # throughput: the original timed at the batch size best for it
+            return {"p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "n": c.n,
+                    "samples_per_second": c.samples_per_second, "batch_size": c.batch_size}  # fmt: skip
         return {"p50_ms": t.get("p50_ms"), "p99_ms": t.get("p99_ms"), "n": t.get("n", 0),
                 "samples_per_second": t.get("samples_per_second"), "batch_size": bs}  # fmt: skip
 
     entry: dict[str, Any] = {"original": timing(baseline), "package": timing(best)}
     base, pkg = entry["original"], entry["package"]
-    entry["speedup_p50"] = (
-        base["p50_ms"] / pkg["p50_ms"] if base["p50_ms"] and pkg["p50_ms"] else None
-    )
+    same = base["batch_size"] == pkg["batch_size"] and base["p50_ms"] and pkg["p50_ms"]
+    entry["speedup_p50"] = base["p50_ms"] / pkg["p50_ms"] if same else None
     if base["samples_per_second"] and pkg["samples_per_second"]:
         entry["speedup_throughput"] = pkg["samples_per_second"] / base["samples_per_second"]
     return entry
