@@ -66,6 +66,16 @@ def test_batch_sizes_decide_by_the_worst_ratio(mlp, digits):
     bench = r.best.manifest["benchmark"]
     assert set(bench) == {"batch_1", "batch_8"}
     assert r.best.manifest["optimization"]["batch_sizes"] == [1, 8]
+    assert r.best_name != base.name  # an int8 MLP beats torch here
+    # the original and the best re-timed side by side at the end, at each deciding size
+    assert set(r.interleaved) == {1, 8}
+    for b in (1, 8):
+        again = bench[f"batch_{b}"]["interleaved"]
+        assert again == r.interleaved[b] and again["rounds"] == 8
+        assert again["speedup_p50"] == pytest.approx(
+            again["original_p50_ms"] / again["package_p50_ms"]
+        )
+    assert "re-timed side by side" in table
 
 
 def test_batch_size_weights(mlp, digits):

@@ -438,6 +438,11 @@ def _result(
     }
     sizes = sorted(best.timings) if s.objective == "latency" else [best.batch_size or 1]
     bench = {f"batch_{bs}": _bench_entry(baseline, best, bs) for bs in sizes}
+    together: dict[int, dict[str, float]] = {}
+    if best is not baseline and s.objective == "latency" and baseline.model is not None:
+        together = s.side_by_side(baseline.model, chosen)
+        for bs, figures in together.items():
+            bench[f"batch_{bs}"]["interleaved"] = figures
     manifest = make_manifest(
         p, [], validation, None, bench,
         runtime={"intra_op_num_threads": best.threads, "batch_size": best.batch_size,
@@ -469,4 +474,5 @@ def _result(
             "exhaustive": s.exhaustive,
         },
         seconds=time.perf_counter() - started,
+        interleaved=together,
     )
