@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..inputs import rows
 from ..metrics import Metric
 from ..models.base import Model
+from ..package import engine_of
 from .result import Candidate
 from .space import Spec
 
@@ -40,11 +41,6 @@ SIDE_BY_SIDE_ROUNDS = 8  # the final original-vs-package re-timing, order altern
 # a drop this small is float rounding, not a loss: the original's own cosine to itself came
 # out 1 - 1.2e-14, and with max_drop=0 every lossless candidate was called over budget
 ROUNDING = 1e-9
-
-
-def engine_of(model: Model) -> str:
-    """Which runtime runs ``model``: onnxruntime, openvino, torch, sklearn..."""
-    return {"onnx": "onnxruntime"}.get(model.framework, model.framework)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..metrics import Metric, resolve
 from ..models.onnx_model import OnnxModel
 from ..package import write_package
-from .evaluate import TIE, Search, deciding_sizes, engine_of, score_fn
+from .evaluate import TIE, Search, deciding_sizes, score_fn
 from .result import Candidate, OptimizationResult
 from .space import GRAPH, INT8_DYN, INT8_QDQ, OV_FP32, OV_INT8, Spec, _p, model_kind, search_space
 
@@ -446,7 +446,7 @@ def _result(
     manifest = make_manifest(
         p, [], validation, None, bench,
         runtime={"intra_op_num_threads": best.threads, "batch_size": best.batch_size,
-                 "engine": engine_of(chosen), "why": _why_runtime(s, best, candidates)},
+                 "why": _why_runtime(s, best, candidates)},  # the engine: write_package's
         optimization={
             "best": best.name, "candidates": len(candidates), "objective": s.objective,
             "seconds": time.perf_counter() - started, "model_kind": kind,
