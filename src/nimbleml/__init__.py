@@ -28,8 +28,10 @@ from .errors import (
     NimbleError,
     PackageError,
     ServingError,
+    StorageError,
     UnsupportedError,
     UntrustedPickleError,
+    UserCodeError,
 )
 from .models import Model, load_model
 from .optimizer import OptimizationResult, optimize
@@ -118,11 +120,13 @@ __all__ = [
     "QATResult",
     "Quantization",
     "ServingError",
+    "StorageError",
     "TimingConfig",
     "TrainResult",
     "Trainer",
     "UnsupportedError",
     "UntrustedPickleError",
+    "UserCodeError",
     "__version__",
     "benchmark",
     "compress",

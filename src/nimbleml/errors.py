@@ -10,10 +10,16 @@ NimbleError
  ├── UnsupportedError                  a recipe that does not apply to this model or machine
  ├── AccuracyBudgetError               a metric cannot be computed or a budget is malformed
  ├── PackageError                      a .nimble package is missing, altered, or malformed
- └── BenchmarkError                    a benchmark could not be run as asked
+ ├── BenchmarkError                    a benchmark could not be run as asked
+ ├── ServingError                      the server cannot take or answer a request
+ ├── UserCodeError                     the user's model, data, function or file raised while run
+ └── StorageError                      a write failed: disk full, read-only or not permitted
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 __all__ = [
     "AccuracyBudgetError",
@@ -26,8 +32,10 @@ __all__ = [
     "NimbleError",
     "PackageError",
     "ServingError",
+    "StorageError",
     "UnsupportedError",
     "UntrustedPickleError",
+    "UserCodeError",
 ]
 
 
@@ -77,6 +85,85 @@ class BenchmarkError(NimbleError):
 
 class ServingError(NimbleError):
     """The model server cannot take or answer a request (queue full, shutting down...)."""
+
+
+class UserCodeError(NimbleError):
+    """An exception raised while running the user's model, data, function or files: the user's
+    error (exit 2), named with the stage and what to check, never "a bug in nimbleml"."""
+
+
+class StorageError(NimbleError):
+    """A write that failed for the disk's sake (full, read-only, not permitted), naming where."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0].strip()
+    return (text[:240] + "...") if len(text) > 240 else text
+
+
+@contextmanager
+def running_user_code(stage: str, check: str) -> Iterator[None]:
+    """Run the user's model/function/data under a name: anything it raises (other than our own
+    errors, interrupts and exits) becomes a UserCodeError saying which stage and what to check.
+
+    >>> with running_user_code("the model's forward pass on a training batch",
+    ...                        "that the data's columns match the model's inputs"): ...
+    """
+    try:
+        yield
+    except (NimbleError, KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except OSError as exc:
+        if is_storage_full(exc):
+            raise storage_error(getattr(exc, "filename", None) or "", exc) from exc
+        raise UserCodeError(
+            f"{stage} raised {type(exc).__name__}: {_first_line(exc)}; check {check}"
+        ) from exc
+    except Exception as exc:
+        raise UserCodeError(
+            f"{stage} raised {type(exc).__name__}: {_first_line(exc)}; check {check}"
+        ) from exc
+
+
+_FULL_WORDS = ("no space left", "unexpected pos", "file too large", "disk quota")
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT/EFBIG, or the words torch's zip writer uses when a write came up short."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return any(word in str(exc).lower() for word in _FULL_WORDS)
+
+
+def storage_error(path: object, exc: BaseException) -> StorageError:
+    """The one message for a failed write: disk full (with what is free), read-only, or not
+    permitted, naming the path. Use as ``raise storage_error(path, exc) from exc``."""
+    import errno
+    import os
+    import shutil
+
+    where = os.fspath(path) if path else "the output"  # type: ignore[arg-type]
+    folder = os.path.dirname(os.path.abspath(where)) if path else os.getcwd()
+    while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # pragma: no cover - the folder vanished
+        free = -1
+    code = getattr(exc, "errno", None)
+    if is_storage_full(exc) or 0 <= free < 1 << 20:
+        left = f"{free / 2**20:.1f} MiB free" if free >= 0 else "no space"
+        return StorageError(
+            f"the disk is full: writing {where} failed ({left} in {folder}); free space there "
+            "or point the output at another disk, then run the same command to resume"
+        )
+    if code == errno.EROFS:
+        return StorageError(f"cannot write {where}: {folder} is on a read-only file system")
+    if code in (errno.EACCES, errno.EPERM):
+        return StorageError(f"cannot write {where}: permission denied in {folder}")
+    return StorageError(f"writing {where} failed: {type(exc).__name__}: {_first_line(exc)}")
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:

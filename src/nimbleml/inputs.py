@@ -228,6 +228,62 @@ def _fmt_shape(shape: Sequence[Dim]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+MISSING_FIX = (
+    "fill or drop those rows first, or put an imputer in the model (a package verified on "
+    "missing values accepts them)"
+)
+
+
+def first_missing(x: Any) -> tuple[int, str] | None:
+    """(row, column) of the first missing number (NaN, None, pd.NA) in an array, a dict of
+    columns or a DataFrame; None when there is none. Strings are not looked at (an empty
+    string is a category); infinities are not missing (checked where they matter)."""
+    if _is_frame(x):
+        columns = {str(c): x[c].to_numpy() for c in x.columns}
+    elif isinstance(x, Mapping):
+        columns = {str(k): np.asarray(v) for k, v in x.items()}
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fcO" or arr.size == 0:
+            return None
+        flat = arr.reshape(len(arr), -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+        mask = _missing_mask(flat)
+        if not mask.any():
+            return None
+        row, col = np.argwhere(mask)[0]
+        return int(row), (str(int(col)) if flat.shape[1] > 1 or arr.ndim > 1 else "0")
+    found: list[tuple[int, str]] = []
+    for name, col in columns.items():
+        if col.dtype.kind not in "fcO" or col.size == 0:
+            continue
+        mask = _missing_mask(col.reshape(len(col), -1))
+        if mask.any():
+            found.append((int(np.argwhere(mask)[0][0]), name))
+    return min(found, key=lambda f: f[0]) if found else None
+
+
+def _missing_mask(flat: np.ndarray) -> np.ndarray:
+    if flat.dtype.kind in "fc":
+        return np.isnan(flat)
+    if any(isinstance(v, str) for v in flat.ravel()):  # a string column: None is a category
+        return np.zeros(flat.shape, dtype=bool)
+    return np.vectorize(_is_missing, otypes=[bool])(flat)
+
+
+def refuse_missing(x: Any, where: str, fix: str = MISSING_FIX, row_offset: int = 0) -> None:
+    """The one missing-value policy (issue 22): a missing number is refused with its row and
+    column, unless the caller knows the model was verified on missing values. ``where`` names
+    the data ("--val val.npz", "training batch"); rows count from 0, plus ``row_offset``."""
+    hit = first_missing(x)
+    if hit is None:
+        return
+    row, col = hit
+    column = f"column {col!r}" if not col.isdigit() else f"column {col}"
+    raise DataError(
+        f"{where}: row {row + row_offset}, {column} holds a missing value (NaN); {fix}"
+    )
+
+
 def load_data(path: str, target: str | None = None) -> tuple[Any, np.ndarray | None]:
     """Read X (an array or a dict of named arrays) and optional y from .npz, .npy or .csv."""
     import os
@@ -294,10 +350,22 @@ def _load_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray | N
         raise DataError(f"target column '{target}' is not in {path}; columns are {header}")
     try:
         table = np.asarray(body, dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"{path} must hold numbers only below its header ({exc})") from exc
+    except ValueError:
+        raise DataError(_bad_cell(path, header, body)) from None
+    if np.isnan(table).any():
+        row, col = np.argwhere(np.isnan(table))[0]
+        raise DataError(
+            f"{path}: data row {row + 1}, column {header[col]!r} is NaN (a missing value); "
+            f"{MISSING_FIX}"
+        )
+    if not body:
+        raise DataError(f"{path} holds a header and no data rows; X needs at least one sample")
     if table.ndim != 2 or table.shape[1] != len(header):
-        raise DataError(f"{path}: every row must have {len(header)} values like the header")
+        bad = next(i for i, r in enumerate(body) if len(r) != len(header))
+        raise DataError(
+            f"{path}: data row {bad + 1} has {len(body[bad])} values, the header "
+            f"{len(header)}; every row needs one value per column"
+        )
     if target is None:
         return table.astype(np.float32), None
     col = header.index(target)
@@ -306,3 +374,24 @@ def _load_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray | N
     if np.all(y == np.round(y)):
         return X, y.astype(np.int64)
     return X, y
+
+
+def _bad_cell(path: str, header: list[str], body: list[list[str]]) -> str:
+    """The first cell of a CSV that is not a number, by data row (1 = the first below the
+    header) and column name: an empty cell is a missing value, anything else a non-number."""
+    for i, row in enumerate(body):
+        for j, cell in enumerate(row):
+            try:
+                float(cell)
+            except ValueError:
+                name = header[j] if j < len(header) else f"#{j + 1}"
+                if not cell.strip():
+                    return (
+                        f"{path}: data row {i + 1}, column {name!r} is empty (a missing "
+                        f"value); {MISSING_FIX}"
+                    )
+                return (
+                    f"{path}: data row {i + 1}, column {name!r} holds {cell[:40]!r}, not a "
+                    "number; a CSV given to nimbleml holds numbers only below its header"
+                )
+    return f"{path} must hold numbers only below its header"  # pragma: no cover

@@ -6,8 +6,9 @@ produces is trusted until its outputs were compared with the original's here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -143,6 +144,16 @@ HARD_TEXTS = (
 )
 UNSEEN = "nimbleml-unseen-category"
 MISSING_NUMBERS = "missing numbers"  # a case name the server reads back from manifests
+
+
+def verified_on_missing(manifest: Mapping[str, Any]) -> bool:
+    """Whether verification compared the package with the original on missing numbers (only
+    kept when the original itself handles them: an imputer, trees with NaN support). The one
+    missing-value policy: everything that runs a package refuses NaN unless this is true."""
+    cases = (manifest.get("conversion") or {}).get("cases") or []
+    return any(
+        isinstance(c, dict) and str(c.get("case", "")).startswith(MISSING_NUMBERS) for c in cases
+    )
 
 
 def hard_cases(feeds: Feeds) -> list[tuple[str, Feeds]]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from ..errors import ConfigError, NimbleError
+from ..errors import ConfigError, NimbleError, is_storage_full, storage_error
 
 T = TypeVar("T")
 
@@ -95,6 +95,16 @@ def show_warnings_plainly() -> None:
     warnings.showwarning = show
 
 
+INTERRUPTED = "interrupted; run the same command to resume"
+
+
+def interrupted() -> None:
+    """Ctrl-C / SIGINT anywhere: one line on stderr and exit 130 (128 + SIGINT), the shell's
+    convention, never a KeyboardInterrupt traceback."""
+    typer.echo(f"\n{INTERRUPTED}" if sys.stderr.isatty() else INTERRUPTED, err=True)
+    raise typer.Exit(130)
+
+
 def _guard(fn: Callable[[], T]) -> T:
     """User errors: one line, exit 2. Anything else is nimbleml's bug: one line too, exit 1,
     with the traceback only under --debug (a user never has to read one)."""
@@ -105,11 +115,15 @@ def _guard(fn: Callable[[], T]) -> T:
         _fail(" | ".join([str(exc), *HINTS]))
     except FileNotFoundError as exc:
         _fail(f"file not found: {exc.filename}")
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        interrupted()
+    except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
         if DEBUG["on"]:
             raise
+        if is_storage_full(exc) or isinstance(exc, PermissionError):
+            _fail(str(storage_error(getattr(exc, "filename", None), exc)))
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         typer.echo(
             f"error: {type(exc).__name__}: {first} (a bug in nimbleml, not your input; run "

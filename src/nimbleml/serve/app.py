@@ -32,6 +32,7 @@ from ..models.onnx_model import OnnxModel
 from ..models.openvino_model import OpenVinoModel
 from ..runtime.cache import TieredCache, make_cache
 from ..runtime.codec import KeyMaker
+from ..verify import verified_on_missing
 from . import protocol
 from .batcher import DynamicBatcher, QueueFull
 
@@ -229,7 +230,7 @@ class Server:
         return ModelEntry(
             name=name, model=model, version=pkg.manifest.get("created_at", "1"), content_hash=digest,
             batcher=DynamicBatcher(model.run, config.max_batch_size, config.max_wait_ms, config.max_queue),
-            cache=cache, keys=KeyMaker(digest), missing_ok=_verified_on_missing(pkg.manifest),
+            cache=cache, keys=KeyMaker(digest), missing_ok=verified_on_missing(pkg.manifest),
         )  # fmt: skip
 
     @staticmethod
@@ -805,12 +806,3 @@ def _same_interface(old: Model, new: Model) -> None:
             f"it gives outputs {new_out}, the served version gives {old_out}; load it under "
             "a new model name"
         )
-
-
-def _verified_on_missing(manifest: dict[str, Any]) -> bool:
-    """Whether verification compared the package with the original on missing numbers (only
-    kept when the original itself handles them: an imputer, trees with NaN support)."""
-    cases = (manifest.get("conversion") or {}).get("cases") or []
-    from ..verify import MISSING_NUMBERS
-
-    return any(isinstance(c, dict) and c.get("case") == MISSING_NUMBERS for c in cases)
