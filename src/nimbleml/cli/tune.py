@@ -135,8 +135,11 @@ def _objective(data: dict[str, Any]) -> Any:
 def _table(study: Any) -> str:
     from optuna.trial import TrialState
 
+    from ..search.trials import state
+
     trials = study.get_trials(deepcopy=False)
-    states = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    order = ("complete", "pruned", "failed", "interrupted", "died", "running", "waiting")
+    states = {k: sum(1 for t in trials if state(t) == k) for k in order}
     counts = ", ".join(f"{n} {k}" for k, n in states.items() if n)
     lines = [f"study {study.study_name}: {len(trials)} trials ({counts})"]
     done = [t for t in trials if t.state == TrialState.COMPLETE]

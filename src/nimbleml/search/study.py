@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import require
-from ..errors import ConfigError, warn
+from ..errors import ConfigError, NimbleError, warn
+from . import trials
 
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("asha", "hyperband", "median", None)
@@ -58,6 +59,7 @@ def tune(objective: Any, space: Any, *, n_trials: int = 50, timeout: float | Non
     """Run (or resume) a study; returns the optuna.Study. See the module's docstring."""
     optuna = require("optuna", "nimbleml.tune")
     _check(space, n_trials, timeout, directions, sampler, pruner, workers)
+    trials.check_build(objective, space)  # before any storage exists
     name = study_name or DEFAULT_STUDY
     url = storage_url(storage, name, workers)
     fn = _objective(objective, space)
@@ -70,20 +72,34 @@ def tune(objective: Any, space: Any, *, n_trials: int = 50, timeout: float | Non
     if workers > 1:
         _check_importable(objective, space)
     first = _first_rung(objective)
-    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s, first)
-    if workers == 1:
-        try:
-            _optimize(study, fn, n_trials, timeout)
-        finally:
-            if group is not None:
-                group.share(None)  # the other ranks: no more trials
-                group.close()
-        return study
-    procs = [_spawn((objective, space, url, name, tuple(directions), sampler, pruner,
-                     None if seed is None else seed + i, heartbeat_s, n_trials, timeout, first))
+    made, study = trials.new_files(url), None
+    try:
+        study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s, first,
+                       recover=True)  # fmt: skip
+        if workers == 1:
+            try:
+                _optimize(study, fn, n_trials, timeout)
+            finally:
+                if group is not None:
+                    group.share(None)  # the other ranks: no more trials
+                    group.close()
+            return study
+        _run_workers(study, fn, (objective, space, url, name, tuple(directions), sampler, pruner,
+                                 seed, heartbeat_s, n_trials, timeout, first), workers)  # fmt: skip
+    except BaseException:
+        trials.drop_unused(made, study)  # a run that failed at once leaves no storage behind
+        raise
+    return optuna.load_study(study_name=name, storage=_storage(optuna, url, heartbeat_s))
+
+
+def _run_workers(study: Any, fn: Any, args: tuple[Any, ...], workers: int) -> None:
+    """This process and ``workers - 1`` more on the same storage; each worker's seed is
+    ``seed + i``."""
+    seed = args[7]
+    procs = [_spawn((*args[:7], None if seed is None else seed + i, *args[8:]))
              for i in range(1, workers)]  # fmt: skip
     try:
-        _optimize(study, fn, n_trials, timeout)
+        _optimize(study, fn, args[9], args[10])
         for p in procs:
             p.wait()
     finally:
@@ -96,7 +112,6 @@ def tune(objective: Any, space: Any, *, n_trials: int = 50, timeout: float | Non
         raise ConfigError(
             f"{len(bad)} worker process(es) failed (exit {bad[0]}); their error is above"
         )
-    return optuna.load_study(study_name=name, storage=_storage(optuna, url, heartbeat_s))
 
 
 def _process_group(objective: Any, workers: int) -> Any:
@@ -167,11 +182,14 @@ def _storage(optuna: Any, url: str, heartbeat_s: float) -> Any:
 
 def _study(optuna: Any, url: str, name: str, directions: Sequence[str], sampler: str,
            pruner: str | None, seed: int | None, heartbeat_s: float,
-           first: int | None = None) -> Any:  # fmt: skip
+           first: int | None = None, recover: bool = False) -> Any:  # fmt: skip
+    """Create or load the study. ``recover`` (the run's main process): trials left by a dead
+    or interrupted process are settled and queued again first. The sampler is seeded from
+    (seed, trials stored): a resumed or grown study draws new points (trials.py)."""
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "tpe": lambda s: optuna.samplers.TPESampler(seed=s),
+        "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s),
+        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     if len(directions) > 1 and pruner is not None:
@@ -187,10 +205,16 @@ def _study(optuna: Any, url: str, name: str, directions: Sequence[str], sampler:
             n_startup_trials=5, n_warmup_steps=(first or 1) - 1),
         None: lambda: optuna.pruners.NopPruner(),
     }  # fmt: skip
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=_storage(optuna, url, heartbeat_s), study_name=name, load_if_exists=True,
-        directions=list(directions), sampler=samplers[sampler](), pruner=pruners[pruner](),
+        directions=list(directions), sampler=optuna.samplers.RandomSampler(),
+        pruner=pruners[pruner](),
     )  # fmt: skip
+    if recover:
+        trials.recover(study, local="://" not in url)
+    stored = len(study.get_trials(deepcopy=False))
+    study.sampler = samplers[sampler](trials.seed_for(seed, stored))
+    return study
 
 
 def _optimize(study: Any, fn: Callable[[Any], Any], n_trials: int, timeout: float | None) -> None:
@@ -204,8 +228,9 @@ def _optimize(study: Any, fn: Callable[[Any], Any], n_trials: int, timeout: floa
     if left <= 0:
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(fn, n_trials=left, timeout=timeout,
-                   callbacks=[MaxTrialsCallback(n_trials, states=done)])  # fmt: skip
+    with trials.quiet_failures():  # the error is raised to the caller, shown once there
+        study.optimize(fn, n_trials=left, timeout=timeout,
+                       callbacks=[MaxTrialsCallback(n_trials, states=done)])  # fmt: skip
 
 
 def _spawn(args: tuple[Any, ...]) -> subprocess.Popen[bytes]:
@@ -225,8 +250,15 @@ def _worker(objective: Any, space: Any, url: str, name: str, directions: tuple[s
             sampler: str, pruner: str | None, seed: int | None, heartbeat_s: float,
             n_trials: int, timeout: float | None, first: int | None) -> None:  # fmt: skip
     optuna = require("optuna", "nimbleml.tune")
-    study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s, first)
-    _optimize(study, _objective(objective, space), n_trials, timeout)
+    try:
+        study = _study(optuna, url, name, directions, sampler, pruner, seed, heartbeat_s, first)
+        _optimize(study, _objective(objective, space), n_trials, timeout)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole group: the main process says it
+        sys.exit(130)
+    except NimbleError as exc:  # one line, as the main process prints its own
+        first_line = " | ".join(p.strip() for p in str(exc).splitlines() if p.strip())
+        print(f"error: worker {os.getpid()}: {first_line}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _first_rung(objective: Any) -> int | None:
@@ -337,13 +369,29 @@ def _objective(objective: Any, space: Any) -> Callable[[Any], Any]:
             f"{type(objective).__name__}"
         )
     takes_trial = len(inspect.signature(objective).parameters) >= 2
+    label = trials.name_of(objective)
 
     def run(trial: Any) -> Any:
-        params = suggest(trial, space)
-        trial.set_user_attr("pid", os.getpid())
-        return objective(params, trial) if takes_trial else objective(params)
+        with trials.started(trial):
+            params = _suggest(trial, space)
+            args = (params, trial) if takes_trial else (params,)
+            return trials.user_call(
+                f"the objective {label} on trial {trial.number}'s parameters {params}",
+                f"{label} with these parameters (call it alone to see the traceback)",
+                objective, *args,
+            )  # fmt: skip
 
     return run
+
+
+def _suggest(trial: Any, space: Any) -> dict[str, Any]:
+    if not callable(space):
+        return suggest(trial, space)
+    return trials.user_call(
+        f"the space function {trials.name_of(space)} on trial {trial.number}",
+        "that it suggests every parameter with trial.suggest_* and returns them as a dict",
+        suggest, trial, space,
+    )  # fmt: skip
 
 
 class _TrainObjective:
@@ -390,11 +438,16 @@ class _TrainObjective:
         optuna = require("optuna", "nimbleml.tune")
         from ..train import train
 
-        params = suggest(trial, self.space)
-        trial.set_user_attr("pid", os.getpid())
+        with trials.started(trial):
+            return self._run(trial, optuna, train)
+
+    def _run(self, trial: Any, optuna: Any, train: Any) -> float:
+        params = _suggest(trial, self.space)
         if self.group is not None:
             self.group.share(params)  # every rank trains this trial
         options, model_args = self._split(params)
+        build = self.config["model"]
+        label = f"{trials.name_of(build)}({', '.join(f'{k}={v!r}' for k, v in model_args.items())})"
         pruned = []
 
         def report(event: str, info: dict[str, Any]) -> str | None:
@@ -408,8 +461,15 @@ class _TrainObjective:
             return None
 
         options["callbacks"] = [*options.get("callbacks", ()), report]
-        result = train(self.config["model"](**model_args), self.config["train"],
-                       self.config["val"], **options)  # fmt: skip
+        model = trials.user_call(
+            f"the training config's model function {label} (trial {trial.number})",
+            "that it takes these parameters and returns a torch module", build, **model_args,
+        )  # fmt: skip
+        result = trials.user_call(
+            f"training trial {trial.number}'s model {label}",
+            "that the model takes the training data's inputs and its outputs fit the labels",
+            train, model, self.config["train"], self.config["val"], **options,
+        )  # fmt: skip
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
         values = [r["val_metric"] for r in result.history if "val_metric" in r]
