@@ -91,3 +91,40 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="module")
+def digits_package_v2(tmp_path_factory, digits, digits_package):
+    """Another version of the digits model (other weights, same inputs and outputs), created
+    in a later second than ``digits_package`` (a version is the package's created_at)."""
+    import json
+
+    import nimbleml
+    from nimbleml.demo import train_mlp
+
+    Xtr, Xte, ytr, yte = digits
+    model = train_mlp(Xtr, ytr, hidden=32, epochs=3, seed=7)
+    first = json.loads((digits_package / "manifest.json").read_text())["created_at"]
+    while time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()) <= first:
+        time.sleep(0.05)
+    pkg = nimbleml.compress(model, quantize=None, val=(Xte, yte), benchmark_time_s=0.01)
+    return pkg.save(tmp_path_factory.mktemp("serve-v2") / "digits-v2.nimble")
+
+
+def serve_workers(server) -> list:
+    """The worker processes of a `nimbleml serve --workers N` process (uvicorn spawns them;
+    multiprocessing also runs a resource tracker, which is not one)."""
+    import psutil
+
+    return [p for p in psutil.Process(server.proc.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())]  # fmt: skip
+
+
+def wait_for_workers(server, n: int, timeout: float = 30) -> list:
+    deadline = time.monotonic() + timeout
+    workers = serve_workers(server)
+    while len(workers) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        workers = serve_workers(server)
+    assert len(workers) == n, f"{len(workers)} workers, not {n}:\n{server.log()}"
+    return workers

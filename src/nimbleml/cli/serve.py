@@ -61,6 +61,9 @@ def serve(
     verify_key: str | None = typer.Option(
         None, help="serve only packages signed by this Ed25519 public key (PEM), also on reload"
     ),
+    reload_timeout_s: float | None = typer.Option(
+        None, help="with --workers, how long a load waits for every worker to serve it [60]"
+    ),
 ) -> None:
     """Serve packages over HTTP (Open Inference Protocol v2, /v1 predict, /metrics)."""
     from ..serve.launch import check_bind, make_spec, run
@@ -73,7 +76,7 @@ def serve(
                  "public_metrics": public_metrics,
                  "workers": workers, "threads": threads, "watch": watch,
                  "repository": repository, "allow_reload": allow_reload,
-                 "verify_key": verify_key}  # fmt: skip
+                 "verify_key": verify_key, "reload_timeout_s": reload_timeout_s}  # fmt: skip
         spec = make_spec(given, config)
         check_bind(spec["host"], spec["port"])
         _show(

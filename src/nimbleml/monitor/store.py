@@ -3,6 +3,7 @@ written in batches by the monitor's background thread, one transaction a batch."
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -155,6 +156,7 @@ class SqliteStore(Store):
     def __init__(self, url: str, read_only: bool = False) -> None:
         super().__init__(url)
         path = sqlite_path(url)
+        self.read_only = read_only
         if read_only:
             self.conn = _open_read_only(path)
             return
@@ -181,8 +183,30 @@ class SqliteStore(Store):
         self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
+        """Move the WAL into the database file, then close: a server stopped by SIGTERM or
+        Ctrl-C left x.db-wal and x.db-shm beside x.db, the recent rows only in the WAL. (The
+        last connection to close deletes both; another process's may still be open.)"""
         with self._lock:
+            if sqlite_path(self.url) != ":memory:" and not self.read_only:
+                with contextlib.suppress(sqlite3.Error):  # busy: the last one to close does it
+                    self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.conn.close()
+
+
+def checkpoint_sqlite(url: str) -> None:
+    """Checkpoint and close an SQLite store after every process that wrote to it stopped
+    (``nimbleml serve --workers N``: two workers closing at once may each see the other's
+    connection, and both leave the -wal and -shm files). A file that is not there is left
+    alone."""
+    path = sqlite_path(url)
+    if path == ":memory:" or not Path(path).is_file():
+        return
+    with contextlib.suppress(sqlite3.Error):
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
 
 
 def _open_read_only(path: str) -> sqlite3.Connection:

@@ -64,6 +64,8 @@ class ServeConfig:
     # /metrics, /dashboard and /dashboard/data without the API key (a Prometheus scraper
     # inside the cluster); by default they need it, as inference does, when one is set
     public_metrics: bool = False
+    # with several workers, how long the load route waits for all of them to serve a load
+    reload_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -72,6 +74,8 @@ class ServeConfig:
             raise ConfigError("max_batch_size and max_queue must be at least 1 sample")
         if self.max_wait_ms < 0 or self.timeout_ms <= 0 or self.cache_mb < 0:
             raise ConfigError("max_wait_ms >= 0, timeout_ms > 0 and cache_mb >= 0 are required")
+        if self.reload_timeout_s <= 0:
+            raise ConfigError(f"reload_timeout_s must be > 0, got {self.reload_timeout_s!r}")
         if self.redis is not None and self.cache_mb <= 0:
             raise ConfigError("a Redis tier sits below the memory cache: give cache_mb > 0")
         if self.repository is not None and not Path(self.repository).is_dir():
@@ -203,6 +207,7 @@ class Server:
         self.entries: dict[str, ModelEntry] = {n: self.build(n, o) for n, o in models.items()}
         self.codes: collections.Counter[int] = collections.Counter()  # responses by status
         self._draining: set[asyncio.Task[None]] = set()
+        self.fleet: Any = None  # fleet.Member: the run folder shared with the other workers
         from .metrics import server_collector
 
         monitor.add_collector("server", server_collector(self))
@@ -355,54 +360,6 @@ class Server:
         if first.dtype.kind in "OUS":  # string labels: orjson serialises numeric arrays only
             first = first.astype(str).tolist()
         return {"predictions": first, "id": pid}, pid
-
-    async def reload(self, name: str, source: Any) -> ModelEntry:
-        """Open the new version, warm it up, then swap it in atomically; the old version
-        answers what it already accepted. A broken version is refused (HttpError 409)."""
-        loop = asyncio.get_running_loop()
-        old = self.entries.get(name)
-        try:
-            new = await loop.run_in_executor(None, self.build, name, source)
-            if old is not None:
-                _same_interface(old.model, new.model)
-            await self.start(new)
-        except Exception as exc:
-            detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise HttpError(
-                409, f"new version of '{name}' refused, the old one keeps serving: {detail}"
-            ) from exc
-        self.entries[name] = new  # one assignment on the event loop: requests see old or new
-        self.sources[name] = source
-        if old is not None:
-            old.ready = False
-            task = loop.create_task(old.batcher.drain())
-            self._draining.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._draining.discard)
-        log.info("model '%s' now serves version %s", name, new.version)
-        return new
-
-    async def watch(self, stop: asyncio.Event) -> None:
-        """Reload a model when files in its package folder change (watchfiles debounces a
-        burst of writes into one event; a half-written package fails its checksums and is
-        refused, and the write that completes it triggers the reload that succeeds)."""
-        require("watchfiles", "--watch")
-        import watchfiles
-
-        folders = {
-            name: Path(src).resolve()
-            for name, src in self.sources.items()
-            if isinstance(src, str | Path)
-        }
-        if not folders:
-            return
-        async for changes in watchfiles.awatch(*folders.values(), stop_event=stop):
-            changed = [Path(path) for _, path in changes]
-            for name, folder in folders.items():
-                if any(p == folder or folder in p.parents for p in changed):
-                    try:
-                        await self.reload(name, folder)
-                    except HttpError as exc:
-                        log.warning("%s", exc.message)
 
     def check_room(self, name: str) -> None:
         entry = self.entries.get(name)
@@ -606,9 +563,13 @@ def create_app(
     config: ServeConfig | None = None,
     monitor: Any = None,
     watch: bool = False,
+    run_dir: str | None = None,
+    close_monitor: bool = False,
 ) -> Any:
     """An ASGI app serving ``models`` (name -> Package or package path). ``watch``: reload
-    a model when its package folder changes (warmed, swapped; a broken one is refused)."""
+    a model when its package folder changes (warmed, swapped; a broken one is refused).
+    ``run_dir``: the run folder this worker shares with the server's other workers (loads
+    reach them all, serve/fleet.py). ``close_monitor``: close ``monitor`` when the app stops."""
     require("fastapi", "nimbleml serve")
     require("orjson", "nimbleml serve")
     from fastapi import FastAPI
@@ -623,21 +584,26 @@ def create_app(
     entries = server.entries
     history = History(server)  # the dashboard's last 15 minutes, a row a second
 
+    if run_dir is not None:
+        from .fleet import Member
+
+        server.fleet = Member(run_dir)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
+        from .reload import reloading
+
         for entry in list(entries.values()):
             await server.start(entry)
-        stop = asyncio.Event()
-        watcher = asyncio.get_running_loop().create_task(server.watch(stop)) if watch else None
-        history.start()
-        yield
-        await history.stop()
-        stop.set()
-        if watcher is not None:
-            await watcher
+        async with reloading(server, watch):
+            history.start()
+            yield
+            await history.stop()
         for entry in list(entries.values()):
             entry.ready = False
             await entry.batcher.drain()
+        if close_monitor:  # its SQLite file checkpointed: no -wal / -shm left behind
+            await asyncio.get_running_loop().run_in_executor(None, monitor.close)
 
     app = FastAPI(title="nimbleml serve", lifespan=lifespan)
     app.state.server, app.state.entries, app.state.monitor = server, entries, monitor
@@ -728,28 +694,17 @@ def create_app(
 
     @app.post("/v2/repository/models/{name}/load")
     async def load_model(name: str, request: Request) -> dict[str, Any]:
-        """Hot reload (see Server.reload); parameters.path names a new package."""
+        """Hot reload (serve/reload.py); parameters.path names a new package."""
         server.check_key(request.headers.get("authorization"))
-        config = server.config
         if not (config.repository or config.allow_reload):
             raise HttpError(
                 403, "model control is off: start the server with --repository DIR (packages "
                 "under DIR may be loaded) or --allow-reload",
             )  # fmt: skip
         body = await body_of(request) if int(request.headers.get("content-length") or 0) else {}
-        params = body.get("parameters") or {}
-        source = params.get("path") or server.sources.get(name)
-        if source is None:
-            raise HttpError(400, f"model '{name}' is new here: give parameters.path to its package")
-        if params.get("path") is not None and config.repository:
-            root = Path(config.repository).resolve()
-            if not Path(str(source)).resolve().is_relative_to(root):
-                raise HttpError(
-                    403, f"{source} is outside the model repository {root}; this server loads "
-                    "packages from there only",
-                )  # fmt: skip
-        new = await server.reload(name, source)
-        return {"name": name, "version": new.version, "loaded": True}
+        from .reload import load
+
+        return await load(server, name, body)
 
     @app.get("/dashboard")
     async def dashboard(request: Request) -> HTMLResponse:
@@ -781,28 +736,3 @@ def _column(values: list[Any], dtype: str, fix: Any) -> np.ndarray:
     """v1 instances of one input as an array; nulls become NaN in number columns of models
     verified on missing values (``fix``)."""
     return np.asarray(fix(values) if dtype.startswith("float") else values, dtype=dtype)
-
-
-def _same_interface(old: Model, new: Model) -> None:
-    """A new version must take the inputs the served one takes (names, types, shapes) and
-    give the same outputs: clients were written against them. Otherwise serve it under a new
-    name."""
-
-    def interface(m: Model) -> tuple[Any, ...]:
-        return (
-            [(s.name, s.dtype, tuple(d if isinstance(d, int) else -1 for d in s.shape))
-             for s in m.inputs],
-            m.output_names,
-        )  # fmt: skip
-
-    (old_in, old_out), (new_in, new_out) = interface(old), interface(new)
-    if old_in != new_in:
-        raise ConfigError(
-            f"it takes inputs {new_in}, the served version takes {old_in}; load it under a "
-            "new model name"
-        )
-    if old_out != new_out:
-        raise ConfigError(
-            f"it gives outputs {new_out}, the served version gives {old_out}; load it under "
-            "a new model name"
-        )

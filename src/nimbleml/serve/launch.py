@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NimbleError
 from ..package import model_map
 from .app import ServeConfig, create_app, serving_threads
 
@@ -29,6 +31,7 @@ SUPERVISOR_ENV = "NIMBLEML_SERVE_SUPERVISOR"  # its pid: a worker dies when it i
 SERVER_KEYS = {"host": "127.0.0.1", "port": 8000, "workers": 1, "monitor_store": None,
                "watch": False}  # fmt: skip
 CONFIG_KEYS = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+log = logging.getLogger("nimbleml.serve")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -141,7 +144,12 @@ def build_app(spec: dict[str, Any]) -> Any:
 
     store = spec.get("monitor_store") or "sqlite:///:memory:"
     monitor = ModelMonitor(store=store)
-    app = create_app(spec["models"], server_config(spec), monitor, watch=bool(spec["watch"]))
+    try:
+        app = create_app(spec["models"], server_config(spec), monitor, watch=bool(spec["watch"]),
+                         run_dir=spec.get("run_dir"), close_monitor=True)  # fmt: skip
+    except BaseException:
+        monitor.close()
+        raise
     tune_gc()
     return app
 
@@ -184,9 +192,23 @@ def die_with_parent() -> None:
 
 
 def worker_app() -> Any:
-    """uvicorn's factory in each worker process: the settings come from the parent."""
+    """uvicorn's factory in each worker process: the settings come from the parent, the
+    packages as the loads since the start left them (a worker restarted after a crash serves
+    what the others serve)."""
     die_with_parent()
-    return build_app(json.loads(os.environ[SPEC_ENV]))
+    spec = json.loads(os.environ[SPEC_ENV])
+    from .fleet import Member
+
+    member = Member(spec["run_dir"])
+    member.register()  # before reading the state: a load published from now on waits for us
+    models = member.models(spec["models"])
+    if models == spec["models"]:
+        return build_app(spec)
+    try:
+        return build_app({**spec, "models": models})
+    except NimbleError as exc:  # the loaded package is gone or broken now: start as started
+        log.warning("serving the packages the server started with: %s", exc)
+        return build_app(spec)  # the first state check names what differs, and why
 
 
 def run(spec: dict[str, Any]) -> None:
@@ -198,6 +220,18 @@ def run(spec: dict[str, Any]) -> None:
     if spec["workers"] == 1:
         uvicorn.run(build_app(spec), **common)
         return
-    os.environ[SPEC_ENV] = json.dumps(spec)
-    os.environ[SUPERVISOR_ENV] = str(os.getpid())
-    uvicorn.run("nimbleml.serve.launch:worker_app", factory=True, workers=spec["workers"], **common)
+    from .fleet import make_run_dir
+
+    run_dir = make_run_dir()  # the workers' shared state (serve/fleet.py), ours to remove
+    try:
+        os.environ[SPEC_ENV] = json.dumps({**spec, "run_dir": str(run_dir)})
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+        uvicorn.run("nimbleml.serve.launch:worker_app", factory=True, workers=spec["workers"],
+                    **common)  # fmt: skip
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        store = spec.get("monitor_store") or ""
+        if store.startswith("sqlite:///"):  # every worker closed it; in case two raced
+            from ..monitor.store import checkpoint_sqlite
+
+            checkpoint_sqlite(store)
