@@ -112,7 +112,7 @@ def test_the_nas_command(tmp_path, monkeypatch, data):
     assert res.exit_code == 0, res.output
     assert "Pareto front:" in res.output and (tmp_path / "front" / "front.json").exists()
     assert not (tmp_path / "elsewhere").exists()
-    assert "trial 1/3 (layers=1, width=8): accuracy" in res.stderr  # progress, the start first
+    assert "trial 0 [1/3] (layers=1, width=8): accuracy" in res.stderr  # progress, the start first
     assert res.stderr.count("trial ") == 3
 
 

@@ -157,6 +157,7 @@ def ensemble(
             parallel=spec["parallel"], mc_samples=spec["mc_samples"], mode=spec["mode"],
             example_inputs=X,
         ) as ens:  # fmt: skip
+            ens.check_missing(X, f"--data {data}")  # unless every package was verified on NaN
             out = ens.predict_batch(X, spec["batch_size"])
             _show(_summary(ens, out, y, spec))
             if output is not None:

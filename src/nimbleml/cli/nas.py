@@ -24,7 +24,7 @@ from ._common import _guard, check_writable
 DEFAULTS: dict[str, Any] = {
     "family": "mlp", "metric": "accuracy", "n_trials": 40, "time_budget": 900.0, "epochs": 10,
     "batch_size": 1, "seed": 0, "storage": None, "start": None, "train": None, "val": None,
-    "target": None, "max_latency_ms": None, "max_size_mb": None, "output": None,
+    "target": None, "max_latency_ms": None, "max_size_mb": None, "output": None, "force": False,
 }  # fmt: skip
 SECTIONS = {
     "search": ("family", "metric", "n_trials", "time_budget", "epochs", "batch_size", "seed",
@@ -63,13 +63,16 @@ def nas(
     output: Path | None = typer.Option(
         None, "-o", "--output", help="folder for the Pareto packages, front.json, .txt, .png"
     ),
+    force: bool = typer.Option(
+        False, "--force", help="clear -o first when it holds an earlier search's output"
+    ),
 ) -> None:
     """Search architectures for the best metric-latency front, measured on packages."""
     given = {
         "family": family, "train": data, "val": val, "target": target, "metric": metric,
         "max_latency_ms": max_latency_ms, "max_size_mb": max_size_mb, "batch_size": batch_size,
         "n_trials": n_trials, "time_budget": time_budget, "epochs": epochs, "storage": storage,
-        "seed": seed, "output": output,
+        "seed": seed, "output": output, "force": force or None,
     }  # fmt: skip
     _guard(lambda: run(settings(given, config)))
 
@@ -111,16 +114,21 @@ def settings(given: dict[str, Any], config: Path | None) -> dict[str, Any]:
 def run(spec: dict[str, Any]) -> None:
     import nimbleml
 
+    from ..search.data import refuse_missing_pair
+    from ..search.nas_output import prepare as prepare_output
     from ..train import sources
 
     output = Path(spec["output"])
     check_writable(output, folder=True)
+    prepare_output(output, bool(spec["force"]), "-o", "--force")  # before any work
     constraints = {k.removeprefix("max_"): spec[k] for k in ("max_latency_ms", "max_size_mb")
                    if spec[k] is not None}  # fmt: skip
     train = sources.as_arrays(sources.load(str(spec["train"]), spec["target"], None, "--data"),
                               "--data")  # fmt: skip
     valid = sources.as_arrays(sources.load(str(spec["val"]), spec["target"], None, "--val"),
                               "--val")  # fmt: skip
+    refuse_missing_pair(train, f"--data {spec['train']}")
+    refuse_missing_pair(valid, f"--val {spec['val']}")
 
     def progress(t: dict[str, Any]) -> None:
         params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
@@ -128,7 +136,9 @@ def run(spec: dict[str, Any]) -> None:
             what = f"{t['metric_name']} {t['metric']:.4f}, p50 {t['latency_ms']:.4f} ms"
         else:
             what = f"not kept: {t['reason']}"
-        typer.echo(f"trial {t['number'] + 1}/{t['n_trials']} ({params}): {what}", err=True)
+        # the trial's number is the N of its trial-N.nimble and of the table's rows
+        typer.echo(f"trial {t['number']} [{t['count']}/{t['n_trials']}] ({params}): {what}",
+                   err=True)  # fmt: skip
 
     front = nimbleml.search_architecture(
         train, valid, family=spec["family"], metric=spec["metric"], constraints=constraints,

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..bench.stats import LatencyStats, is_stable, summarize
 from ..errors import ConfigError, ConversionError, warn
+from ..inputs import refuse_missing
 from ..models.base import Model
 from ..models.onnx_model import OnnxModel
 from ..models.openvino_model import OpenVinoModel
@@ -108,7 +109,10 @@ class EnsemblePredictor:
         self.fusion, self.parallel, self.mc_samples = fusion, parallel, mc_samples
         models: list[Model] = []
         self.names: list[str] = []  # package folder or class names, for tables
+        verified: list[bool] = []
         for m in members:
+            m = _package_of(m)
+            verified.append(_verified_on_missing(m))
             model, _, name = (
                 (m.model, "", m.name)
                 if isinstance(m, OptimizedPredictor)
@@ -116,6 +120,9 @@ class EnsemblePredictor:
             )
             models.append(model)
             self.names.append(name)
+        # the one missing-value policy: NaN inputs only where every member is a package
+        # verified on missing values
+        self.missing_ok = all(verified)
         if mc_samples:
             for i, m in enumerate(models):
                 reason = _mc_blocker(m)
@@ -230,7 +237,21 @@ class EnsemblePredictor:
             return False
         return True
 
+    def check_missing(self, x: Any, where: str = "the ensemble's input") -> None:
+        """Refuse a missing value (NaN) in ``x``, naming its row and column, unless every
+        member is a package verified on missing values (``missing_ok``)."""
+        if self.missing_ok:
+            return
+        positional = isinstance(x, tuple | list) and x and hasattr(x[0], "shape")
+        parts = list(x) if positional else [x]
+        for i, part in enumerate(parts):
+            refuse_missing(part, where if len(parts) == 1 else f"{where} (input {i})")
+
     def predict(self, x: Any) -> EnsembleOutput:
+        self.check_missing(x)
+        return self._predict_any(x)
+
+    def _predict_any(self, x: Any) -> EnsembleOutput:
         if self.mode == "undecided":
             self._decide([m.feeds(x) for m in self._sequential])
         return self._predict(x, self.mode)
@@ -249,8 +270,9 @@ class EnsemblePredictor:
         """``predict`` over many rows, ``batch_size`` rows a call, joined."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.check_missing(x)  # once, with rows counted over the whole input
         n = _count(x)
-        parts = [self.predict(_rows(x, i + batch_size, i)) for i in range(0, n, batch_size)]
+        parts = [self._predict_any(_rows(x, i + batch_size, i)) for i in range(0, n, batch_size)]
         if not parts:
             raise ConfigError("no rows to predict")
         labels = [p.labels for p in parts]
@@ -267,6 +289,7 @@ class EnsemblePredictor:
         """Latency of each member alone and of ``predict`` run each way ("sequential",
         "threaded", "fused" where possible), measured side by side: for each batch size
         (rows of ``x``), interleaved rounds until ``time_budget_s`` is spent."""
+        self.check_missing(x)
         if self.fused is None and self.fused_unavailable is None:
             self._make_fused(forced=False)
         out: dict[int, dict[str, LatencyStats]] = {}
@@ -340,6 +363,25 @@ class EnsemblePredictor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _package_of(member: Any) -> Any:
+    """A package folder loaded (its manifest says whether it was verified on missing
+    values); anything else as it is."""
+    from pathlib import Path
+
+    from ..package import load
+
+    if isinstance(member, str | Path) and (Path(member) / "manifest.json").is_file():
+        return load(member)
+    return member
+
+
+def _verified_on_missing(member: Any) -> bool:
+    from ..package import Package
+    from ..verify import verified_on_missing
+
+    return isinstance(member, Package) and verified_on_missing(member.manifest)
 
 
 def _rows(x: Any, stop: int, start: int = 0) -> Any:

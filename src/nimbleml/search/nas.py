@@ -28,6 +28,8 @@ from typing import Any
 
 from .._deps import require
 from ..errors import ConfigError
+from .data import refuse_missing_pair
+from .nas_output import prepare as prepare_output
 
 FAMILIES = ("mlp", "cnn", "encoder")
 
@@ -217,7 +219,7 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
                         study_name: str = "nimbleml-nas", out_dir: str | Path | None = None,
                         baseline: Any = None, seed: int = 0,
                         start: list[dict[str, Any]] | None = None,
-                        progress: Any = None,
+                        progress: Any = None, force: bool = False,
                         **train_options: Any) -> ArchitectureFront:  # fmt: skip
     """Search architectures of ``family`` ("mlp", "cnn", "encoder": a Transformer encoder over
     (N, tokens, features) sequences, or a function(trial) -> nn.Module)
@@ -226,8 +228,10 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     ``out_dir``: where the Pareto packages are kept (front.json and front.png too).
     ``start``: architectures to try first, as parameters of the family's space (e.g. the one
     you would have picked by hand: ``[{"layers": 1, "width": 256}]``). ``progress(info)`` is
-    called after each trial with its number, n_trials, params, state ("complete" or
-    "pruned"), metric and latency_ms, or the reason it was not kept."""
+    called after each trial with its number (the N of ``trial-N.nimble``), count (its place
+    in this run), n_trials, params, state ("complete" or "pruned"), metric and latency_ms, or
+    the reason it was not kept. ``out_dir`` must be new or empty; ``force=True`` clears a
+    folder that holds only an earlier search's output."""
     optuna = require("optuna", "nimbleml.search_architecture")
     import numpy as np
 
@@ -246,6 +250,8 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     unknown = [k for k in constraints if k not in ("latency_ms", "size_mb")]
     if unknown:
         raise ConfigError(f"unknown constraint(s) {', '.join(unknown)}: use latency_ms, size_mb")
+    refuse_missing_pair(tuple(train_data), "train_data")
+    refuse_missing_pair(tuple(val_data), "val_data")
     X, y = (np.asarray(v) for v in train_data)
     Xv, yv = (np.asarray(v) for v in val_data)
     classes = int(max(y.max(), yv.max())) + 1
@@ -258,6 +264,8 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
             "(digits as rows of pixels: X.reshape(-1, 8, 8))"
         )
     folder = Path(out_dir) if out_dir is not None else None
+    if folder is not None:
+        prepare_output(folder, force)
     # candidates' packages until the front is known: in out_dir, or a temporary folder
     work = folder / ".candidates" if folder is not None else Path(tempfile.mkdtemp(
         prefix="nimble-nas-"))  # fmt: skip
@@ -377,9 +385,13 @@ class _Dominance:
 def _reporter(progress: Any, n_trials: int, metric: str) -> Any:
     """An Optuna callback that tells ``progress`` how each trial ended."""
 
+    count = [0]
+
     def report(_study: Any, trial: Any) -> None:
         done = trial.values is not None
-        progress({"number": trial.number, "n_trials": n_trials, "params": dict(trial.params),
+        count[0] += 1
+        progress({"number": trial.number, "count": count[0], "n_trials": n_trials,
+                  "params": dict(trial.params),
                   "state": "complete" if done else "pruned", "metric_name": metric,
                   "metric": trial.values[0] if done else None,
                   "latency_ms": trial.values[1] if done else None,
@@ -444,6 +456,9 @@ def _front(study: Any, folder: Path | None, work: Path, Xv: Any, batch_size: int
     pareto: list[Candidate] = []
     for t in best:
         src = Path(t.user_attrs["package"])
+        if not src.exists():  # an earlier run's point of a resumed study: its package is gone
+            pruned["earlier run's, no package"] = pruned.get("earlier run's, no package", 0) + 1
+            continue
         path = None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
