@@ -106,7 +106,33 @@ CASES = [
     ("POST", "/v2/models/digits/feedback", [1, 2], 400, "JSON object"),
     ("POST", "/v2/repository/models/digits/load", {}, 403, "model control is off"),
     ("GET", "/dashboard/data?since=yesterday", None, 422, "since"),
-]
+    # a JSON field of the wrong type reached code that assumed its type: 500s (issue 22)
+    ("POST", "/v2/models/digits/infer", infer(parameters=[1]), 400, "'parameters' must be a JSON object"),
+    ("POST", "/v2/models/digits/infer", infer(parameters="abc"), 400, "'parameters' must be a JSON object"),
+    ("POST", "/v2/models/digits/infer", infer(parameters={"binary_data_output": "no"}), 400,
+     "parameters.binary_data_output must be true or false"),
+    ("POST", "/v2/models/digits/infer", infer([tensor(parameters=[1])]), 400,
+     "inputs[0].parameters must be a JSON object"),
+    ("POST", "/v2/models/digits/infer", infer([tensor(parameters={"binary_data_size": True})]), 400,
+     "binary_data_size"),
+    ("POST", "/v2/models/digits/infer", infer(outputs=[{"name": "output", "parameters": [1]}]), 400,
+     "outputs[0].parameters must be a JSON object"),
+    ("POST", "/v2/models/digits/infer", infer(outputs=[{"name": "output", "parameters": "x"}]), 400,
+     "outputs[0].parameters must be a JSON object"),
+    ("POST", "/v2/models/digits/infer",
+     infer(outputs=[{"name": "output", "parameters": {"binary_data": "yes"}}]), 400,
+     "outputs[0].parameters.binary_data must be true or false"),
+    ("POST", "/v2/models/digits/infer", infer(outputs={}), 400, "'outputs' must be a list"),
+    ("POST", "/v2/models/digits/infer", infer(outputs={"name": "output"}), 400, "'outputs' must be a list"),
+    ("POST", "/v2/models/digits/infer", infer(id=5), 400, "'id' must be a string"),
+    ("POST", "/v2/models/digits/infer", infer(id=[1]), 400, "'id' must be a string"),
+    ("POST", "/v2/models/digits/infer", infer(id={"a": 1}), 400, "'id' must be a string"),
+    ("POST", "/v1/models/digits:predict", {"instances": [ROW], "id": 7}, 400, "'id' must be a string"),
+    ("POST", "/v2/models/digits/feedback", {"id": 5, "label": 1}, 400, "'id' must be a string"),
+    ("POST", "/v2/models/digits/feedback", {"id": "a", "label": [1, 2]}, 400, "'label' must be"),
+    ("POST", "/v2/models/digits/feedback", {"id": "a", "label": {"y": 1}}, 400, "'label' must be"),
+    ("POST", "/v2/models/digits/feedback", {"id": "a", "label": 2**64 - 1}, 400, "'label' must be"),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +224,31 @@ def test_generated_bodies_never_get_a_500(server, body, route):
     assert r.status_code < 500, (body, r.text[:300])
     if r.status_code >= 400:
         assert isinstance(r.json().get("error"), str)
+
+
+# the load route with model control on (a repository)
+LOAD_CASES = [
+    ({"parameters": "abc"}, 400, "'parameters' must be a JSON object, got text"),
+    ({"parameters": [1, 2]}, 400, "'parameters' must be a JSON object, got a list"),
+    ({"parameters": {"path": 5}}, 400, "parameters.path must be a package path"),
+    ({"parameters": {"path": ["a"]}}, 400, "parameters.path must be a package path"),
+    ({"parameters": {"path": ""}}, 400, "parameters.path must be a package path"),
+    ([1], 400, "JSON object"),
+    (b"{oops", 400, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("body, status, words", LOAD_CASES)
+def test_bad_load_request_is_a_4xx_naming_the_problem(
+    tmp_path, digits_package, body, status, words
+):
+    app = create_app({"digits": digits_package}, ServeConfig(repository=str(tmp_path)))
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = send(c, "POST", "/v2/repository/models/digits/load", body)
+        assert r.status_code == status, r.text[:500]
+        assert words in r.json()["error"], r.text[:500]
+        ok = c.post("/v2/models/digits/infer", json=infer())  # still serving the first version
+        assert ok.status_code == 200
 
 
 def test_reload_with_other_inputs_is_refused(tmp_path, digits_package, digits):

@@ -305,7 +305,7 @@ class Server:
         entry = self.entry(name)  # again, last: a reload cannot slip in before the queue
         protocol.check_datatypes(feeds, entry.model.inputs, name)
         protocol.requested_outputs(body, entry.model.output_names)  # before the work
-        pid = str(body.get("id") or new_id())
+        pid = protocol.request_id(body) or new_id()
         out = await self.run(entry, feeds, pid)
         outputs, chunks = protocol.output_tensors(entry.model.output_names, out, body)
         response = {"model_name": name, "model_version": entry.version, "id": pid,
@@ -354,7 +354,7 @@ class Server:
                 continue
             if np.isinf(v).any() if entry.missing_ok else not np.isfinite(v).all():
                 raise HttpError(400, f"'instances' hold NaN or infinite values for input '{k}'")
-        pid = str(body.get("id") or new_id())
+        pid = protocol.request_id(body) or new_id()
         out = await self.run(entry, feeds, pid)
         first = np.asarray(out[0])
         if first.dtype.kind in "OUS":  # string labels: orjson serialises numeric arrays only
@@ -687,9 +687,11 @@ def create_app(
     async def feedback(name: str, request: Request) -> dict[str, Any]:
         body = await body_of(request)
         server.entry(name)
-        if "id" not in body or "label" not in body:
-            raise HttpError(400, "feedback needs 'id' (the prediction id) and 'label'")
-        monitor.record_ground_truth(str(body["id"]), body["label"])
+        try:
+            pid, label = protocol.feedback(body)
+        except protocol.ProtocolError as exc:
+            raise HttpError(400, str(exc)) from exc
+        monitor.record_ground_truth(pid, label)
         return {"accepted": True}
 
     @app.post("/v2/repository/models/{name}/load")

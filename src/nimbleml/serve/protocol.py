@@ -113,11 +113,12 @@ def _tensor(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise ProtocolError(f"{where}.shape must be a list of non-negative integers, got {shape!r}")
-    size = (item.get("parameters") or {}).get("binary_data_size")
+    size = parameters_of(item.get("parameters"), f"{where}.parameters").get("binary_data_size")
     used = 0
     try:
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            if (not isinstance(size, int) or isinstance(size, bool) or size < 0
+                    or offset + size > len(tail)):  # fmt: skip
                 raise ProtocolError(
                     f"{where} ('{name}'): binary_data_size {size!r} runs past the body's "
                     f"{len(tail)} binary bytes"
@@ -199,13 +200,57 @@ def v2_datatype(arr: np.ndarray) -> str:
     return kind
 
 
+def parameters_of(value: Any, where: str) -> dict[str, Any]:
+    """A ``parameters`` field: absent or null is none; anything but a JSON object is the
+    client's mistake (a list reached ``.get`` and was a 500)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be a JSON object, got {kind_of(value)}")
+    return value
+
+
+def _flag(params: dict[str, Any], key: str, where: str, default: bool = False) -> bool:
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):  # "false" would have been true
+        raise ProtocolError(f"{where}.{key} must be true or false, got {value!r}")
+    return value
+
+
+def kind_of(value: Any) -> str:
+    """A JSON value's type in words, for an error message."""
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list", str: "text", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def request_id(body: dict[str, Any]) -> str | None:
+    """The request's ``id`` (a string in the protocol), None when it has none."""
+    pid = body.get("id")
+    if pid is None or pid == "":
+        return None
+    if not isinstance(pid, str):
+        raise ProtocolError(f"'id' must be a string, got {kind_of(pid)}")
+    return pid
+
+
 def requested_outputs(body: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """The request's 'outputs' by name (empty: all), checked against the model's outputs."""
-    requested = body.get("outputs") or []
+    """The request's 'outputs' by name (empty: all), checked against the model's outputs;
+    the request's and each output's ``parameters`` checked too (before the work)."""
+    binary_output(body)
+    requested = body.get("outputs")
+    if requested is None:
+        requested = []
     if not isinstance(requested, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
     ):
         raise ProtocolError("'outputs' must be a list of objects with a 'name'")
+    for i, o in enumerate(requested):
+        _flag(parameters_of(o.get("parameters"), f"outputs[{i}].parameters"), "binary_data",
+              f"outputs[{i}].parameters")  # fmt: skip
     wanted = {o["name"]: o for o in requested}
     unknown = [n for n in wanted if n not in names]
     if unknown:
@@ -216,13 +261,38 @@ def requested_outputs(body: dict[str, Any], names: list[str]) -> dict[str, Any]:
     return wanted
 
 
+def binary_output(body: dict[str, Any]) -> bool:
+    """Whether the request asks for every output as binary (parameters.binary_data_output)."""
+    params = parameters_of(body.get("parameters"), "'parameters'")
+    return _flag(params, "binary_data_output", "parameters")
+
+
+def feedback(body: dict[str, Any]) -> tuple[str, Any]:
+    """(prediction id, label) of a feedback body: the id a prediction was answered with,
+    and a label the monitor's store can hold and compare with an output."""
+    if "id" not in body or "label" not in body:
+        raise ProtocolError("feedback needs 'id' (the prediction id) and 'label'")
+    pid, label = request_id(body), body["label"]
+    if pid is None:
+        raise ProtocolError("'id' must be the prediction id (X-Prediction-Id), got an empty one")
+    ok = isinstance(label, str | bool) or (
+        isinstance(label, int) and -(2**63) <= label < 2**63
+    ) or (isinstance(label, float) and np.isfinite(label))  # fmt: skip
+    if not ok:
+        raise ProtocolError(
+            f"'label' must be a number (a 64-bit integer or a finite number), text or "
+            f"true/false, got {kind_of(label) if not isinstance(label, int) else label}"
+        )
+    return pid, label
+
+
 def output_tensors(
     names: list[str], outputs: list[np.ndarray], body: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     """(output objects, binary chunks) for a response: the requested outputs only, binary
     where the request asked for it."""
     wanted = requested_outputs(body, names)
-    all_binary = bool((body.get("parameters") or {}).get("binary_data_output"))
+    all_binary = binary_output(body)
     out, chunks = [], []
     for name, arr in zip(names, outputs, strict=True):
         if wanted and name not in wanted:
@@ -231,7 +301,7 @@ def output_tensors(
         kind = v2_datatype(arr)
         item: dict[str, Any] = {"name": name, "datatype": kind, "shape": list(arr.shape)}
         asked = (wanted.get(name) or {}).get("parameters") or {}
-        if asked.get("binary_data", all_binary):
+        if _flag(asked, "binary_data", "", all_binary):
             data = _to_binary(arr, kind)
             item["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .._deps import require
 from ..errors import ConfigError
 from ..models.base import Model
+from .protocol import kind_of
 
 if TYPE_CHECKING:
     from .app import ModelEntry, Server
@@ -112,7 +113,7 @@ def load_source(server: Server, name: str, body: dict[str, Any]) -> Any:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise _http_error(400, f"'parameters' must be a JSON object, got {_kind(params)}")
+        raise _http_error(400, f"'parameters' must be a JSON object, got {kind_of(params)}")
     path = params.get("path")
     if path is not None and (not isinstance(path, str) or not path):
         raise _http_error(400, f"parameters.path must be a package path (text), got {path!r}")
@@ -128,11 +129,6 @@ def load_source(server: Server, name: str, body: dict[str, Any]) -> Any:
                 "packages from there only",
             )  # fmt: skip
     return source
-
-
-def _kind(value: Any) -> str:
-    return {list: "a list", str: "text", bool: "true/false", int: "a number", float: "a number",
-            type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
 async def load(server: Server, name: str, body: dict[str, Any]) -> dict[str, Any]:
