@@ -13,13 +13,14 @@ def free_port() -> int:
 
 
 def v2_body(x, **extra) -> dict:  # type: ignore[no-untyped-def]
-    """An Open Inference Protocol request for one FP32 input named 'input'."""
+    """An Open Inference Protocol request for one input named 'input': FP32, or FP64 for a
+    float64 array."""
     return {
         "inputs": [
             {
                 "name": "input",
                 "shape": list(x.shape),
-                "datatype": "FP32",
+                "datatype": "FP64" if x.dtype == "float64" else "FP32",
                 "data": x.reshape(-1).tolist(),
             }
         ],

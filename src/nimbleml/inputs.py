@@ -235,30 +235,31 @@ MISSING_FIX = (
 
 
 def first_missing(x: Any) -> tuple[int, str] | None:
-    """(row, column) of the first missing number (NaN, None, pd.NA) in an array, a dict of
-    columns or a DataFrame; None when there is none. Strings are not looked at (an empty
+    """(row, "column ...") of the first missing number (NaN, None, pd.NA) in an array, a dict
+    of columns or a DataFrame; None when there is none. Strings are not looked at (an empty
     string is a category); infinities are not missing (checked where they matter)."""
     if _is_frame(x):
         columns = {str(c): x[c].to_numpy() for c in x.columns}
     elif isinstance(x, Mapping):
         columns = {str(k): np.asarray(v) for k, v in x.items()}
     else:
-        arr = np.asarray(x)
-        if arr.dtype.kind not in "fcO" or arr.size == 0:
-            return None
-        flat = arr.reshape(len(arr), -1) if arr.ndim > 1 else arr.reshape(-1, 1)
-        mask = _missing_mask(flat)
-        if not mask.any():
-            return None
-        row, col = np.argwhere(mask)[0]
-        return int(row), (str(int(col)) if flat.shape[1] > 1 or arr.ndim > 1 else "0")
+        columns = {"": np.asarray(x)}
     found: list[tuple[int, str]] = []
     for name, col in columns.items():
-        if col.dtype.kind not in "fcO" or col.size == 0:
+        if col.dtype.kind not in "fcO" or col.size == 0 or not col.ndim:
             continue
-        mask = _missing_mask(col.reshape(len(col), -1))
-        if mask.any():
-            found.append((int(np.argwhere(mask)[0][0]), name))
+        flat = col.reshape(len(col), -1)
+        mask = _missing_mask(flat)
+        if not mask.any():
+            continue
+        row, j = (int(v) for v in np.argwhere(mask)[0])
+        if flat.shape[1] == 1 and name:
+            label = f"column {name!r}"
+        elif name and len(columns) > 1 or name not in ("", "X"):
+            label = f"column {j} of input {name!r}"
+        else:
+            label = f"column {j}"
+        found.append((row, label))
     return min(found, key=lambda f: f[0]) if found else None
 
 
@@ -277,8 +278,7 @@ def refuse_missing(x: Any, where: str, fix: str = MISSING_FIX, row_offset: int =
     hit = first_missing(x)
     if hit is None:
         return
-    row, col = hit
-    column = f"column {col!r}" if not col.isdigit() else f"column {col}"
+    row, column = hit
     raise DataError(
         f"{where}: row {row + row_offset}, {column} holds a missing value (NaN); {fix}"
     )

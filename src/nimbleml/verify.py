@@ -151,9 +151,7 @@ def verified_on_missing(manifest: Mapping[str, Any]) -> bool:
     kept when the original itself handles them: an imputer, trees with NaN support). The one
     missing-value policy: everything that runs a package refuses NaN unless this is true."""
     cases = (manifest.get("conversion") or {}).get("cases") or []
-    return any(
-        isinstance(c, dict) and str(c.get("case", "")).startswith(MISSING_NUMBERS) for c in cases
-    )
+    return any(isinstance(c, dict) and c.get("case") == MISSING_NUMBERS for c in cases)
 
 
 def hard_cases(feeds: Feeds) -> list[tuple[str, Feeds]]:

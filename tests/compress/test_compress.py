@@ -143,7 +143,7 @@ def test_non_finite_validation_data_is_refused_where_the_model_cannot_take_it(ml
     _, Xte, _, yte = digits
     nan = Xte.copy()
     nan[[3, 7], 5] = np.nan
-    with pytest.raises(nimbleml.DataError, match=r"2 row\(s\) holding NaN \(first: row 3\)"):
+    with pytest.raises(nimbleml.DataError, match=r"row 3, column 5 .*missing value \(NaN\)"):
         nimbleml.compress(mlp, val=(nan, yte), **FAST)
     inf = Xte.copy()
     inf[9, 0] = np.inf

@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import nimbleml
-from nimbleml.errors import ConversionError, MissingDependencyError
+from nimbleml.errors import MissingDependencyError
 from nimbleml.models import sklearn_converters
 from nimbleml.models.sklearn_model import SklearnModel
 
@@ -54,31 +54,32 @@ def hgb_splits(model) -> list[tuple[int, float]]:
 
 
 def assert_agrees(model, X: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-    X32 = np.asarray(X, dtype=np.float32)
+    """Against the original on the very values the user has (float64 or float32 as given)."""
     if "probabilities" in outputs:
-        proba = model.predict_proba(X32)
+        proba = model.predict_proba(X)
         np.testing.assert_allclose(outputs["probabilities"], proba, rtol=0, atol=1e-5)
         top = np.sort(proba, axis=1)
         tie = top[:, -1] - top[:, -2] <= 1e-6  # exact ties may break either way
-        differ = outputs["label"] != model.predict(X32)
+        differ = outputs["label"] != model.predict(X)
         assert not np.any(differ & ~tie), f"{differ.sum()} labels differ"
     else:
-        ref = model.predict(X32)
+        ref = model.predict(X)
         got = outputs["variable"].ravel()
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def compress_and_check(model, X, y, tmp_path, *more: np.ndarray):
-    """compress(), then compare on X and on ``more`` inputs, before and after save/load."""
+    """compress(), then compare on X and on ``more`` inputs, before and after save/load: on
+    the user's own values (float64 data stays float64; the float graph is kept only where it
+    agrees on them, else the double graph is chosen)."""
     pkg = nimbleml.compress(model, quantize=None, val=(X, y), benchmark_time_s=0)
-    assert pkg.manifest["conversion"]["converter"] == "precision=float"
+    assert pkg.manifest["conversion"]["converter"] in ("precision=float", "precision=double")
     assert pkg.model.framework == "onnx" and not pkg.using_baseline
     for data in (X, *more):
-        assert_agrees(model, data, pkg.run(np.asarray(data, np.float32)))
+        assert_agrees(model, data, pkg.run(data))
     loaded = nimbleml.load(pkg.save(tmp_path / "model.nimble"))
-    X32 = np.asarray(X, np.float32)
-    for name, value in pkg.run(X32).items():
-        np.testing.assert_array_equal(loaded.run(X32)[name], value)
+    for name, value in pkg.run(X).items():
+        np.testing.assert_array_equal(loaded.run(X)[name], value)
     return pkg
 
 
@@ -143,7 +144,6 @@ def test_hgb_categorical_from_dtype_dataframe(tmp_path):
     model.fit(df, y)
     assert model.is_categorical_.sum() == 3
     pkg = nimbleml.compress(model, quantize=None, val=(df, y), benchmark_time_s=0)
-    assert pkg.manifest["conversion"]["converter"] == "precision=float"
     out = nimbleml.load(pkg.save(tmp_path / "frame.nimble")).run(df)
     np.testing.assert_allclose(out["probabilities"], model.predict_proba(df), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(out["label"], model.predict(df))
@@ -159,6 +159,7 @@ def test_hgb_regressor_with_nan(tmp_path, loss):
 
 def test_hgb_single_leaf_trees_and_string_labels():
     X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)  # the float graph, judged on float32 data
     stump = HistGradientBoostingClassifier(max_iter=3, min_samples_leaf=400).fit(X, y)
     assert {p.get_n_leaf_nodes() for it in stump._predictors for p in it} == {1}
     assert_agrees(stump, X, converted(stump, X)(X))
@@ -202,8 +203,9 @@ def test_lightgbm_classifiers_and_regressor(tmp_path):
     # moved probabilities by 0.14 before the thresholds were rounded down
     edges = at_thresholds(X, lightgbm_splits(clf))
     compress_and_check(clf, X, y, tmp_path / "binary", edges, with_nan(X, cols=(1, 2), seed=1))
-    with pytest.raises(ConversionError, match="float32 inputs only"):  # said, not a type clash
-        SklearnModel(clf).to_onnx({"X": X[:1]}, precision="double")
+    # a double graph runs it too, its input cast to float32 before the trees
+    run = converted(clf, X, "double")
+    assert_agrees(clf, X.astype(np.float32), run(X.astype(np.float32)))
     Xw, yw = load_wine(return_X_y=True)
     multi = lightgbm.LGBMClassifier(n_estimators=20, min_child_samples=5, verbose=-1).fit(Xw, yw)
     compress_and_check(multi, Xw, yw, tmp_path / "multi", at_thresholds(Xw, lightgbm_splits(multi)))

@@ -125,7 +125,7 @@ def test_served_and_monitored_like_any_package(package, clipped, data):
     monitor = ModelMonitor(store="sqlite:///:memory:", resources_interval_s=None)
     app = create_app({"clip": package}, ServeConfig(max_batch_size=8, max_wait_ms=1), monitor)
     with ServerThread(app) as server, httpx.Client(base_url=server.url) as c:
-        body = v2_body(X[:5])
+        body = v2_body(np.asarray(X[:5], dtype=np.float64))  # its input is FP64, as sklearn's
         body["inputs"][0]["name"] = "X"
         r = c.post("/v2/models/clip/infer", json=body)
         assert r.status_code == 200, r.text

@@ -78,15 +78,16 @@ def test_frame_pipeline_package_takes_dataframes_and_dicts(data, tmp_path):
     pipe = scaled_onehot().fit(train, ytr)
     pkg = nimbleml.compress(pipe, quantize=None, val=(val, yva), **FAST)
     m = pkg.manifest
+    number = "float64"  # the user's own values; a float graph casts them itself
     assert m["inputs"] == [
-        {"name": "age", "dtype": "float32", "shape": ["batch", 1]},
-        {"name": "monthly fee", "dtype": "float32", "shape": ["batch", 1]},
+        {"name": "age", "dtype": number, "shape": ["batch", 1]},
+        {"name": "monthly fee", "dtype": number, "shape": ["batch", 1]},
         {"name": "city", "dtype": "object", "shape": ["batch", 1]},
         {"name": "plan", "dtype": "object", "shape": ["batch", 1]},
     ]  # the id column is not read, so it is not an input
     cases = [c["case"] for c in m["conversion"]["cases"]]
     assert cases == ["batch=1", "batch=16", "unseen categories", "missing strings",
-                     "missing numbers"]  # fmt: skip
+                     "every validation row (80)", "missing numbers"]  # fmt: skip
     assert np.array_equal(pkg.predict(val), pipe.predict(val))
     assert np.abs(pkg.run(val)["probabilities"] - pipe.predict_proba(val)).max() < 1e-5
     as_dict = {k: val[k].tolist() for k in ("age", "monthly fee", "city", "plan")}
@@ -116,8 +117,8 @@ def test_ordinal_encoder_and_imputer_with_a_forest(data):
     pipe = ordinal_forest().fit(train, ytr)
     model = load_model(pipe)
     assert [(s.name, s.dtype) for s in model.inputs] == [
-        ("age", "float32"),
-        ("monthly fee", "float32"),
+        ("age", "float64"),  # the original takes the user's values as they are
+        ("monthly fee", "float64"),
         ("city", "object"),
         ("plan", "object"),
     ]
@@ -185,7 +186,7 @@ def test_column_kinds_are_read_per_column():
     ).fit(df[:200], y[:200])
     model = load_model(pipe)
     assert [(s.name, s.dtype) for s in model.inputs] == [
-        ("fee", "float32"), ("zip", "float32"), ("plan", "object"), ("autopay", "float32"),
+        ("fee", "float64"), ("zip", "float64"), ("plan", "object"), ("autopay", "float64"),
         ("note", "object"),
     ]  # fmt: skip
     val = df[200:]

@@ -80,7 +80,9 @@ def test_tfidf_logistic_regression_package_predicts_like_scikit_learn(intents, t
     pkg = nimbleml.compress(pipe, quantize=None, val=(Xva, yva), **FAST)
     m = pkg.manifest
     assert m["inputs"] == [{"name": "text", "dtype": "object", "shape": ["batch"]}]
-    assert [c["case"] for c in m["conversion"]["cases"]] == ["batch=1", "batch=16", "hard texts"]
+    assert [c["case"] for c in m["conversion"]["cases"]] == [
+        "batch=1", "batch=16", "hard texts", f"every validation row ({len(Xva)})"
+    ]  # fmt: skip
     assert all(c["label_agreement"] == 1.0 for c in m["conversion"]["cases"])
     texts = Xva + list(HARD_TEXTS)
     assert np.array_equal(pkg.predict(texts), pipe.predict(texts))

@@ -16,7 +16,7 @@ from .. import __version__
 from ..bench.core import run_chunked
 from ..bench.machine import cpu_caps, machine_info
 from ..errors import ConfigError, ConversionError, DataError, warn
-from ..inputs import Feeds, batch_size, cast_to_specs, rows
+from ..inputs import Feeds, batch_size, cast_to_specs, refuse_missing, rows
 from ..metrics import Metric, evaluate, infer_task
 from ..models.base import Model
 from ..models.loader import load_model
@@ -109,7 +109,11 @@ def convert_verified(
     model: Model, cases: Sequence[tuple[str, Feeds]]
 ) -> tuple[OnnxModel, dict[str, Any]]:
     """Convert to ONNX and compare with the original on every case; try the next exporter
-    (torch: legacy, then dynamo; scikit-learn: float, then double) when one disagrees."""
+    (torch: legacy, then dynamo; scikit-learn: float, then double) when one disagrees.
+
+    The missing-value cases decide whether the package takes missing values, not whether it
+    ships: the first conversion that agrees on every case wins, else the first that agrees
+    on all the others, and then the package refuses missing values (the manifest says why)."""
     from ..models.sklearn_model import NoConverterError
 
     if isinstance(model, OnnxModel):
@@ -122,30 +126,44 @@ def convert_verified(
         raise ConversionError(f"no ONNX conversion for {model.framework} models")
     # the larger batch: torch.export specialises a dimension of size 1 (0/1 specialisation)
     example = cases[1][1] if len(cases) > 1 else cases[0][1]
-    failures = []
+    required = [c for c in cases if not is_missing_case(c[0])]
+    optional = [c for c in cases if is_missing_case(c[0])]
+    tolerance = getattr(model, "tolerance", {})  # text and tables: 1e-5
+    failures: list[str] = []
+    partial: tuple[OnnxModel, dict[str, Any]] | None = None
     for key, value in attempts:
+        what = f"ONNX ({key}={value})"
         try:
             onnx_model = model.to_onnx(example, **{key: value})
-            report = check(
-                model.run,
-                onnx_runner(onnx_model),
-                cases,
-                what=f"ONNX ({key}={value})",
-                **getattr(model, "tolerance", {}),  # text and tables: 1e-5
-            )
+            report = check(model.run, onnx_runner(onnx_model), required, what=what, **tolerance)
         except NoConverterError:
             raise
         except ConversionError as exc:
             failures.append(str(exc))
             continue
         onnx_model.task = model.task
-        return onnx_model, {"converter": f"{key}={value}", "cases": report}
+        conversion: dict[str, Any] = {"converter": f"{key}={value}", "cases": report}
+        try:
+            report += check(model.run, onnx_runner(onnx_model), optional, what=what, **tolerance)
+        except ConversionError as exc:
+            conversion["missing_values"] = "refused: " + " ".join(str(exc).split())[:600]
+            partial = partial or (onnx_model, conversion)
+            continue
+        return onnx_model, conversion
+    if partial is not None:
+        return partial
     hint = getattr(model, "conversion_hint", "")  # what usually causes this, for this model
     raise ConversionError(
         "the model could not be converted to ONNX with outputs that match the original:\n"
         + "\n".join(failures)
         + (f"\n{hint}" if hint else "")
     )
+
+
+def is_missing_case(name: str) -> bool:
+    from ..verify import MISSING_NUMBERS
+
+    return name.startswith(MISSING_NUMBERS) or name == "missing value in each column"
 
 
 def check_finite(model: Model, feeds: Feeds, what: str) -> None:
@@ -171,12 +189,14 @@ def check_finite(model: Model, feeds: Feeds, what: str) -> None:
             )
             if kind == "infinity":
                 raise DataError(f"{where}; remove or fix those rows")
-            outputs = model.run({k: v[first : first + 1] for k, v in feeds.items()})
-            if not all(np.isfinite(o).all() for o in outputs if np.asarray(o).dtype.kind == "f"):
-                raise DataError(
-                    f"{where}, and the model's outputs for them are not finite either; remove "
-                    "or impute those rows"
-                )
+            try:
+                outputs = model.run({k: v[first : first + 1] for k, v in feeds.items()})
+            except Exception:  # the original refuses missing values (no imputer)
+                outputs = None
+            if outputs is None or not all(
+                np.isfinite(o).all() for o in outputs if np.asarray(o).dtype.kind == "f"
+            ):
+                refuse_missing(feeds, f"{what} (the model does not take missing values)")
 
 
 def _synthetic(model: Any, trust_pickle: bool) -> tuple[Any, str]:
@@ -226,6 +246,11 @@ def prepare(
     if val_feeds is not None and val_y is not None and len(val_y) != batch_size(val_feeds):
         raise ConfigError(f"val X has {batch_size(val_feeds)} rows but y has {len(val_y)}")
     cases = variants(base_feeds) + [c for c in hard_cases(base_feeds) if _runs(source, c[1])]
+    named = {name for name, _ in cases}
+    cases += [  # every validation row, tree thresholds, a missing value in each column...
+        c for c in source.verification_cases(base_feeds, every=val_feeds is not None)
+        if c[0] not in named
+    ]  # fmt: skip
     ctx = Context(
         example=rows(base_feeds, min(16, batch_size(base_feeds))),
         calib=calib_feeds,
@@ -235,6 +260,8 @@ def prepare(
     baseline: Model
     try:
         baseline, conversion = convert_verified(source, cases)
+        if "missing_values" in conversion:  # not verified there: the package refuses them
+            cases = [c for c in cases if not is_missing_case(c[0])]
     except ConversionError as exc:
         from ..models.sklearn_model import NoConverterError
 

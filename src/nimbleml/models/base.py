@@ -93,6 +93,12 @@ class Model(ABC):
     def __call__(self, x: Any) -> list[np.ndarray]:
         return self.run(self.feeds(x))
 
+    def verification_cases(self, feeds: Feeds, every: bool = False) -> list[tuple[str, Feeds]]:
+        """Inputs, beyond the generic ones (verify.variants, verify.hard_cases), on which a
+        conversion of this kind of model must agree with it: its adapter knows where a port
+        goes wrong first. ``every``: ``feeds`` are the validation rows, all to be checked."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         return {
             "framework": self.framework,

@@ -153,10 +153,27 @@ class OnnxModel(Model):
         core = getattr(session, "_sess", None)
         if core is not None and callable(getattr(core, "run", None)):
             options = ort.RunOptions()
-            self._runner = lambda feeds: core.run(names, feeds, options)
+            run = lambda feeds: core.run(names, feeds, options)  # noqa: E731
         else:  # pragma: no cover - other onnxruntime builds
-            self._runner = lambda feeds: session.run(names, feeds)
-        return self._runner
+            run = lambda feeds: session.run(names, feeds)  # noqa: E731
+        floats = {
+            s.name: np.dtype(s.dtype) for s in self.inputs if s.dtype in ("float32", "float64")
+        }
+        if not floats:
+            self._runner = run
+            return run
+
+        def conform(feeds: Feeds) -> list[np.ndarray]:
+            # float64 feeds for a float graph (a scikit-learn model's own precision) and the
+            # reverse are cast here: 60 ns a tensor when they already match
+            for name, want in floats.items():
+                arr = feeds.get(name)
+                if arr is not None and arr.dtype != want:
+                    feeds = {**feeds, name: arr.astype(want)}
+            return run(feeds)
+
+        self._runner = conform
+        return conform
 
     def to_onnx(self, example: Feeds, path: str | Path | None = None) -> OnnxModel:
         return self

@@ -10,6 +10,8 @@ estimator types that conversion contains, so they also work inside Pipelines:
 - ``LGBMClassifier/Regressor``, ``XGBClassifier/Regressor`` through onnxmltools, imported only
   when the estimator holds one (they are the optional ``gbm`` extra).
 - ``StandardScaler``: scikit-learn's own arithmetic (see ``_convert_scaler``).
+- ``SimpleImputer``: IsNaN/Where in the data's precision (sklearn_imputer.py), so a double
+  graph loads and imputer -> scaler -> trees is exact.
 """
 
 from __future__ import annotations
@@ -321,6 +323,9 @@ def _register_sklearn() -> None:
     update_registered_converter(
         StandardScaler, "SklearnScaler", calculate_sklearn_scaler_output_shapes, _convert_scaler
     )
+    from .sklearn_imputer import register as register_imputer
+
+    register_imputer(update_registered_converter)
 
     update_registered_converter(
         HistGradientBoostingClassifier,
@@ -408,11 +413,12 @@ def _through_onnxmltools(convert: Any, library: str) -> Any:
         from skl2onnx.common.data_types import DoubleTensorType
 
         if isinstance(operator.inputs[0].type, DoubleTensorType):
-            # its tree nodes read and return float32 whatever skl2onnx declared
-            raise NotImplementedError(
-                f"onnxmltools converts {library} models for float32 inputs only "
-                "(precision='double' is not available)"
-            )
+            # its tree nodes read and return float32 whatever skl2onnx declared: in a double
+            # graph (float64 preprocessing, as scikit-learn computes it) the model gets its
+            # input cast to float32, which is what XGBoost itself does with float64 data
+            with as_float(scope, operator, container):
+                converter(scope, operator, container)
+            return
         start = len(container.nodes)
         with _ml_opset(container):
             convert(scope, operator, container)
@@ -421,6 +427,36 @@ def _through_onnxmltools(convert: Any, library: str) -> Any:
         # XGBoost itself splits float32 inputs on float32 thresholds (x < t): nothing to fix
 
     return converter
+
+
+@contextlib.contextmanager
+def as_float(scope: Any, operator: Any, container: Any) -> Iterator[None]:
+    """Run a float32-only converter inside a double graph: its input cast down, its float
+    outputs cast back up to the double variables skl2onnx declared."""
+    from onnx import TensorProto
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    outputs = list(operator.outputs)
+    x = operator.inputs[0]
+    small = scope.declare_local_variable("float_input", FloatTensorType(x.type.shape))
+    container.add_node("Cast", [x.full_name], [small.full_name], to=TensorProto.FLOAT,
+                       name=scope.get_unique_operator_name("Cast"))  # fmt: skip
+    operator.inputs.set_element(0, small)
+    for i, out in enumerate(outputs):
+        if isinstance(out.type, DoubleTensorType):
+            operator.outputs.set_element(i, scope.declare_local_variable(
+                out.raw_name + "_float", FloatTensorType(out.type.shape)
+            ))  # fmt: skip
+    try:
+        yield
+    finally:
+        operator.inputs.set_element(0, x)
+        for i, out in enumerate(outputs):
+            if operator.outputs[i] is not out:
+                container.add_node("Cast", [operator.outputs[i].full_name], [out.full_name],
+                                   to=TensorProto.DOUBLE,
+                                   name=scope.get_unique_operator_name("Cast"))  # fmt: skip
+                operator.outputs.set_element(i, out)
 
 
 def _lightgbm_thresholds(booster: Any) -> dict[tuple[int, float], set[float]]:

@@ -32,7 +32,13 @@ NUMBER, STRING, TEXT = "number", "string", "text"  # TEXT: read by a vectorizer,
 @dataclass(frozen=True)
 class Layout:
     """``kind``: "matrix" (``X`` float [batch, n]), "text" (``text`` string [batch]) or
-    "frame" (one [batch, 1] input per column, ``columns`` = ((name, NUMBER|STRING|TEXT), ...))."""
+    "frame" (one [batch, 1] input per column, ``columns`` = ((name, NUMBER|STRING|TEXT), ...)).
+
+    Numbers are float64, as scikit-learn computes: the original is always judged on the
+    user's own values, never on float32-rounded copies of them (issue 22: a row near a tree
+    threshold rounded to float32 goes down the other branch, and both sides agreed on the
+    rounded row while the user's real row disagreed). The float graph casts them down and is
+    checked for that; the double graph takes them as they are."""
 
     kind: str
     n_features: int = 0
@@ -45,10 +51,10 @@ class Layout:
             return [TensorSpec(TEXT_INPUT, "object", ("batch",))]
         if self.kind == "frame":
             return [
-                TensorSpec(name, "float32" if kind == NUMBER else "object", ("batch", 1))
+                TensorSpec(name, "float64" if kind == NUMBER else "object", ("batch", 1))
                 for name, kind in self.columns
             ]
-        return [TensorSpec("X", "float32", ("batch", self.n_features))]
+        return [TensorSpec("X", "float64", ("batch", self.n_features))]
 
 
 def column_transformer(est: Any) -> Any | None:

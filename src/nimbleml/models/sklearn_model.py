@@ -10,7 +10,7 @@ import numpy as np
 
 from .._deps import require
 from ..errors import ConversionError, ModelLoadError, UntrustedPickleError
-from ..inputs import Feeds, TensorSpec
+from ..inputs import Feeds, TensorSpec, batch_size
 from .base import Model
 from .onnx_model import OnnxModel
 
@@ -90,6 +90,19 @@ class SklearnModel(Model):
         (measured: TF-IDF + LogisticRegression in float32 stays within 1e-7); a numeric
         matrix keeps the defaults that float32 trees and scalers need."""
         return {} if self.layout.kind == "matrix" else {"atol": 1e-5, "rtol": 1e-5}
+
+    def verification_cases(self, feeds: Feeds, every: bool = False) -> list[tuple[str, Feeds]]:
+        """Every validation row (a scikit-learn model runs them in milliseconds, and one row
+        that disagrees on its label is a wrong prediction the user never sees), and for a
+        tree model the rows on each split threshold and with a missing value in each column
+        (sklearn_boundary)."""
+        from .sklearn_boundary import boundary_cases
+
+        n = batch_size(feeds)
+        cases = [(f"every validation row ({n})", feeds)] if every and n > 16 else []
+        if self.layout.kind != "text":
+            cases += boundary_cases(self, feeds)
+        return cases
 
     @property
     def conversion_hint(self) -> str:
