@@ -22,7 +22,7 @@ def run(spec: dict[str, Any], progress: str, save_model: Path | None,
         optimize: tuple[float, float, Path | None] | None, cloud: str | None = None) -> None:  # fmt: skip
     torch = require("torch", "nimbleml train")
     from ..train import Trainer, loggers, sources
-    from .train import options
+    from .train import PRECISION_REASON, options
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -48,10 +48,10 @@ def run(spec: dict[str, Any], progress: str, save_model: Path | None,
                                                    "history.jsonl")]  # fmt: skip
     ok = False
     try:
+        trainer = Trainer(**opts, callbacks=[display, *trackers])
+        trainer.precision_reason = spec.get(PRECISION_REASON)
         with display:
-            result = Trainer(**opts, callbacks=[display, *trackers]).fit(
-                model, train_data, val_data
-            )
+            result = trainer.fit(model, train_data, val_data)
         ok = True
     finally:
         for tracker in trackers:
@@ -150,7 +150,15 @@ class Display:
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         if self.mode == "off":
             return
-        if event == "step_end":
+        if event == "resume":
+            line = (
+                f"resuming from {info['checkpoint']} (epoch {info['epoch']} of {self.epochs} done)"
+            )
+            if self.bar is not None:
+                self.bar.console.print(line, highlight=False, markup=False)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        elif event == "step_end":
             now, samples = time.perf_counter(), float(info.get("samples", 0))
             if info.get("epoch") != self.epoch:  # rates from the first step on: set-up excluded
                 self.epoch, self.first = int(info.get("epoch", 0)), (now, samples)
@@ -190,6 +198,8 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
         parts.append(f"{record.get('metric', 'metric')} {record['val_metric']:.4f}")
     parts.append(f"{record.get('samples_per_s', 0):,.0f} samples/s")
     parts.append(f"{record.get('seconds', 0):.1f} s")
+    if record.get("nonfinite_steps"):
+        parts.append(f"{record['nonfinite_steps']} step(s) skipped: loss NaN or infinite")
     mark = " (best)" if record.get("best") else ""
     stop = ", stopped early" if record.get("stopped_early") else ""
     return f"epoch {record['epoch']}/{epochs}: {', '.join(parts)}{mark}{stop}"

@@ -57,7 +57,7 @@ def _defaults() -> dict[str, Any]:
     out["kwargs"] = {}
     api = TrainConfig()  # the API's defaults
     out.update({name: getattr(api, name) for name in TRAINING if hasattr(api, name)})
-    out.update(precision=CLI_PRECISION, nproc=1, log=[])
+    out.update(precision=CLI_PRECISION, nproc=1, log=[], resume=None)
     return out
 
 
@@ -155,8 +155,27 @@ def settings(given: dict[str, Any], config: Path | None) -> dict[str, Any]:
             spec[key] = from_file[key]
     if not spec["train"]:
         raise ConfigError("no training data: give --data FILE or 'data.train' in --config")
+    if spec["resume"] is None:  # the same command again goes on from its last checkpoint
+        spec["resume"] = bool(spec["checkpoint_dir"])
     TrainConfig(**options(spec))  # the values together (resume needs checkpoint_dir, ...)
+    spec[PRECISION_REASON] = _precision_reason(given, from_file, config)
     return spec
+
+
+PRECISION_REASON = "precision_reason"  # in the spec: why the precision, said in the report
+
+
+def _precision_reason(given: dict[str, Any], from_file: dict[str, Any],
+                      config: Path | None) -> str | None:  # fmt: skip
+    """What decided a precision that is not 'auto' (auto's reason is the hardware's)."""
+    if given.get("precision") is not None:
+        return f"chosen explicitly (--precision {given['precision']})"
+    if "precision" in from_file:
+        return f"chosen explicitly (training.precision in {config})"
+    return (
+        "the command line's default; --amp trains in mixed precision where this hardware runs "
+        "it natively"
+    )
 
 
 def options(spec: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +259,11 @@ def train(
     checkpoint_dir: str | None = typer.Option(
         None, help="checkpoints, history.jsonl, report.json/.txt and curves.png go here"
     ),
-    resume: bool = typer.Option(False, "--resume", help="go on from the last checkpoint"),
+    resume: bool | None = typer.Option(
+        None,
+        "--resume/--no-resume",
+        help="go on from the last checkpoint in --checkpoint-dir [yes when there is one]",
+    ),
     seed: int | None = typer.Option(None, help="seed of the weights and the data order [0]"),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N [auto]"),
     nproc: int | None = typer.Option(
@@ -278,23 +301,40 @@ def train(
             "scheduler": scheduler, "warmup_steps": warmup_steps, "grad_clip": grad_clip,
             "precision": _precision(amp, precision), "checkpointing": checkpointing or None,
             "early_stopping": early_stopping, "checkpoint_dir": checkpoint_dir,
-            "resume": resume or None, "seed": seed, "device": device, "nproc": nproc,
+            "resume": resume, "seed": seed, "device": device, "nproc": nproc,
             "log": list(log) if log else None,
         }  # fmt: skip
         spec = settings(given, config)
         _check_outputs(spec, save_model, optimize, output, max_drop, time_budget)
         check_clouds(cloud)
-        if spec["nproc"] > 1 and not launch.inside_torchrun():
-            _preflight(spec)
-            code = launch.relaunch(given_args(ctx), spec["nproc"], debug=DEBUG["on"],
-                                   progress=_progress_mode(quiet))  # fmt: skip
-            raise typer.Exit(code)
-        from ._train_run import run
+        try:
+            if spec["nproc"] > 1 and not launch.inside_torchrun():
+                _preflight(spec)
+                code = launch.relaunch(given_args(ctx), spec["nproc"], debug=DEBUG["on"],
+                                       progress=_progress_mode(quiet),
+                                       resume=_how_to_go_on(spec))  # fmt: skip
+                raise typer.Exit(code)
+            from ._train_run import run
 
-        run(spec, progress=_progress_mode(quiet), save_model=save_model,
-            optimize=(max_drop, time_budget, output) if optimize else None, cloud=cloud)  # fmt: skip
+            run(spec, progress=_progress_mode(quiet), save_model=save_model,
+                optimize=(max_drop, time_budget, output) if optimize else None, cloud=cloud)  # fmt: skip
+        except KeyboardInterrupt:
+            if spec["checkpoint_dir"] and spec["resume"]:
+                raise  # the one line: interrupted; run the same command to resume
+            typer.echo(f"interrupted; {_how_to_go_on(spec)}", err=True)
+            raise typer.Exit(130) from None
 
     _guard(go)
+
+
+def _how_to_go_on(spec: dict[str, Any]) -> str:
+    """After a stop: what running the same command again does."""
+    if not spec["checkpoint_dir"]:
+        return "nothing was saved to resume from (give --checkpoint-dir DIR to keep checkpoints)"
+    if not spec["resume"]:
+        return (f"run it again without --no-resume to resume from the last checkpoint in "
+                f"{spec['checkpoint_dir']}")  # fmt: skip
+    return f"running the same command resumes from the last checkpoint in {spec['checkpoint_dir']}"
 
 
 def _check_outputs(spec: dict[str, Any], save_model: Path | None, optimize: bool,

@@ -1,13 +1,23 @@
 """Checkpoints: model, optimizer, scaler, scheduler, epoch/step, history and every RNG
 state (python, numpy, torch, CUDA), written atomically (a temporary file, then a rename);
 the last ``keep_last`` and the best are kept. Resuming restores all of it, so a run killed
-at any point and resumed ends where an uninterrupted one does."""
+at any point and resumed ends where an uninterrupted one does.
+
+What a kill can leave, and how the next start mends it: a temporary file of ours
+(``.epoch-0003.pt.x1y2.tmp``, ``.best.pt.….tmp``) is deleted; ``history.jsonl`` is rewritten
+whole from the checkpoint's own history (a kill between the checkpoint and the history line
+lost that line before); ``best.pt`` is copied again from the checkpoint resumed from when
+its epoch was the best (a kill during that copy left the older best). A latest checkpoint
+that cannot be read (truncated by a full disk, a copy cut short) is skipped with a warning
+naming it, for the one before it."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,10 +25,13 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import ConfigError
+from ..errors import ConfigError, is_storage_full, storage_error, warn
 
 NAME = re.compile(r"^epoch-(\d+)\.pt$")
 BEST = "best.pt"
+HISTORY = "history.jsonl"
+# the temporary files _atomic makes: ".<name>.<random>.tmp" for the names above
+TEMP = re.compile(r"^\.(epoch-\d+\.pt|best\.pt|history\.jsonl)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -42,19 +55,109 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# -- before training ---------------------------------------------------------------------
+def check_writable(directory: Path) -> None:
+    """A StorageError before any training when checkpoints cannot be written in
+    ``directory`` (read-only, not permitted): not after the first epoch. Creates nothing."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"checkpoint_dir {directory} is a file: give a folder")
+    folder = directory
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nimbleml-check-"):
+            pass
+    except OSError as exc:
+        raise storage_error(directory / "epoch-0001.pt", exc) from None
+
+
+def clean_temp(directory: Path) -> list[str]:
+    """Delete the temporary files of ours a killed run left (only names _atomic makes)."""
+    if not directory.is_dir():
+        return []
+    gone = [p for p in directory.iterdir() if TEMP.match(p.name)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return [p.name for p in gone]
+
+
+def epochs(directory: Path) -> list[Path]:
+    """The epoch checkpoints in ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if NAME.match(p.name))
+
+
+def start_over(directory: Path) -> None:
+    """A run that does not resume, in a folder holding an earlier run's checkpoints: those go
+    (with a warning), or keep_last would keep the earlier run's later epochs over this one's."""
+    old = epochs(directory)
+    if not old:
+        return
+    warn(
+        f"checkpoint_dir {directory} held checkpoints of an earlier run (up to {old[-1].name}) "
+        "and this run does not resume: they are replaced (resume=True continues them)"
+    )
+    for p in [*old, directory / BEST, directory / HISTORY]:
+        p.unlink(missing_ok=True)
+
+
+# -- writing -----------------------------------------------------------------------------
 def save(state: dict[str, Any], directory: Path, epoch: int, keep_last: int, best: bool) -> Path:
-    """Write epoch-N.pt atomically (and best.pt when ``best``); drop all but the last
-    ``keep_last`` epoch files. Returns the epoch file."""
+    """Write epoch-N.pt atomically, then best.pt (a copy) when ``best``, then history.jsonl
+    whole from ``state["history"]``; drop all but the last ``keep_last`` epoch files. A full
+    or read-only disk is a StorageError naming the file. Returns the epoch file."""
     torch = require("torch", "nimbleml.train")
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"epoch-{epoch:04d}.pt"
-    _atomic(lambda f: torch.save(state, f), path)
-    if best:
-        _atomic(lambda f: torch.save(state, f), directory / BEST)
-    epochs = sorted(p for p in directory.iterdir() if NAME.match(p.name))
-    for old in epochs[:-keep_last]:
+    target = path
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic(lambda f: torch.save(state, f), path)
+        if best:
+            target = directory / BEST
+            copy_best(path)
+        target = directory / HISTORY
+        write_history(directory, state["history"])
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_storage_full(exc)):
+            raise
+        raise storage_error(target, exc) from exc
+    for old in epochs(directory)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
+
+
+def mend(directory: Path, path: Path, history: list[dict[str, Any]]) -> None:
+    """After resuming from ``path``: history.jsonl from its history (a kill may have cut
+    the last line), and best.pt from it again when its epoch was the best (a kill during
+    that copy left the older one)."""
+    target = directory / HISTORY
+    try:
+        write_history(directory, history)
+        if history and history[-1].get("best"):
+            target = directory / BEST
+            copy_best(path)
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_storage_full(exc)):
+            raise
+        raise storage_error(target, exc) from exc
+
+
+def copy_best(path: Path) -> None:
+    """best.pt as a copy of ``path`` (a file of its own: a link would share its fate)."""
+
+    def copy(fh: Any) -> None:
+        with open(path, "rb") as src:
+            shutil.copyfileobj(src, fh, 1 << 20)
+
+    _atomic(copy, path.parent / BEST)
+
+
+def write_history(directory: Path, history: list[dict[str, Any]]) -> None:
+    """history.jsonl, one line per epoch, rewritten whole (atomically) from the history
+    the checkpoint carries: never a line short after a kill, never a line twice."""
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    _atomic(lambda f: f.write(text.encode()), directory / HISTORY)
 
 
 def _atomic(write: Any, path: Path) -> None:
@@ -64,17 +167,17 @@ def _atomic(write: Any, path: Path) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the run's files from the user's group
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+# -- reading -----------------------------------------------------------------------------
 def latest(directory: Path) -> Path | None:
-    if not directory.is_dir():
-        return None
-    epochs = sorted(p for p in directory.iterdir() if NAME.match(p.name))
-    return epochs[-1] if epochs else None
+    found = epochs(directory)
+    return found[-1] if found else None
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -82,7 +185,44 @@ def load(path: Path) -> dict[str, Any]:
     try:  # our own file: RNG states are numpy/python objects, not only tensors
         return dict(torch.load(path, map_location="cpu", weights_only=False))
     except Exception as exc:
-        raise ConfigError(f"checkpoint {path} cannot be read ({str(exc)[:200]})") from None
+        raise ConfigError(f"checkpoint {path} cannot be read ({_why(exc)})") from None
+
+
+def load_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest epoch checkpoint that reads whole, with its contents; each newer one that
+    does not is named in a warning. None when there is none; a ConfigError when there are
+    checkpoints and none of them reads."""
+    torch = require("torch", "nimbleml.train")
+    bad: list[tuple[Path, str]] = []
+    for path in reversed(epochs(directory)):
+        try:
+            saved = dict(torch.load(path, map_location="cpu", weights_only=False))
+            if not {"model", "epoch", "history"} <= set(saved):
+                raise ValueError("not a nimbleml training checkpoint")
+        except Exception as exc:
+            bad.append((path, _why(exc)))
+            continue
+        for skipped, why in bad:
+            warn(
+                f"checkpoint {skipped} cannot be read ({why}), so training resumes from "
+                f"{path.name} (epoch {saved['epoch']}) and trains the epochs after it again",
+                RuntimeWarning,
+            )
+        return path, saved
+    if bad:
+        listed = "; ".join(f"{p.name} ({why})" for p, why in bad)
+        raise ConfigError(
+            f"no readable checkpoint in {directory} to resume from: {listed}; delete those "
+            "files to start over, or give another checkpoint_dir"
+        )
+    return None
+
+
+def _why(exc: BaseException) -> str:
+    """The reason a file did not load, whole (its first line): a truncated zip says 'failed
+    finding central directory'."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text) or type(exc).__name__
 
 
 def check_compatible(model: Any, state: dict[str, Any], path: Path) -> None:

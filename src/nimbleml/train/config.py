@@ -66,6 +66,8 @@ class TrainConfig:
             raise ConfigError(
                 f"dataloader {self.dataloader!r}: give 'auto' or a dict of DataLoader arguments"
             )
+        if isinstance(self.dataloader, dict):
+            _loader_keys(self.dataloader)
         if self.metric is not None and not callable(self.metric):
             from ..metrics import METRIC_NAMES
 
@@ -88,6 +90,32 @@ class TrainConfig:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+# DataLoader arguments that nimbleml sets itself (the batch, the order, the sharding)
+SET_BY_NIMBLEML = ("dataset", "batch_size", "sampler", "batch_sampler", "generator")
+
+
+def _loader_keys(args: dict[str, Any]) -> None:
+    """ConfigError naming a key torch's DataLoader does not take, or one nimbleml sets, with
+    the keys that may be given (read from DataLoader's own signature: this torch's)."""
+    import inspect
+
+    from torch.utils.data import DataLoader
+
+    known = [n for n in inspect.signature(DataLoader.__init__).parameters if n != "self"]
+    allowed = [n for n in known if n not in SET_BY_NIMBLEML]
+    for key in args:
+        if key in SET_BY_NIMBLEML:
+            raise ConfigError(
+                f"dataloader key {key!r} is set by nimbleml (use batch_size= / seed=); the keys "
+                f"you may give: {', '.join(allowed)}"
+            )
+        if key not in known:
+            raise ConfigError(
+                f"dataloader key {key!r} is not a DataLoader argument; the keys you may give: "
+                f"{', '.join(allowed)}"
+            )
 
 
 def _choice(value: Any, name: str, allowed: Sequence[str]) -> None:

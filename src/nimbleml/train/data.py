@@ -35,6 +35,38 @@ def _tensor(x: Any, name: str) -> Any:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+MISSING_FIX = (
+    "fill or drop those rows first (a Dataset can impute them in __getitem__); nimbleml does "
+    "not train on missing values"
+)
+
+
+def _refuse_nan(t: Any, where: str) -> None:
+    """The missing-value policy on a tensor, once (one vectorised scan): a DataError naming
+    the row and column of the first NaN."""
+    torch = require("torch", "nimbleml.train")
+    if torch.is_tensor(t) and t.is_floating_point() and bool(torch.isnan(t).any()):
+        from ..inputs import refuse_missing
+
+        refuse_missing(t.detach().float().cpu().numpy(), where, fix=MISSING_FIX)
+
+
+def refuse_missing_in(batch: Batch, where: str) -> None:
+    """A batch whose loss came out NaN or infinite: a DataError when it holds a missing value
+    (a DataLoader's batches cannot be scanned up front; scanning every one would cost each
+    step), naming the batch, the row within it and the column."""
+    inputs = batch.inputs
+    parts = (
+        [(f"{where}, input '{k}'", v) for k, v in inputs.items()]
+        if isinstance(inputs, dict)
+        else [(f"{where}, input {i}", v) for i, v in enumerate(inputs)]
+        if isinstance(inputs, tuple | list)
+        else [(f"{where}, inputs", inputs)]
+    )
+    for name, t in [*parts, (f"{where}, target", batch.target)]:
+        _refuse_nan(t, name)
+
+
 def _rows(x: Any) -> int:
     first = next(iter(x.values())) if isinstance(x, dict) else x
     return int(first.shape[0])
@@ -53,13 +85,17 @@ class InMemory:
     batch, so a global batch is the same samples whatever the number of processes."""
 
     def __init__(self, X: Any, y: Any, batch_size: int, shuffle: bool = True,
-                 seed: int = 0, rank: int = 0, world: int = 1) -> None:  # fmt: skip
+                 seed: int = 0, rank: int = 0, world: int = 1,
+                 where: str = "the training data") -> None:  # fmt: skip
         self.X = (
             {k: _tensor(v, f"X['{k}']") for k, v in X.items()}
             if isinstance(X, dict)
             else _tensor(X, "X")
         )
         self.y = _tensor(y, "y")
+        for name, t in self.X.items() if isinstance(self.X, dict) else [("X", self.X)]:
+            _refuse_nan(t, f"{where} ({name})" if isinstance(self.X, dict) else f"{where} X")
+        _refuse_nan(self.y, f"{where} y")
         n = _rows(self.X)
         if n == 0:
             raise DataError("the training data holds no rows: give at least one sample")
@@ -187,13 +223,15 @@ def split(item: Any) -> Batch:
 
 
 def batches(data: Any, batch_size: int, loader_args: dict[str, Any] | None = None,
-            seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1) -> Any:  # fmt: skip
-    """InMemory for (X, y), FromLoader for a Dataset / DataLoader."""
+            seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1,
+            where: str = "the training data") -> Any:  # fmt: skip
+    """InMemory for (X, y), FromLoader for a Dataset / DataLoader. ``where`` names the data
+    in errors ("the validation data")."""
     if isinstance(data, tuple | list) and len(data) == 2 and not _is_dataset(data):
         X, y = data
         if X is None or y is None:
             raise DataError("training data (X, y) needs both X and y")
-        return InMemory(X, y, batch_size, shuffle, seed, rank, world)
+        return InMemory(X, y, batch_size, shuffle, seed, rank, world, where)
     if _is_dataset(data):
         return FromLoader(data, batch_size, loader_args, seed, shuffle, rank, world)
     raise DataError(

@@ -1,8 +1,10 @@
 """Data-parallel training through PyTorch's own launcher.
 
-``nimbleml train ... --nproc N`` runs :func:`relaunch`: ``python -m torch.distributed.run
---nproc_per_node N --master_addr 127.0.0.1 --master_port <free port> -m
-nimbleml.train.launch <the same arguments>``. Each process torchrun starts runs :func:`main`,
+``nimbleml train ... --nproc N`` runs :func:`relaunch`: ``python -m nimbleml.train.elastic
+--nproc_per_node N --master_addr 127.0.0.1 --master_port <free port> --log-dir <temp> -m
+nimbleml.train.launch <the same arguments>`` (``elastic`` is torchrun, ``torch.distributed.run``,
+with its record of a failed rank written for the parent; its log folder is inside the
+parent's temporary folder, so no ``/tmp/torchelastic_*`` folder outlives a run). Each process torchrun starts runs :func:`main`,
 which parses the same arguments through the same ``train`` command and trains with the
 process group torchrun describes (gloo on CPU, nccl on GPU, see distributed.py).
 
@@ -12,11 +14,13 @@ that wait on each other at every parallel region (the same effect tests/test_doc
 fixture notes for two threads on this shared 2-core machine: 2-27 s for a 0.3 s training).
 
 What the user sees: rank 0's output (its progress display on the terminal, its messages
-relayed), one ``error: ...`` line when a process fails (the first process's own line, not
+relayed), one ``error: ...`` line when a process fails (the process's own line, not
 torchrun's traceback of the failure), and the exit code of the failure (2 for a user error).
-The parent forwards SIGINT / SIGTERM to torchrun, which stops its processes; every process
-also gets SIGTERM when its parent dies (Linux), and the parent ends any it saw that outlive
-torchrun, so no process is left behind.
+A process killed by a signal is named with it ("rank 1 was killed by SIGKILL", exit 128 +
+the signal), not by the 'Connection reset by peer' the others then saw. The parent forwards
+SIGINT / SIGTERM to torchrun, which stops its processes (Ctrl-C then ends as in one process:
+one 'interrupted' line, exit 130); every process also gets SIGTERM when its parent dies
+(Linux), and the parent ends any it saw that outlive torchrun, so no process is left behind.
 
 More machines: run the same module under torchrun with its c10d rendezvous on every node
 (docs/train.md, "Distributed")::
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -40,8 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .elastic import FAILURES, STATUS  # STATUS: folder for each process's stderr and exit code
+from .usercode import PEER_LOST
+
 WORKER = "NIMBLEML_TRAIN_WORKER"  # set in the processes torchrun starts: train here, no relaunch
-STATUS = "NIMBLEML_TRAIN_STATUS"  # folder for each process's stderr and exit code
 THREADS = "NIMBLEML_TRAIN_THREADS"
 PROGRESS = "NIMBLEML_TRAIN_PROGRESS"  # rich | lines | off, decided by the parent
 DEBUG = "NIMBLEML_TRAIN_DEBUG"
@@ -70,10 +77,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def command(args: list[str], nproc: int, port: int) -> list[str]:
+def command(args: list[str], nproc: int, port: int, log_dir: str) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(port),
+        sys.executable, "-m", "nimbleml.train.elastic", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(port), "--log-dir", log_dir,
         "-m", "nimbleml.train.launch", *args,
     ]  # fmt: skip
 
@@ -103,9 +110,12 @@ def _launcher_setup(die_with_parent: Any) -> Any:
 
 
 # -- the parent: nimbleml train --nproc N ---------------------------------------------------
-def relaunch(args: list[str], nproc: int, *, debug: bool = False, progress: str = "lines") -> int:
+def relaunch(args: list[str], nproc: int, *, debug: bool = False, progress: str = "lines",
+             resume: str = "") -> int:  # fmt: skip
     """Run ``args`` (the train command's own) in ``nproc`` processes under torchrun; wait,
-    relay rank 0's output, forward SIGINT/SIGTERM; return the exit code."""
+    relay rank 0's output, forward SIGINT/SIGTERM; return the exit code (KeyboardInterrupt
+    after a SIGINT, once every process stopped). ``resume``: the sentence that says how to
+    go on after a failure, added to its line."""
     threads = threads_per_process(nproc)
     with tempfile.TemporaryDirectory(prefix="nimbleml-train-") as status:
         env = dict(os.environ)
@@ -113,16 +123,18 @@ def relaunch(args: list[str], nproc: int, *, debug: bool = False, progress: str 
                     DEBUG: "1" if debug else "0", "OMP_NUM_THREADS": str(threads)})  # fmt: skip
         here = os.getcwd()  # the user's module:function models import from here, as in-process
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        logs = os.path.join(status, "torchrun")  # not a /tmp/torchelastic_* of its own
         proc = subprocess.Popen(
-            command(args, nproc, free_port()), env=env, stderr=subprocess.PIPE,
+            command(args, nproc, free_port(), logs), env=env, stderr=subprocess.PIPE,
             preexec_fn=_launcher_setup(_parent_death_signal()),
         )  # fmt: skip
-        return _Supervisor(proc, Path(status), debug).wait()
+        return _Supervisor(proc, Path(status), debug, resume).wait()
 
 
 class _Supervisor:
-    def __init__(self, proc: subprocess.Popen[bytes], status: Path, debug: bool) -> None:
-        self.proc, self.status, self.debug = proc, status, debug
+    def __init__(self, proc: subprocess.Popen[bytes], status: Path, debug: bool,
+                 resume: str = "") -> None:  # fmt: skip
+        self.proc, self.status, self.debug, self.resume = proc, status, debug, resume
         self.launcher_lines: collections.deque[str] = collections.deque(maxlen=40)
         self.shown: set[str] = set()
         self.signalled: int | None = None
@@ -226,15 +238,23 @@ class _Supervisor:
                 pending += chunk
                 *lines, pending = pending.split("\n")
                 for line in lines:
-                    self._show(line)
+                    self._relay(line)
             elif finished:
                 if pending:
-                    self._show(pending)
+                    self._relay(pending)
                 break
             else:
                 time.sleep(0.1)
         if handle is not None:
             handle.close()
+
+    def _relay(self, line: str) -> None:
+        """A line of rank 0's, as it comes: its error line waits for the outcome (it may be
+        what a process killed under it left it to say), its 'interrupted' line is the
+        parent's to say."""
+        if line.startswith("error: ") or line.lstrip().startswith("interrupted; "):
+            return
+        self._show(line)
 
     def _show(self, line: str) -> None:
         if line.startswith(("error: ", "warning: ")):
@@ -244,33 +264,77 @@ class _Supervisor:
         print(line, file=sys.stderr, flush=True)
 
     def _outcome(self, returncode: int) -> int:
-        logs = sorted(self.status.glob("rank-*.log"), key=lambda p: int(p.stem.split("-")[1]))
-        for log in logs[1:]:  # other ranks: their error lines (all of it with --debug)
+        errors: dict[int, list[str]] = {}  # rank -> its error lines
+        for log in sorted(self.status.glob("rank-*.log"), key=_rank_of):
+            rank = _rank_of(log)
             for line in log.read_text(errors="replace").splitlines():
-                if self.debug or line.startswith("error: "):
-                    self._show(line if line.startswith("error: ") else f"[{log.stem}] {line}")
+                if line.startswith("error: "):
+                    errors.setdefault(rank, []).append(line)
+                elif self.debug and rank > 0:
+                    self._show(f"[{log.stem}] {line}")
+        if self.signalled == signal.SIGINT:
+            raise KeyboardInterrupt  # every process stopped: the CLI's one 'interrupted' line
         if self.signalled is not None:
             name = signal.Signals(self.signalled).name
-            self._show(f"error: training interrupted ({name}): every process was stopped")
+            self._show(f"error: training stopped by {name}: every process was stopped"
+                       f"{'; ' + self.resume if self.resume else ''}")  # fmt: skip
             return 128 + self.signalled
         if returncode == 0:
             return 0
-        codes = []
+        codes = {}
         for path in self.status.glob("rank-*.exit"):
             with contextlib.suppress(ValueError):
-                codes.append(int(path.read_text().strip() or 1))
-        failed = [c for c in codes if c != 0]
+                codes[_rank_of(path)] = int(path.read_text().strip() or 1)
+        own = {r: [x for x in errors[r] if PEER_LOST not in x] for r in errors}
+        own = {r: found for r, found in own.items() if found}
+        if own:  # a process's own error (the others then lost it, or stopped by torchrun)
+            for line in (line for rank in sorted(own) for line in own[rank]):
+                self._show(line)
+            failed = [codes.get(r, 1) for r in own]
+            return 2 if 2 in failed else max([c for c in failed if c] or [1])
+        # torchrun stops the others with SIGTERM: another signal is the first death
+        killed = sorted((f for f in self._failures() if f.get("signal")),
+                        key=lambda f: (f["signal"] == "SIGTERM", f["rank"]))  # fmt: skip
+        if killed:  # what the others then raised (a lost connection) is its consequence
+            first = killed[0]
+            self._show(f"error: rank {first['rank']} was killed by {first['signal']} (pid "
+                       f"{first['pid']}); the other processes were stopped"
+                       f"{'; ' + self.resume if self.resume else ''}")  # fmt: skip
+            return 128 + abs(int(first["exitcode"]))
+        for line in (line for rank in sorted(errors) for line in errors[rank]):
+            self._show(line)
+        failed = [c for c in codes.values() if c != 0]
         if failed:
-            if not any(s.startswith("error: ") for s in self.shown):
+            if not errors:
                 self._show("error: a training process failed without saying why; run "
                            "nimbleml --debug train ... for its output")  # fmt: skip
             return 2 if 2 in failed else max(failed)
+        exited = [f for f in self._failures() if f.get("exitcode")]
+        if exited:
+            first = exited[0]
+            self._show(f"error: rank {first['rank']} exited with code {first['exitcode']} "
+                       "without an error message; run nimbleml --debug train ... for its output")  # fmt: skip
+            return 1
         last = next((line for line in reversed(self.launcher_lines)
                      if "Error" in line or "error" in line), None)  # fmt: skip
         last = last or (self.launcher_lines[-1] if self.launcher_lines else "no output")
         self._show(f"error: the training processes failed (torchrun exited {returncode}): "
                    f"{last.strip()[:300]}; run nimbleml --debug train ... for the full output")  # fmt: skip
         return 1
+
+    def _failures(self) -> list[dict[str, Any]]:
+        """torchrun's record of the failed ranks (elastic.py), first failed first."""
+        path = self.status / FAILURES
+        if not path.exists():
+            return []
+        try:
+            return list(json.loads(path.read_text()))
+        except ValueError:  # pragma: no cover - written whole by elastic.main
+            return []
+
+
+def _rank_of(path: Path) -> int:
+    return int(path.stem.split("-")[1])
 
 
 def _running(p: Any) -> bool:

@@ -88,3 +88,30 @@ def measured_cost(model: Any, batch: Any, run_step: Any, precision: Precision) -
         return time.perf_counter() - started
 
     return seconds(precision) / max(seconds(fp32), 1e-9)
+
+
+def emulated_warning(name: str, found: str, times: float) -> str | None:
+    """The warning for ``name`` (bf16-mixed / fp16-mixed) on a CPU without native support,
+    when a step measured ``times`` x fp32's: only when it is slower (an emulated precision
+    can still measure faster on a model whose steps are not arithmetic-bound)."""
+    if not times > 1.0:
+        return None
+    return (
+        f"{name} on this CPU is emulated ({found}): a training step measured {times:.2f}x the "
+        "time of fp32; precision='auto' would train in fp32"
+    )
+
+
+def warn_if_slower(model: Any, sample: Any, step: Any, precision: Precision) -> None:
+    """An explicit mixed precision on a CPU: measured against fp32 on the model (3 steps
+    each on a copy) unless the CPU runs it natively; a warning when it is slower."""
+    from ..compress.torch_native import bf16_support
+    from ..errors import warn
+
+    native, found = bf16_support()
+    if native and precision.name == "bf16-mixed":
+        return
+    found = found if precision.name == "bf16-mixed" else "no CPU computes fp16 natively"
+    message = emulated_warning(precision.name, found, measured_cost(model, sample, step, precision))
+    if message:
+        warn(message, RuntimeWarning)

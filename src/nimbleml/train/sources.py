@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import require
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, running_user_code
 
 DATA_FORMATS = ".npz (X and y), .csv with --target COLUMN, an image folder, or module:function"
 
@@ -118,10 +118,10 @@ def _call(fn: Any, kwargs: dict[str, Any], text: str, flag: str) -> Any:
         ) from None
     except ValueError:  # a builtin without a signature: just call it
         pass
-    try:
+    what = "the model" if flag in ("--model", "--arch") else "the data"
+    with running_user_code(f"the {flag} function {text!r}",
+                           f"that it builds {what} with these arguments ({', '.join(kwargs) or 'none'})"):  # fmt: skip
         return fn(**kwargs)
-    except Exception as exc:
-        raise ConfigError(f"{flag} {text!r} raised {type(exc).__name__}: {exc}") from None
 
 
 def build_model(factory: str | None, arch: str | None = None, num_classes: int | None = None,
@@ -199,12 +199,15 @@ def load(path: str, target: str | None = None, image_size: int | None = None,
         return _image_folder(path, image_size, flag)
     if not os.path.exists(path):
         raise DataError(f"data file not found: {path} ({flag} takes {DATA_FORMATS})")
-    from ..inputs import load_data
+    from ..inputs import load_data, refuse_missing
+    from .data import MISSING_FIX
 
     X, y = load_data(path, target)
     if y is None:
         hint = "pass --target COLUMN" if path.lower().endswith(".csv") else "save it with y="
         raise DataError(f"{flag} {path} holds no labels (y) to train on: {hint}")
+    refuse_missing(X, f"{flag} {path}", fix=MISSING_FIX)  # once, with the file's name
+    refuse_missing(y, f"{flag} {path} (labels)", fix=MISSING_FIX)
     return X, y
 
 
