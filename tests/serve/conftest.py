@@ -84,9 +84,17 @@ class ServeProcess:
         return self.log_path.read_text()
 
     def stop(self) -> None:
+        """SIGTERM, as a service manager stops it (the server removes what it made); kill -9
+        if it has not stopped in 15 s."""
+        import subprocess
+
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._log.close()
 
     def __exit__(self, *exc: object) -> None:
@@ -116,8 +124,13 @@ def serve_workers(server) -> list:
     multiprocessing also runs a resource tracker, which is not one)."""
     import psutil
 
-    return [p for p in psutil.Process(server.proc.pid).children()
-            if "spawn_main" in " ".join(p.cmdline())]  # fmt: skip
+    def worker(p: psutil.Process) -> bool:
+        try:
+            return "spawn_main" in " ".join(p.cmdline())
+        except psutil.Error:  # exited (a zombie until the supervisor reaps it)
+            return False
+
+    return [p for p in psutil.Process(server.proc.pid).children() if worker(p)]
 
 
 def wait_for_workers(server, n: int, timeout: float = 30) -> list:
