@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "val": None, "target": None, "temperature": 2.0, "alpha": 0.5, "cache_teacher": "auto",
     "baseline": True, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "device": "cpu",
     "package": None, "max_drop": 0.01, "time_budget": 180.0, "report": None,
+    "trust_pickle": False,
 }  # fmt: skip
 # the YAML's sections and their keys (flags of the same names win over them)
 SECTIONS = {
@@ -52,7 +53,7 @@ def distill(
     student: str | None = typer.Option(
         None,
         help="module:function returning the student, or shrink: the teacher made --width "
-        "wide and --depth deep (nimbleml.students.shrink) [default: shrink]",
+        "wide and --depth deep (nimbleml.students.shrink) [shrink]",
     ),
     width: float | None = typer.Option(None, help="shrink: share of the hidden units kept [0.5]"),
     depth: float | None = typer.Option(None, help="shrink: share of the layers kept [0.5]"),
@@ -81,6 +82,12 @@ def distill(
         None, "-o", "--output", help="optimize the distilled student into this .nimble package"
     ),
     report: Path | None = typer.Option(None, "--report", help="write distill.json/.txt here"),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="allow loading a pickled --teacher file (torch.save of a whole module: it runs "
+        "code when loaded)",
+    ),
 ) -> None:
     """Distill a teacher into a small student; report both students beside the teacher."""
     given = {
@@ -89,6 +96,7 @@ def distill(
         "cache_teacher": cache_teacher, "baseline": baseline, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
         "package": output, "max_drop": max_drop, "time_budget": time_budget, "report": report,
+        "trust_pickle": trust_pickle or None,
     }  # fmt: skip
     _guard(lambda: run(settings(given, config)))
 
@@ -112,6 +120,7 @@ def settings(given: dict[str, Any], config: Path | None) -> dict[str, Any]:
 def run(spec: dict[str, Any]) -> None:
     import nimbleml
 
+    from ..search.data import refuse_missing_pair
     from ..train import sources
 
     output, report = spec["package"], spec["report"]
@@ -123,7 +132,10 @@ def run(spec: dict[str, Any]) -> None:
     cache = cache if isinstance(cache, bool) else CACHE[str(cache)]
     train_data = sources.load(str(spec["train"]), spec["target"], None, "--data")
     val_data = sources.load(str(spec["val"]), spec["target"], None, "--val")
-    the_teacher = _teacher(str(spec["teacher"]), sources.as_arrays(val_data)[0])
+    refuse_missing_pair(train_data, f"--data {spec['train']}")
+    refuse_missing_pair(val_data, f"--val {spec['val']}")
+    the_teacher = _teacher(str(spec["teacher"]), sources.as_arrays(val_data)[0],
+                           bool(spec["trust_pickle"]))  # fmt: skip
     the_student = _student(str(spec["student"]), the_teacher, spec["width"], spec["depth"])
     res = nimbleml.distill(the_teacher, the_student, train_data, val_data,
                            temperature=spec["temperature"], alpha=spec["alpha"],
@@ -141,7 +153,7 @@ def run(spec: dict[str, Any]) -> None:
         typer.echo(f"report: {report}/distill.json, distill.txt")
 
 
-def _teacher(spec: str, example: Any) -> Any:
+def _teacher(spec: str, example: Any, trust_pickle: bool = False) -> Any:
     from ..models import load_model
     from ..train import sources
 
@@ -151,7 +163,7 @@ def _teacher(spec: str, example: Any) -> Any:
     if sources.is_reference(spec) and not path.exists():
         return sources.build_model(spec)
     first = {k: v[:8] for k, v in example.items()} if isinstance(example, dict) else example[:8]
-    model = load_model(path, first)
+    model = load_model(path, first, trust_pickle=trust_pickle)
     module = getattr(model, "module", None)
     if module is None:
         raise ConfigError(

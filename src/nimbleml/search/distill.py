@@ -31,6 +31,7 @@ import numpy as np
 from .._deps import require
 from ..errors import ConfigError
 from . import teacher as teachers
+from .data import refuse_missing_pair
 from .report import DistillReport, compare
 
 CACHE_CHOICES = ("auto", True, False)
@@ -88,6 +89,9 @@ def distill(teacher: Any, student: Any, train_data: Any, val_data: Any = None, *
         )
     TrainConfig(**train_options)  # a bad training option fails before the teacher runs
     train_data = tuple(train_data) if isinstance(train_data, list) else train_data
+    refuse_missing_pair(train_data, "train_data")  # before the teacher runs on it
+    if val_data is not None:
+        refuse_missing_pair(val_data, "val_data")
     device = str(train_options.get("device", "cpu"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

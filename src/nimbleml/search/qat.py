@@ -34,9 +34,10 @@ import numpy as np
 from .._deps import require
 from ..compress.base import Context, Recipe, register
 from ..compress.quantize import int8_layout
-from ..errors import ConfigError, UnsupportedError
-from ..inputs import batch_size, take
+from ..errors import ConfigError, DataError, UnsupportedError
+from ..inputs import batch_size, refuse_missing, take
 from ..models.base import Model
+from .data import refuse_missing_pair
 
 CALIB_BATCH, CALIB_ROWS = 32, 512  # what the int8-static recipe feeds ONNX Runtime
 ACT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
@@ -354,6 +355,7 @@ def qat(model: Any, train_data: Any, val_data: Any, *, quantize: str = "int8-sta
     step = QuantAwareTraining(quantize=quantize, per_channel=per_channel, epochs=epochs, lr=lr,
                               teacher=teacher, temperature=temperature, alpha=alpha,
                               recalibrate_every=recalibrate_every, **train_options)  # fmt: skip
+    check_data(train_data, val_data, calib)
     if calib is None:
         calib = _first_inputs(train_data, CALIB_ROWS)
     p = prepare(model, example_inputs, calib, val_data)
@@ -389,6 +391,24 @@ def qat(model: Any, train_data: Any, val_data: Any, *, quantize: str = "int8-sta
                      metric=chosen.name, max_drop=budget)  # fmt: skip
 
 
+def check_data(train_data: Any, val_data: Any, calib: Any = None) -> None:
+    """Empty or holding a missing value: named as the argument the user gave (the training
+    data, not the calibration rows taken from it)."""
+    from ..train.sources import rows
+
+    if isinstance(train_data, list):
+        train_data = tuple(train_data)
+    if rows(train_data) == 0:
+        raise DataError(
+            "train_data holds no rows: give at least one labelled sample to fine-tune on (the "
+            "calibration rows are its first inputs unless calib= is given)"
+        )
+    refuse_missing_pair(train_data, "train_data")
+    refuse_missing_pair(val_data, "val_data")
+    if calib is not None:
+        refuse_missing(calib, "calib")
+
+
 def _p50s(models: dict[str, Model], feeds: Any, budget_s: float = 0.3) -> dict[str, float]:
     """p50 ms at batch 1 of each model, timed one after the other in this run."""
     from ..bench.timer import TimingConfig, time_calls
@@ -415,6 +435,8 @@ def _first_inputs(data: Any, n: int) -> Any:
         rows += b.n
         if rows >= n:
             break
+    if not chunks:
+        raise DataError("train_data holds no rows: give at least one labelled sample")
     if isinstance(chunks[0], dict):
         return {k: np.concatenate([c[k].numpy() for c in chunks])[:n] for k in chunks[0]}
     return np.concatenate([c.numpy() for c in chunks])[:n]
