@@ -279,9 +279,7 @@ def refuse_missing(x: Any, where: str, fix: str = MISSING_FIX, row_offset: int =
     if hit is None:
         return
     row, column = hit
-    raise DataError(
-        f"{where}: row {row + row_offset}, {column} holds a missing value (NaN); {fix}"
-    )
+    raise DataError(f"{where}: row {row + row_offset}, {column} holds a missing value (NaN); {fix}")
 
 
 def load_data(path: str, target: str | None = None) -> tuple[Any, np.ndarray | None]:

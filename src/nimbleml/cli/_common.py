@@ -35,6 +35,8 @@ _FLAGS = (
     "time_budget_s",
     "batch_size",
     "verify",
+    "id_column",
+    "chunk_rows",
 )
 _RENAME = {"time_budget_s": "time_budget", "verify": "verify_key"}
 _ARG = re.compile(r"\b([a-z_]+)=(\(X, y\)|'[^']*'|\"[^\"]*\"|True|None|[0-9.]+)?")

@@ -1,0 +1,111 @@
+"""Issue 22 for predict: a missing value is refused with its row and column (not written as
+blank outputs with exit 0), a same-size edit with the mtime set back is another job (not old
+parts mixed into the output), and Ctrl-C is one line, exit 130, and resumable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nimbleml
+from nimbleml.errors import ConfigError, DataError
+
+pytest.importorskip("pyarrow")
+
+
+@pytest.fixture
+def frame(digits):
+    _, Xte, _, _ = digits
+    out = pd.DataFrame(Xte, columns=[f"p{i}" for i in range(64)])
+    out.insert(0, "id", np.arange(len(out)))
+    return out
+
+
+def test_a_missing_value_is_refused_with_its_row_and_column(fp32_package, frame, tmp_path):
+    bad = frame.copy()
+    bad.loc[333, "p7"] = np.nan
+    bad.to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError, match=r"row 333, column 7 holds a missing value \(NaN\)"):
+        nimbleml.predict_file(fp32_package, tmp_path / "in.csv", out, chunk_rows=100,
+                              id_column="id")  # fmt: skip
+    assert not out.exists()  # no output with blanks in it
+    parts = out.with_name(out.name + ".parts")
+    assert len(list(parts.glob("part-*"))) == 3  # rows 0-299 kept for the fixed file's run
+
+
+def test_a_same_size_edit_with_the_mtime_set_back_is_another_job(fp32_package, frame, tmp_path):
+    data = tmp_path / "in.csv"
+    frame.to_csv(data, index=False)
+    out = tmp_path / "out.csv"
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, _total):
+        if done >= 300:
+            raise Stop
+
+    with pytest.raises(Stop):
+        nimbleml.predict_file(fp32_package, data, out, chunk_rows=100, id_column="id",
+                              progress=stop)  # fmt: skip
+    before = data.stat()
+    text = data.read_bytes()
+    at = text.index(b"\n", len(text) // 2) + 1  # a row in the second half: not done yet
+    row_end = text.index(b"\n", at)
+    row = text[at:row_end]
+    edited = row.replace(b"0.0", b"1.0", 1) if b"0.0" in row else row[::-1]
+    assert len(edited) == len(row) and edited != row
+    data.write_bytes(text[:at] + edited + text[row_end:])
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # the mtime set back
+    assert data.stat().st_size == before.st_size
+    with pytest.raises(ConfigError, match="unfinished run of another job"):
+        nimbleml.predict_file(fp32_package, data, out, chunk_rows=100, id_column="id")
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(fp32_package, frame, tmp_path):
+    big = pd.concat([frame] * 40, ignore_index=True)
+    big["id"] = np.arange(len(big))
+    big.to_csv(tmp_path / "in.csv", index=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "nimbleml.cli",
+        "predict",
+        str(fp32_package),
+        "--data",
+        "in.csv",
+        "--out",
+        "out.csv",
+        "--id-column",
+        "id",
+        "--chunk-rows",
+        "500",
+        "--batch-size",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    parts = tmp_path / "out.csv.parts"
+    deadline = time.monotonic() + 60
+    while not list(parts.glob("part-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "interrupted; run the same command to resume"
+    assert stdout.strip() == ""
+    done = len(list(parts.glob("part-*")))
+    assert done >= 1
+    again = subprocess.run([*cmd, "-q"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert f"{done} chunk(s) kept from an earlier run" in again.stdout
+    assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == big["id"].tolist()
