@@ -255,7 +255,7 @@ def first_missing(x: Any) -> tuple[int, str] | None:
         row, j = (int(v) for v in np.argwhere(mask)[0])
         if flat.shape[1] == 1 and name:
             label = f"column {name!r}"
-        elif name and len(columns) > 1 or name not in ("", "X"):
+        elif (name and len(columns) > 1) or name not in ("", "X"):
             label = f"column {j} of input {name!r}"
         else:
             label = f"column {j}"
