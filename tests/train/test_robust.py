@@ -228,3 +228,13 @@ def test_history_is_json_lines_of_the_whole_run(data, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert lines == res.history
     assert oct((tmp_path / "history.jsonl").stat().st_mode & 0o777) == "0o644"
+
+
+def test_the_emulated_precision_warning_only_when_measured_slower():
+    from nimbleml.train.precision import emulated_warning
+
+    assert emulated_warning("bf16-mixed", "no AVX512-BF16", 0.6) is None  # measured faster
+    assert emulated_warning("bf16-mixed", "no AVX512-BF16", 1.0) is None
+    text = emulated_warning("bf16-mixed", "no AVX512-BF16", 2.345)
+    assert text == ("bf16-mixed on this CPU is emulated (no AVX512-BF16): a training step "
+                    "measured 2.35x the time of fp32; precision='auto' would train in fp32")  # fmt: skip

@@ -1,0 +1,266 @@
+"""`nimbleml train` as a real process when things go wrong (issue 22): the user's error is
+one line with exit 2; a full disk is named; Ctrl-C is one line, exit 130, stops every
+process and the same command resumes; a rank killed by a signal is named, no process or
+/tmp/torchelastic_* folder is left; a kill during the best.pt copy leaves nothing behind
+that the next start does not mend."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nimbleml.cli import app
+
+from .test_robust import mounted
+
+MODELS = """
+import time
+import torch
+
+def build(hidden=32):
+    return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, 10))
+
+def bad(hidden=32):
+    raise RuntimeError("no weights file here")
+
+
+class Slow(torch.nn.Module):
+    # 5 ms a batch: epochs long enough to stop a run in the middle of
+    def __init__(self):
+        super().__init__()
+        self.net = build()
+
+    def forward(self, x):
+        time.sleep(0.005)
+        return self.net(x)
+
+
+def slow():
+    return Slow()
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    d = tmp_path_factory.mktemp("robust-cli")
+    np.savez(d / "train.npz", X=X[:600], y=y[:600])
+    np.savez(d / "val.npz", X=X[1400:], y=y[1400:])
+    np.savez(d / "f30.npz", X=X[:600, :30], y=y[:600])
+    (d / "robust_models.py").write_text(MODELS)
+    return d
+
+
+def one_error(output: str) -> str:
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in output, output
+    return errors[0]
+
+
+@pytest.mark.parametrize("model, data, words", [
+    ("robust_models:build", "f30.npz", "error: the model's forward pass on the first training "
+     "batch raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x30 and 64x32); "
+     "check that the data's feature count matches the model's input: the data has 30 features "
+     "per row, the model's first layer (0: Linear) takes 64"),
+    ("robust_models:bad", "train.npz", "error: the --model function 'robust_models:bad' raised "
+     "RuntimeError: no weights file here; check that it builds the model"),
+])  # fmt: skip
+def test_the_users_error_is_one_line_exit_2_not_a_bug(folder, monkeypatch, model, data, words):
+    monkeypatch.chdir(folder)
+    res = CliRunner().invoke(app, ["train", "--model", model, "--data", data, "--epochs", "1"])
+    assert res.exit_code == 2, res.output
+    assert one_error(res.output).startswith(words) and "a bug in nimbleml" not in res.output
+
+
+def test_a_full_disk_is_one_line_naming_it(folder, monkeypatch, tmp_path):
+    monkeypatch.chdir(folder)
+    with mounted(tmp_path / "small", "size=300k") as small:
+        res = CliRunner().invoke(app, ["train", "--config", str(_big(tmp_path)),
+                                       "--checkpoint-dir", str(small / "run")])  # fmt: skip
+        assert res.exit_code == 2, res.output
+        line = one_error(res.output)
+        assert line.startswith(f"error: the disk is full: writing {small / 'run' / 'epoch-0001.pt'}")
+
+
+def _big(tmp_path: Path) -> Path:
+    """A YAML for a model whose first checkpoint (about 300 KB of weights) fills 300 KB."""
+    path = tmp_path / "big.yaml"
+    path.write_text("model:\n  factory: robust_models:build\n  kwargs: {hidden: 1024}\n"
+                    "data:\n  train: train.npz\ntraining:\n  epochs: 1\n")  # fmt: skip
+    return path
+
+
+# ------------------------------------------------------------------- real processes, signals
+
+
+def start(folder: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "nimbleml.cli", "train", *args], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], seen: dict[int, psutil.Process]) -> None:
+    """Until ``path`` exists, noting every process of the run's tree as it goes."""
+    deadline = time.monotonic() + 180
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        _note(proc.pid, seen)
+        time.sleep(0.05)
+    _note(proc.pid, seen)
+
+
+def _note(pid: int, seen: dict[int, psutil.Process]) -> None:
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            seen.setdefault(child.pid, child)
+    except psutil.Error:
+        pass
+
+
+def torchelastic() -> set[str]:
+    return set(glob.glob(os.path.join("/tmp", "torchelastic_*")))
+
+
+def history(out: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(folder, tmp_path, nproc):
+    out = tmp_path / "run"
+    args = ["--model", "robust_models:slow", "--data", "train.npz", "--epochs", "6",
+            "--batch-size", "16", "--checkpoint-dir", str(out), "--device", "cpu",
+            "--nproc", str(nproc)]  # fmt: skip
+    before, seen = torchelastic(), {}
+    proc = start(folder, *args)
+    try:
+        wait_for(out / "epoch-0001.pt", proc, seen)
+        os.kill(proc.pid, signal.SIGINT)  # as Ctrl-C would
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if not line.startswith("epoch ")]
+    assert lines == ["interrupted; run the same command to resume"], err
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
+    done = history(out)[-1]
+    assert 1 <= done < 6
+    again = start(folder, *args)
+    _, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err
+    assert f"resuming from {out}/epoch-{done:04d}.pt (epoch {done} of 6 done)" in err
+    assert history(out) == [1, 2, 3, 4, 5, 6]
+    assert torchelastic() <= before  # torchrun's log folder was inside ours, and went with it
+
+
+def test_a_rank_killed_is_named_with_its_signal_and_nothing_is_left(folder, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", "robust_models:slow", "--data", "train.npz", "--epochs", "6",
+            "--batch-size", "16", "--checkpoint-dir", str(out), "--device", "cpu",
+            "--nproc", "2", "-q"]  # fmt: skip
+    before, seen = torchelastic(), {}
+    proc = start(folder, *args)
+    try:
+        wait_for(out / "epoch-0001.pt", proc, seen)
+        rank1 = next(p for p in seen.values() if _rank(p) == "1")
+        rank1.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    assert one_error(err) == (
+        f"error: rank 1 was killed by SIGKILL (pid {rank1.pid}); the other processes were "
+        f"stopped; running the same command resumes from the last checkpoint in {out}"
+    )
+    assert "Connection" not in err and "a bug in nimbleml" not in err
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
+    assert torchelastic() <= before
+    again = start(folder, *args)
+    _, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err
+    assert history(out) == [1, 2, 3, 4, 5, 6]
+
+
+def _rank(p: psutil.Process) -> str | None:
+    try:
+        if "nimbleml.train.launch" not in " ".join(p.cmdline()):
+            return None
+        return p.environ().get("RANK")
+    except psutil.Error:
+        return None
+
+
+KILLED_IN_BEST = textwrap.dedent("""
+    import os, signal, sys, numpy as np, torch, nimbleml
+    import nimbleml.train.checkpoint as ck
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True); X = (X / 16).astype(np.float32)
+    if os.environ.get("KILL_IN_BEST"):  # SIGKILL half-way through the second best.pt copy
+        original, seen = ck._atomic, []
+        def dying(write, path):
+            if path.name == "best.pt":
+                seen.append(path)
+                if len(seen) == 2:
+                    def half(fh):
+                        fh.write(b"PK half a checkpoint"); fh.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return original(half, path)
+            return original(write, path)
+        ck._atomic = dying
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    nimbleml.train(model, (X[:1200], y[:1200]), (X[1200:], y[1200:]), epochs=4, batch_size=64,
+                   lr=0.01, precision="fp32", checkpoint_dir=sys.argv[1], resume=True)
+""")
+
+
+def test_a_kill_during_the_best_copy_is_mended_on_the_next_start(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_IN_BEST)
+
+    def run(out: Path, kill: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KILL_IN_BEST": "1" if kill else ""}
+        return subprocess.run([sys.executable, str(script), str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    whole = run(tmp_path / "a")
+    assert whole.returncode == 0, whole.stderr
+    killed = run(tmp_path / "b", kill=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    b = tmp_path / "b"
+    assert [p.name for p in b.glob(".best.pt.*.tmp")]  # what the kill left: a temp file ...
+    left = history(b)
+    assert len(left) < int(sorted(b.glob("epoch-*.pt"))[-1].stem.split("-")[1])  # ... a line short
+    resumed = run(b)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(b.glob(".*.tmp"))
+
+    def lines(out: Path) -> list[dict]:
+        timing = ("samples_per_s", "seconds")
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (out / "history.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert lines(b) == lines(tmp_path / "a") and len(lines(b)) == 4
+    best = [torch.load(d / "best.pt", weights_only=False) for d in (tmp_path / "a", b)]
+    assert best[0]["epoch"] == best[1]["epoch"]
+    assert all(torch.equal(best[0]["model"][k], best[1]["model"][k]) for k in best[0]["model"])
