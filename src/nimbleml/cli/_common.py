@@ -42,7 +42,10 @@ _RENAME = {"time_budget_s": "time_budget", "verify": "verify_key"}
 _ARG = re.compile(r"\b([a-z_]+)=(\(X, y\)|'[^']*'|\"[^\"]*\"|True|None|[0-9.]+)?")
 
 
-_PHRASES = {"example_inputs=, calib= or val=": "--calib DATA or --val DATA"}
+_PHRASES = {
+    "example_inputs=, calib= or val=": "--calib DATA or --val DATA",
+    "trust_pickle=True (--trust-pickle)": "--trust-pickle",
+}
 
 
 def cli_words(message: str) -> str:

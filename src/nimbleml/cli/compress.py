@@ -43,7 +43,7 @@ def compress(
     runtime: str = typer.Option(
         "onnxruntime",
         help="what runs the package: onnxruntime, or openvino (with --quantize none, int8 or "
-        "int8-static; needs pip install 'nimbleml[openvino]')",
+        "int8-static; needs pip install 'nimbleml\\[openvino]')",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
 ) -> None:

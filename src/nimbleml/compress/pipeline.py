@@ -209,7 +209,8 @@ def _synthetic(model: Any, trust_pickle: bool) -> tuple[Any, str]:
 
         return synthetic_inputs(model)
     if isinstance(model, str | Path):
-        load_model(model, trust_pickle=trust_pickle)  # a missing or unreadable file first
+        # a missing, unreadable or corrupt file is named first: opening the model reads it
+        load_model(model, trust_pickle=trust_pickle).inputs  # noqa: B018
     raise ConfigError("pass example_inputs=, calib= or val= so nimbleml can run the model")
 
 

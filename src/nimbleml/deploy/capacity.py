@@ -87,6 +87,14 @@ def read_report(path: str | Path, names: list[str]) -> Capacity:
     chosen = [per_model[n] for n in names if n in per_model]
     if not chosen:
         whole = _figure(data)
+        if whole is None and isinstance(data, dict) and isinstance(data.get("results"), list):
+            benched = sorted({str(r.get("name")) for r in data["results"] if isinstance(r, dict)})
+            raise ConfigError(
+                f"--serve-report {path} is a `nimbleml bench` report (in-process latency of "
+                f"{', '.join(benched) or 'no model'}), not a serve report: give what "
+                "benchmarks/serve.py --json writes (requests/s measured over HTTP), or "
+                "--capacity-rps N"
+            )
         if whole is None:
             raise ConfigError(
                 f"--serve-report {path} holds no capacity for {', '.join(names)}: expected "
