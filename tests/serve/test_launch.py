@@ -51,6 +51,8 @@ def test_yaml_settings_with_flags_winning(tmp_path, digits_package):
         ("workers: 0\n", "workers must be a positive integer"),
         ("threads: 0\n", "threads must be a positive integer"),
         ("threads: two\n", "threads must be an integer, got 'two'"),
+        ("reload-timeout-s: soon\n", "reload_timeout_s must be a number, got 'soon'"),
+        ("reload-timeout-s: 0\n", "reload_timeout_s must be > 0"),
     ],
 )
 def test_bad_yaml_is_refused_naming_the_setting(tmp_path, digits_package, text, message):

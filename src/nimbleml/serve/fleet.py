@@ -79,12 +79,24 @@ def alive(pid: int, started: float | None) -> bool:
     return now is not None and started is not None and abs(now - started) < 0.5
 
 
+def _pid_namespace() -> str | None:
+    """Processes in another pid namespace (another container sharing /tmp) cannot be seen
+    from here: their folders are not ours to judge."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def sweep_stale(root: Path | None = None) -> list[Path]:
     """Remove the run folders of servers that are gone (killed with -9: nothing removed
     them); what they hold is never read."""
     removed = []
+    here = _pid_namespace()
     for folder in Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*"):
         owner = _read_json(folder / "owner.json")
+        if owner is not None and owner.get("pidns") != here:
+            continue
         if owner is None:
             try:
                 fresh = time.time() - folder.stat().st_mtime < UNOWNED_GRACE_S
@@ -105,7 +117,8 @@ def make_run_dir() -> Path:
     folder = Path(tempfile.mkdtemp(prefix=PREFIX))
     (folder / "workers").mkdir()
     _write_json(folder / STATE, {"generation": 0, "models": {}})
-    _write_json(folder / "owner.json", {"pid": os.getpid(), "started": started_at(os.getpid())})
+    _write_json(folder / "owner.json", {"pid": os.getpid(), "started": started_at(os.getpid()),
+                                        "pidns": _pid_namespace()})  # fmt: skip
     return folder
 
 
@@ -118,7 +131,9 @@ class Member:
         self.started = started_at(self.pid)
         self.generation = -1  # the state this worker applied; -1: none yet
         self.lock = asyncio.Lock()  # one reload at a time in this worker (route or follower)
-        owner = _read_json(self.dir / "owner.json") or {}
+        owner = _read_json(self.dir / "owner.json")
+        if owner is None:  # the folder was removed under us: the supervisor is the parent
+            owner = {"pid": os.getppid(), "started": started_at(os.getppid())}
         self.owner = (int(owner.get("pid", 0)), owner.get("started"))
 
     # -- the desired state ------------------------------------------------------------------
@@ -168,6 +183,7 @@ class Member:
     # -- acknowledgements -------------------------------------------------------------------
     def ack(self, generation: int, serving: dict[str, str], refused: dict[str, str]) -> None:
         self.generation = max(self.generation, generation)
+        (self.dir / "workers").mkdir(parents=True, exist_ok=True)
         _write_json(self.dir / "workers" / f"{self.pid}.json",
                     {"pid": self.pid, "started": self.started, "generation": generation,
                      "serving": serving, "refused": refused})  # fmt: skip

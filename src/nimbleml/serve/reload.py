@@ -266,7 +266,10 @@ async def reloading(server: Server, watch_folders: bool) -> AsyncIterator[None]:
     tasks = []
     member = server.fleet
     if member is not None:
-        await apply_state(server, member)
+        try:  # before the first request: a worker restarted after a crash serves the loads
+            await apply_state(server, member)
+        except Exception:  # the run folder is unusable: serve, and keep trying
+            log.exception("applying the server's model state failed")
         tasks.append(loop.create_task(follow(server, member, stop)))
     if watch_folders:
         tasks.append(loop.create_task(watch(server, stop)))
