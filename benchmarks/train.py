@@ -450,7 +450,7 @@ def summary(results: dict[str, Any]) -> list[list[object]]:
     if "accum" in results:
         a = results["accum"]
         rows.append(["accumulation 16x4 vs batch 64 (max |param diff|)", "", "",
-                      f"{a['max_diff_16x4_vs_64']:.1e}", "<= 1e-6"])  # fmt: skip
+                      f"{a['max_diff_16x4_vs_64']:.1e}", "<= 5e-6"])  # fmt: skip
         rows.append(["  for scale: batch 16 vs 64, no accumulation", "", "",
                      f"{a['max_diff_16_vs_64']:.1e}", "report"])  # fmt: skip
     for kind, c in results.get("checkpointing", {}).items():
