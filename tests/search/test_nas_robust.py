@@ -43,11 +43,9 @@ def errors(res) -> list[str]:
 def test_missing_values_are_refused_before_any_candidate(here):
     res = nas("--data", "holes.npz", "--val", "val.npz", "-o", "front")
     assert res.exit_code == 2, res.output
-    assert errors(res) == [
-        "error: --data holes.npz: row 17, column 9 holds a missing value (NaN); fill or drop "
-        "those rows first, or put an imputer in the model (a package verified on missing "
-        "values accepts them)"
-    ]
+    assert len(errors(res)) == 1 and errors(res)[0].startswith(
+        "error: --data holes.npz: row 17, column 9 holds a missing value (NaN); fill or drop"
+    ), res.output
     assert not (here / "front").exists()
     data = np.load(here / "holes.npz")
     val = np.load(here / "val.npz")
