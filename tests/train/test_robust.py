@@ -73,7 +73,7 @@ def test_the_users_loss_dataset_and_callback_are_named(data):
 
     loader = torch.utils.data.DataLoader(Flaky(), batch_size=32)  # in order: 100 is in batch 4
     with pytest.raises(UserCodeError, match=r"^reading training batch 4 of epoch 1 from the "
-                       r"training data raised KeyError: 'no sample 100'; check the Dataset"):  # fmt: skip
+                       r"data raised KeyError: 'no sample 100'; check the Dataset"):  # fmt: skip
         nimbleml.train(mlp(), loader, **FAST)
 
     def on_epoch(event, info):

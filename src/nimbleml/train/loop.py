@@ -28,6 +28,7 @@ from .losses import _primary, resolve_loss
 from .precision import Precision, decide, warn_if_slower
 from .result import TrainReport, TrainResult
 from .state import State, restore, state_dict
+from .usercode import BACKWARD, CALLBACK, DATA, FORWARD, LOSS, OPTIMIZER, STEP
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: fp32 steps enter no autocast
 _DATA_CHECK = "the Dataset's __getitem__ / __len__ and the DataLoader's collate_fn"
@@ -263,7 +264,7 @@ class Trainer:
         scaled = scaler.is_enabled()
         started = time.perf_counter()
         fetched = [0]  # micro-batches read this epoch
-        stage, callback, group, i = uc.DATA, None, [], 0
+        stage, callback, group, i = DATA, None, [], 0
         try:
             for group in groups(train.epoch(epoch), cfg.grad_accum, fetched):
                 step_started = time.perf_counter()
@@ -272,9 +273,9 @@ class Trainer:
                 for i, b in enumerate(group):
                     with dist.no_sync(net, final=i == len(group) - 1):
                         with precision.autocast() if mixed else _NO_CONTEXT:
-                            stage = uc.FORWARD
+                            stage = FORWARD
                             out = call(net, _to(b.inputs, device))
-                            stage = uc.LOSS
+                            stage = LOSS
                             loss = loss_fn(out, _to(b.target, device))  # the micro-batch's mean
                         value = loss.item()
                         if not dist.all_finite(value):
@@ -290,9 +291,9 @@ class Trainer:
                         weight = b.n * dist.world / total
                         if weight != 1.0:
                             loss = loss * weight
-                        stage = uc.BACKWARD
+                        stage = BACKWARD
                         (scaler.scale(loss) if scaled else loss).backward()
-                stage = uc.STEP
+                stage = STEP
                 if not finite:
                     optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -304,7 +305,7 @@ class Trainer:
                             f"(epoch {epoch + 1}, step {state.step + 1}) on finite data; lower lr "
                             f"(now {cfg.lr:g}), set grad_clip=1.0, or train in precision='fp32'"
                         )
-                    stage = uc.DATA
+                    stage = DATA
                     continue
                 state.nonfinite = 0
                 if cfg.grad_clip is not None or cfg.grad_clip_value is not None:
@@ -321,7 +322,7 @@ class Trainer:
                     scaler.step(optimizer)
                     scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                stage = uc.DATA
+                stage = DATA
                 if scale is not None and scaler.get_scale() < scale:
                     skipped += 1  # the scaler found inf gradients and skipped the step: the
                     continue  # schedule does not advance for it, and it is not counted
@@ -329,18 +330,18 @@ class Trainer:
                     scheduler.step()  # only after a step the optimizer really took
                 state.step += 1
                 state.step_times.append(time.perf_counter() - step_started)
-                stage = uc.CALLBACK
+                stage = CALLBACK
                 for callback in cfg.callbacks:
                     callback("step_end", {"epoch": epoch + 1, "step": state.step,
                                           "loss": loss_total / max(samples, 1), "samples": samples,
                                           "lr": optimizer.param_groups[0]["lr"]})  # fmt: skip
-                stage = uc.DATA
+                stage = DATA
         except Exception as exc:
-            if stage == uc.STEP and not isinstance(cfg.optimizer, str):
-                stage = uc.OPTIMIZER  # the user's own optimizer
-            if stage == uc.CALLBACK:
+            if stage == STEP and not isinstance(cfg.optimizer, str):
+                stage = OPTIMIZER  # the user's own optimizer
+            if stage == CALLBACK:
                 where = f"at step_end, step {state.step} of epoch {epoch + 1}"
-            elif stage == uc.DATA:  # reading the next batch
+            elif stage == DATA:  # reading the next batch
                 where = uc.batch_name(epoch, fetched[0])
             else:  # micro-batch i of the group in hand
                 where = uc.batch_name(epoch, fetched[0] - len(group) + i)
@@ -368,13 +369,13 @@ class Trainer:
 
         model.eval()
         outs, ys, loss_total, n = [], [], 0.0, 0
-        stage, k = uc.DATA, 0
+        stage, k = DATA, 0
         try:
             with torch.no_grad(), precision.autocast():
                 for k, b in enumerate(val.epoch(0)):
-                    stage = uc.FORWARD
+                    stage = FORWARD
                     out = call(model, _to(b.inputs, device))
-                    stage = uc.LOSS
+                    stage = LOSS
                     value = float(loss_fn(out, _to(b.target, device)))
                     if not math.isfinite(value):  # a missing value is refused, not averaged
                         refuse_missing_in(b, uc.batch_name(0, k, validation=True))
@@ -382,7 +383,7 @@ class Trainer:
                     n += b.n
                     outs.append(_primary(out).float().cpu().numpy())
                     ys.append(b.target.cpu().numpy())
-                    stage = uc.DATA
+                    stage = DATA
         except Exception as exc:
             error = uc.translate(stage, exc, uc.batch_name(0, k, validation=True),
                                  user_loss=callable(self.config.loss))  # fmt: skip
@@ -431,7 +432,7 @@ class Trainer:
                     said = "stop"
             except Exception as exc:
                 where = f"at {event}" + (f" of epoch {info['epoch']}" if "epoch" in info else "")
-                error = uc.translate(uc.CALLBACK, exc, where, callback=callback)
+                error = uc.translate(CALLBACK, exc, where, callback=callback)
                 if error is exc:
                     raise
                 raise error from exc

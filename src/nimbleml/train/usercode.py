@@ -69,7 +69,7 @@ def translate(stage: str, exc: Exception, where: str, *, user_loss: bool = False
 
 
 _STAGES = {
-    DATA: ("reading {where} from the training data",
+    DATA: ("reading {where} from the data",
            "the Dataset's __getitem__ / __len__ and the DataLoader's collate_fn"),
     FORWARD: ("the model's forward pass on {where}",
               "that the batch's inputs fit the model (shapes, dtypes, device)"),
