@@ -96,7 +96,22 @@ def test_a_full_disk_is_one_line_naming_it(folder, monkeypatch, tmp_path):
                                        "--checkpoint-dir", str(small / "run")])  # fmt: skip
         assert res.exit_code == 2, res.output
         line = one_error(res.output)
-        assert line.startswith(f"error: the disk is full: writing {small / 'run' / 'epoch-0001.pt'}")
+        assert line.startswith(
+            f"error: the disk is full: writing {small / 'run' / 'epoch-0001.pt'}"
+        )
+
+
+def test_a_read_only_checkpoint_folder_is_one_line_before_training(folder, monkeypatch, tmp_path):
+    monkeypatch.chdir(folder)
+    ro = tmp_path / "ro"
+    with mounted(ro, "ro,size=4m"):
+        res = CliRunner().invoke(app, ["train", "--model", "robust_models:build", "--data",
+                                       "train.npz", "--checkpoint-dir", str(ro / "run")])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert one_error(res.output) == (
+        f"error: cannot write {ro / 'run'}: {ro} is not writable (Read-only file system)"
+    )
+    assert "epoch 1/" not in res.output  # said before any training
 
 
 def _big(tmp_path: Path) -> Path:
