@@ -147,14 +147,17 @@ def test_a_worker_that_refuses_a_load_brings_every_worker_back(tmp_path, repo, d
     model_file = new / nimbleml.load(new).manifest["model"]["path"]
     with start(repo, tmp_path / "w.log") as s:
         _, b = wait_for_workers(s, 2)
+        began = time.monotonic()
         with stopped(b):
             load = Load(s.url, new)
             wait_until(lambda: serves(s.url, version_of(new)), "worker A to serve it")
             model_file.write_bytes(model_file.read_bytes() + b"changed")
+        held = time.monotonic() - began  # over 5 s, uvicorn replaces the worker
         load.join(60)
         r = load.response
-        assert r is not None and r.status_code == 409, (r and r.text, load.error)
+        assert r is not None and r.status_code == 409, (r and r.text, load.error, held, s.log())
         error = r.json()["error"]
+        assert b.is_running(), (held, s.log())
         assert f"refused by worker(s) {b.pid}" in error and "was altered" in error, error
         assert f"every worker serves version {version_of(old)} again" in error, error
         assert versions_seen(s.url, digits[1][:1], [old]) == {version_of(old)}

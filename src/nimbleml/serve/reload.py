@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,16 +218,19 @@ async def apply_state(server: Server, member: Member) -> None:
 
 
 async def follow(server: Server, member: Member, stop: asyncio.Event) -> None:
-    """Apply the state each time the file is replaced: one stat() every POLL_S."""
+    """Apply the state each time the file is replaced: one stat() every POLL_S. File times
+    tick with the kernel's clock (a few ms) and a freed inode number is reused, so two
+    writes in one tick may look alike: the file is also read once a second whatever its
+    stamp says."""
     from .fleet import POLL_S
 
-    seen = member.stamp()
+    seen, last = member.stamp(), time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), POLL_S)
         stamp = member.stamp()
-        if stamp != seen and not stop.is_set():
-            seen = stamp
+        if (stamp != seen or time.monotonic() - last > 1.0) and not stop.is_set():
+            seen, last = stamp, time.monotonic()
             try:
                 await apply_state(server, member)
             except Exception:  # keep following: the next change retries
