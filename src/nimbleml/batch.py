@@ -5,8 +5,11 @@ record batches, ``.npy`` memory-mapped), so memory stays bounded whatever the fi
 each chunk runs through the package in batches of ``batch_size`` and its outputs, with the
 rows' ids, are written as one part file, atomically, in ``<out>.parts/``. A run that stops
 (a crash, Ctrl-C, a bad row) keeps its finished parts: the next run of the same job (the same
-input file, package and chunk size, recorded in ``job.json``) skips them. When every chunk is
-done the parts are joined into ``out`` and the folder is removed.
+input file, package and chunk size, recorded in ``job.json``) skips them. A part counts as
+finished only as ``done.jsonl`` records it (its size and sha256, appended once the part is
+in place): a part cut short (a disk that lost a file's tail) or one a kill left unrecorded is
+done again, never joined into the output. When every chunk is done the parts are joined into
+``out`` and the folder is removed.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ def _run(reader: Iterator[tuple[int, int, Any]], pkg: Any, parts: Path, out: Pat
         else:
             table = _predict_chunk(pkg, frame, offset, batch_size, id_column, data)
             _write_atomic(table, part)
+            _record(parts, part)
         rows, chunks = rows + n, chunks + 1
         if progress is not None:
             progress(rows, total)
@@ -157,9 +161,41 @@ def content_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+DONE = "done.jsonl"  # a line per finished part: {"part": name, "bytes": size, "sha256": ...}
+
+
 def _finished(parts: Path) -> set[int]:
-    """The chunk indices whose part files are complete."""
-    return {int(p.name[5:11]) for p in parts.glob("part-*") if not p.name.endswith(".tmp")}
+    """The chunk indices whose part files are complete: recorded in done.jsonl and still of
+    the recorded size and content (a record a kill cut short is not one)."""
+    try:
+        lines = (parts / DONE).read_text().splitlines()
+    except OSError:
+        return set()
+    done = set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+            path = parts / record["part"]
+            if path.stat().st_size == record["bytes"] and _sha256(path) == record["sha256"]:
+                done.add(int(record["part"][5:11]))
+        except (ValueError, KeyError, TypeError, OSError):
+            continue
+    return done
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record(parts: Path, part: Path) -> None:
+    """``part`` as finished, once it is in place (flushed to the disk first)."""
+    line = json.dumps({"part": part.name, "bytes": part.stat().st_size, "sha256": _sha256(part)})
+    with open(parts / DONE, "a") as fh:
+        fh.write(line + "\n")
 
 
 def _open_parts(parts: Path, job: dict[str, Any], resume: bool) -> None:
@@ -364,6 +400,8 @@ def _write_atomic(columns: dict[str, np.ndarray], path: Path) -> None:
             writer.write_table(table)
     else:
         require("pandas", "batch prediction").DataFrame(columns).to_csv(tmp, index=False)
+    with open(tmp, "rb+") as fh:  # on the disk before the rename, or a crash can cut it short
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
