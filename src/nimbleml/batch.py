@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, storage_error
 from .inputs import refuse_missing
 from .verify import verified_on_missing
 
@@ -111,8 +111,9 @@ def _run(reader: Iterator[tuple[int, int, Any]], pkg: Any, parts: Path, out: Pat
             resumed += 1
         else:
             table = _predict_chunk(pkg, frame, offset, batch_size, id_column, data)
-            _write_atomic(table, part)
-            _record(parts, part)
+            with _writing(part):
+                _write_atomic(table, part)
+                _record(parts, part)
         rows, chunks = rows + n, chunks + 1
         if progress is not None:
             progress(rows, total)
@@ -200,7 +201,8 @@ def _record(parts: Path, part: Path) -> None:
 
 def _open_parts(parts: Path, job: dict[str, Any], resume: bool) -> None:
     """The parts folder of this job: kept from an unfinished run of the same job, refused
-    (or, with resume=False, emptied) when another job left it."""
+    (or, with resume=False, emptied) when another job left it. A folder this run would make
+    on a disk that cannot take it is not left behind."""
     meta = parts / "job.json"
     if parts.exists():
         try:
@@ -212,10 +214,28 @@ def _open_parts(parts: Path, job: dict[str, Any], resume: bool) -> None:
                 f"{parts} holds an unfinished run of another job (another input, package or "
                 "chunk size); remove it, or pass resume=False (--restart) to start over"
             )
-        if not same or not resume:
-            shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(job))
+        if same and resume:
+            return
+        shutil.rmtree(parts)
+    try:
+        with _writing(meta):
+            parts.mkdir(parents=True)
+            tmp = meta.with_name(meta.name + ".tmp")
+            tmp.write_text(json.dumps(job))
+            os.replace(tmp, meta)
+    except BaseException:
+        shutil.rmtree(parts, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A write that fails for the disk's sake (full, read-only, not permitted) raised as the
+    StorageError naming ``path`` and its folder (an OSError of a write names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
 
 
 def _row_count(data: Path) -> int | None:
@@ -393,22 +413,36 @@ def _part_suffix(out: Path) -> str:
 
 def _write_atomic(columns: dict[str, np.ndarray], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".arrow":
-        pa = require("pyarrow", "Parquet files")
-        table = pa.table(columns)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-    else:
-        require("pandas", "batch prediction").DataFrame(columns).to_csv(tmp, index=False)
-    with open(tmp, "rb+") as fh:  # on the disk before the rename, or a crash can cut it short
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        if path.suffix == ".arrow":
+            pa = require("pyarrow", "Parquet files")
+            table = pa.table(columns)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+        else:
+            require("pandas", "batch prediction").DataFrame(columns).to_csv(tmp, index=False)
+        with open(tmp, "rb+") as fh:  # on the disk before the rename, or a crash cuts it short
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _join(parts: Path, out: Path, chunks: int) -> None:
     """The parts, in order, into ``out`` (written aside, then moved into place)."""
     files = [parts / f"part-{i:06d}{_part_suffix(out)}" for i in range(chunks)]
     tmp = out.with_name(out.name + ".tmp")
+    try:
+        with _writing(out):
+            _join_into(tmp, files, out)
+            os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the parts stay: the next run joins them again
+        raise
+
+
+def _join_into(tmp: Path, files: list[Path], out: Path) -> None:
     if out.suffix == ".parquet":
         pa = require("pyarrow", "Parquet files")
         pq = require("pyarrow.parquet", "Parquet files")
@@ -434,4 +468,3 @@ def _join(parts: Path, out: Path, chunks: int) -> None:
                     if i:
                         src.readline()  # the header once
                     shutil.copyfileobj(src, dst)
-    os.replace(tmp, out)

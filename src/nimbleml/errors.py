@@ -144,7 +144,7 @@ def storage_error(path: object, exc: BaseException) -> StorageError:
     import os
     import shutil
 
-    where = os.fspath(path) if path else "the output"  # type: ignore[arg-type]
+    where = os.fspath(path) if path else "the output"  # type: ignore[call-overload]
     folder = os.path.dirname(os.path.abspath(where)) if path else os.getcwd()
     while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
         folder = os.path.dirname(folder)
@@ -153,16 +153,18 @@ def storage_error(path: object, exc: BaseException) -> StorageError:
     except OSError:  # pragma: no cover - the folder vanished
         free = -1
     code = getattr(exc, "errno", None)
+    # read-only / not permitted first: a read-only mount (squashfs, a small tmpfs) shows
+    # little or nothing free, and is not full
+    if code == errno.EROFS and not is_storage_full(exc):
+        return StorageError(f"cannot write {where}: {folder} is on a read-only file system")
+    if code in (errno.EACCES, errno.EPERM) and not is_storage_full(exc):
+        return StorageError(f"cannot write {where}: permission denied in {folder}")
     if is_storage_full(exc) or 0 <= free < 1 << 20:
         left = f"{free / 2**20:.1f} MiB free" if free >= 0 else "no space"
         return StorageError(
             f"the disk is full: writing {where} failed ({left} in {folder}); free space there "
             "or point the output at another disk, then run the same command to resume"
         )
-    if code == errno.EROFS:
-        return StorageError(f"cannot write {where}: {folder} is on a read-only file system")
-    if code in (errno.EACCES, errno.EPERM):
-        return StorageError(f"cannot write {where}: permission denied in {folder}")
     return StorageError(f"writing {where} failed: {type(exc).__name__}: {_first_line(exc)}")
 
 

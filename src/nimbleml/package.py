@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import weakref
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ModelLoadError, PackageError, warn
+from .errors import ConfigError, ModelLoadError, PackageError, storage_error, warn
 from .inputs import Feeds, TensorSpec
 from .models.base import Model
 
@@ -243,17 +244,25 @@ class Package:
         return int(self.manifest["model"].get("num_parameters") or self.model.num_parameters())
 
     def save(self, path: str | Path) -> Path:
-        """Copy the package to ``path`` (a folder, conventionally ending in .nimble)."""
+        """Copy the package to ``path`` (a folder, conventionally ending in .nimble): into a
+        folder beside it first, renamed into place once whole, so a full or read-only disk
+        (a StorageError naming ``path``) leaves no half-copied package, nor a temp folder,
+        and an older package there stays as it was."""
         target = Path(path)
         if target.resolve() == self.directory.resolve():
             return target
-        if target.exists():
-            if not (target / MANIFEST).is_file():
-                raise PackageError(
-                    f"{target} exists and is not a .nimble package; choose a new path"
-                )
-            shutil.rmtree(target)
-        shutil.copytree(self.directory, target)
+        if target.exists() and not (target / MANIFEST).is_file():
+            raise PackageError(f"{target} exists and is not a .nimble package; choose a new path")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.directory, tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        except (OSError, shutil.Error) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise storage_error(target, exc) from exc  # copytree's shutil.Error says 'No space'
         self.directory = target
         if self._tmp is not None:  # an unsaved package's temporary folder is no longer needed
             self._tmp()

@@ -200,6 +200,38 @@ def one_error(stderr: str) -> str:
     return errors[0]
 
 
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory) -> tuple[Path, Path]:
+    """Two versions of a logistic regression on digits as packages (other weights, the same
+    inputs and outputs), created in different seconds (a version is the package's
+    created_at); a few seconds to make, unlike a trained MLP."""
+    import json
+    import warnings
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    import nimbleml
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    folder = tmp_path_factory.mktemp("packages")
+    out: list[Path] = []
+    for name, c in (("old", 1.0), ("new", 0.01)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = LogisticRegression(C=c, max_iter=100).fit(X, y)
+        if out:  # a later second than the first
+            first = json.loads((out[0] / "manifest.json").read_text())["created_at"]
+            while time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()) <= first:
+                time.sleep(0.05)
+        pkg = nimbleml.compress(model, quantize=None, val=(X[:100], y[:100]),
+                                benchmark_time_s=0.01)  # fmt: skip
+        out.append(Path(pkg.save(folder / f"{name}.nimble")))
+    return out[0], out[1]
+
+
 # -- disks -----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def tmpfs(folder: Path, options: str) -> Iterator[Path]:

@@ -20,28 +20,17 @@ CHUNK = 400
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> tuple[Path, Path]:
-    """A logistic regression on digits as a package, and 7,190 rows to predict (digits five
-    times over, with an id column)."""
-    import warnings
-
+def inputs(tmp_path_factory, packages) -> tuple[Path, Path]:
+    """A package, and 7,188 rows to predict (digits four times over, with an id column)."""
     from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
 
-    import nimbleml
-
-    X, y = load_digits(return_X_y=True)
+    X, _ = load_digits(return_X_y=True)
     X = (X / 16).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = LogisticRegression(max_iter=200).fit(X, y)
     folder = tmp_path_factory.mktemp("predict-inputs")
-    pkg = nimbleml.compress(model, quantize=None, val=(X[:200], y[:200]), benchmark_time_s=0.01)
-    pkg.save(folder / "m.nimble")
     rows = pd.DataFrame(np.concatenate([X] * 4), columns=[f"p{i}" for i in range(64)])
     rows.insert(0, "id", np.arange(len(rows)) * 3 + 1)
     rows.to_csv(folder / "in.csv", index=False)
-    return folder / "m.nimble", folder / "in.csv"
+    return packages[0], folder / "in.csv"
 
 
 def args(inputs: tuple[Path, Path], out: str = "out.csv") -> list[str]:

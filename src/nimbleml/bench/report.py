@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import storage_error
 from .machine import machine_info
 from .stats import LatencyStats
 
@@ -92,7 +94,7 @@ class BenchmarkReport:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text)
+            write_whole(Path(path), text)
         return text
 
     def table(self) -> str:
@@ -136,3 +138,15 @@ class BenchmarkReport:
         if plots:
             written += self.plot(out)
         return written
+
+
+def write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (written beside it, then renamed): a full or
+    read-only disk is a StorageError naming ``path``, and no partial file is left."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(path, exc) from exc

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import require
-from ..errors import ConfigError
+from ..errors import ConfigError, storage_error
 from .plan import Plan
 
 
@@ -54,22 +54,33 @@ def check_output(out: Path, force: bool) -> None:
 def write(out: Path, files: dict[str, str], plan: Plan, copy_packages: bool) -> list[Path]:
     """Write ``files`` (relative path -> text) under ``out``, and the packages into
     ``out/models/NAME.nimble`` (replacing an older copy). Returns the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for relative, text in files.items():
-        path = out / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        written.append(path)
-    if copy_packages:
-        for p in plan.packages:
-            target = out / "models" / f"{p.name}.nimble"
-            if target.resolve() == p.path.resolve():
+    made = not out.exists()
+    written: list[Path] = []
+    path = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for relative, text in files.items():
+            path = out / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:
+                tmp.write_text(text)
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            written.append(path)
+        for p in plan.packages if copy_packages else []:
+            path = out / "models" / f"{p.name}.nimble"
+            if path.resolve() == p.path.resolve():
                 continue
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(p.path, target)
-            written.append(target)
+            if path.exists():
+                shutil.rmtree(path)
+            shutil.copytree(p.path, path)
+            written.append(path)
+    except OSError as exc:  # a full or read-only disk: named, and a folder it made removed
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        elif path.suffix == ".nimble":
+            shutil.rmtree(path, ignore_errors=True)  # no half-copied package
+        raise storage_error(path, exc) from exc
     return written

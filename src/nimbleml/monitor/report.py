@@ -10,6 +10,7 @@ the four years matplotlib gives a single date, which left such charts blank.
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.plots import new_figure
-from ..errors import ConfigError
+from ..errors import ConfigError, storage_error
 from .core import MIN_SAMPLES, same_label
 from .sketch import LogSketch
 from .store import Store, open_store, sqlite_path
@@ -279,13 +280,25 @@ def write_report(store_url: str, out_dir: str | Path) -> list[Path]:
     finally:
         store.close()
     out = Path(out_dir)  # created only once there is something to write into it
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, fig in _build(windows, accuracy, resources).items():
-        fig.savefig(out / name, dpi=100)
-        written.append(out / name)
-    (out / "insights.txt").write_text(text)
-    written.append(out / "insights.txt")
+    made = not out.exists()
+    written: list[Path] = []
+    path = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in _build(windows, accuracy, resources).items():
+            path = out / name
+            fig.savefig(path, dpi=100)
+            written.append(path)
+        path = out / "insights.txt"
+        path.write_text(text)
+        written.append(path)
+    except OSError as exc:  # a full or read-only disk: no half-written chart left behind
+        for done in [*written, path]:
+            if done != out:
+                done.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise storage_error(path, exc) from exc
     return written
 
 
