@@ -87,7 +87,8 @@ def test_frame_pipeline_package_takes_dataframes_and_dicts(data, tmp_path):
     ]  # the id column is not read, so it is not an input
     cases = [c["case"] for c in m["conversion"]["cases"]]
     assert cases == ["batch=1", "batch=16", "unseen categories", "missing strings",
-                     "every validation row (80)", "missing numbers"]  # fmt: skip
+                     "every validation row (80)", "missing numbers",
+                     "missing value in each column"]  # fmt: skip
     assert np.array_equal(pkg.predict(val), pipe.predict(val))
     assert np.abs(pkg.run(val)["probabilities"] - pipe.predict_proba(val)).max() < 1e-5
     as_dict = {k: val[k].tolist() for k in ("age", "monthly fee", "city", "plan")}

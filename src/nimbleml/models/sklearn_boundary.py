@@ -50,6 +50,26 @@ def tree_thresholds(final: Any) -> dict[int, np.ndarray]:
     return {f: np.array(sorted(ts)) for f, ts in found.items()}
 
 
+def missing_value_splits(estimator: Any) -> bool:
+    """Whether a scikit-learn tree in ``estimator`` splits on missing values alone (threshold
+    inf: every number one way, NaN the other), which skl2onnx's tree converters do not write
+    (and its double-precision threshold search never returns from)."""
+    from .sklearn_converters import _estimators
+
+    for part in _estimators(estimator):
+        trees = (
+            [part] if hasattr(part, "tree_") else list(np.ravel(getattr(part, "estimators_", [])))
+        )
+        for tree in trees:
+            inner = getattr(tree, "tree_", None)
+            if (
+                inner is not None
+                and not np.isfinite(inner.threshold[inner.children_left >= 0]).all()
+            ):
+                return True
+    return False
+
+
 def boundary_cases(model: Any, feeds: Feeds) -> list[tuple[str, Feeds]]:
     """("tree thresholds", rows), and the missing-value cases (a missing value in each
     numeric column the original accepts one in; all missing at once): [] for no tree model."""
@@ -58,10 +78,13 @@ def boundary_cases(model: Any, feeds: Feeds) -> list[tuple[str, Feeds]]:
     est = model.estimator
     final = final_estimator(est)
     thresholds = tree_thresholds(final)
-    if not thresholds or batch_size(feeds) == 0:
+    if batch_size(feeds) == 0:
         return []
-    prefix = est[:-1] if hasattr(est, "steps") and len(est.steps) > 1 else None
     columns = _numeric_columns(model, feeds)
+    missing = _missing_cases(model, rows(feeds, min(4, batch_size(feeds))), columns)
+    if not thresholds:
+        return missing
+    prefix = est[:-1] if hasattr(est, "steps") and len(est.steps) > 1 else None
     base = rows(feeds, 1)
     found: list[Feeds] = []
     for key, col in columns:
@@ -84,7 +107,7 @@ def boundary_cases(model: Any, feeds: Feeds) -> list[tuple[str, Feeds]]:
             keep = np.linspace(0, n - 1, MAX_ROWS).astype(int)
             merged = {k: v[keep] for k, v in merged.items()}
         cases.append(("tree thresholds", merged))
-    return cases + _missing_cases(model, rows(feeds, min(4, batch_size(feeds))), columns)
+    return cases + missing
 
 
 def _numeric_columns(model: Any, feeds: Feeds) -> list[tuple[str, int | None]]:

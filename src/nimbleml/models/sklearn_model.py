@@ -216,6 +216,14 @@ class SklearnModel(Model):
             )
             restore_input_names(onx, [name for name, _ in self.layout.columns])
             return onx
+        if precision == "double":
+            from .sklearn_boundary import missing_value_splits
+
+            if missing_value_splits(self.estimator):
+                raise ConversionError(
+                    "a tree splits on missing values alone (fitted on data with NaN), which "
+                    "skl2onnx cannot write in double precision"
+                )
         dtype = np.float32 if precision == "float" else np.float64
         return to_onnx(self.estimator, example["X"][:1].astype(dtype), options=options)
 
