@@ -103,3 +103,25 @@ def test_no_package_when_a_verified_row_disagrees_on_its_label(monkeypatch):
     with pytest.raises(ConversionError, match="could not be converted") as info:
         nimbleml.compress(pipe, quantize=None, val=(df, y), **FAST)
     assert "tree thresholds" in str(info.value) or "every validation row" in str(info.value)
+
+
+def test_a_forest_fitted_on_nan_is_refused_not_hung_and_ships_refusing_nan():
+    """A forest splitting on NaN alone (threshold inf) cannot be written exactly: with NaN in
+    the validation rows compress says so (skl2onnx's double threshold search used to spin
+    forever on the inf); without, it ships and refuses missing values, saying why."""
+    from sklearn.datasets import load_breast_cancer
+
+    from nimbleml.models.sklearn_boundary import missing_value_splits
+    from nimbleml.verify import verified_on_missing
+
+    X, y = load_breast_cancer(return_X_y=True)
+    holes = X.copy()
+    holes[np.random.default_rng(0).random(X.shape) < 0.02] = np.nan
+    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(holes, y)
+    assert missing_value_splits(forest)
+    with pytest.raises(ConversionError, match="splits on missing values alone"):
+        nimbleml.compress(forest, quantize=None, val=(holes, y), **FAST)
+    pkg = nimbleml.compress(forest, quantize=None, val=(X, y), **FAST)
+    assert not verified_on_missing(pkg.manifest)
+    assert pkg.manifest["conversion"]["missing_values"].startswith("refused: ")
+    np.testing.assert_array_equal(pkg.predict(X), forest.predict(X))
