@@ -184,11 +184,12 @@ def _missing_cases(
     from ..verify import MISSING_NUMBERS
 
     one = rows(base, 1)
-    accepted: list[Feeds] = []
-    for key, col in columns:
-        feeds = _with_values(one, key, col, np.array([np.nan], dtype=np.float64))
-        if _accepts(model, feeds):
-            accepted.append(feeds)
+    each = [_with_values(one, key, col, np.array([np.nan])) for key, col in columns]
+    if not each:
+        return []
+    merged = {k: np.concatenate([f[k] for f in each]) for k in each[0]}
+    # one call when the original takes them all (the common case), else one per column
+    accepted = each if _accepts(model, merged) else [f for f in each if _accepts(model, f)]
     if not accepted:
         return []
     cases = [("missing value in each column",

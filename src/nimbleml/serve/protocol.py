@@ -149,16 +149,24 @@ def _tensor(
     return name, arr, used
 
 
+WIDENS = {("FP32", "FP64"), ("FP16", "FP64"), ("FP16", "FP32"), ("INT32", "INT64"),
+          ("INT16", "INT64"), ("INT8", "INT64"), ("UINT8", "INT64")}  # fmt: skip
+
+
 def check_datatypes(feeds: dict[str, np.ndarray], specs: Any, model: str) -> None:
     """Each input's declared datatype must be the one the model's metadata gives: an INT64
-    or FP64 tensor into an FP32 input is the client's mistake, not ours to guess at."""
+    or FP64 tensor into an FP32 input is the client's mistake, not ours to guess at. A
+    narrower type that widens exactly (FP32 or FP16 into FP64, INT32 into INT64: a
+    scikit-learn package takes FP64, most clients send FP32) is widened in place."""
     for spec in specs:
         arr = feeds.get(spec.name)
         if arr is None:
             continue
         want = NP_TO_V2.get(spec.dtype, "BYTES")
         got = v2_datatype(arr)
-        if got != want:
+        if (got, want) in WIDENS:
+            feeds[spec.name] = arr.astype(spec.dtype)
+        elif got != want:
             raise ProtocolError(
                 f"input '{spec.name}' was sent as {got}, but the model takes {want} (GET "
                 f"/v2/models/{model} lists every input's datatype): send it as {want}"
