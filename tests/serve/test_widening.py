@@ -31,7 +31,7 @@ def test_fp32_into_an_fp64_input_is_widened_and_int64_is_refused():
         narrow = c.post("/v2/models/iris/infer",
                         json=body("FP32", rows.astype(np.float32).ravel().tolist()))  # fmt: skip
         assert wide.status_code == narrow.status_code == 200, narrow.text
-        label = [o for o in narrow.json()["outputs"] if o["name"] == "label"][0]["data"]
+        label = next(o for o in narrow.json()["outputs"] if o["name"] == "label")["data"]
         assert label == pkg.predict(rows.astype(np.float32)).tolist()
         ints = c.post("/v2/models/iris/infer", json=body("INT64", [1] * 180))
         assert ints.status_code == 400 and "send it as FP64" in ints.json()["error"]
