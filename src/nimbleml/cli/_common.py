@@ -45,6 +45,7 @@ _ARG = re.compile(r"\b([a-z_]+)=(\(X, y\)|'[^']*'|\"[^\"]*\"|True|None|[0-9.]+)?
 _PHRASES = {
     "example_inputs=, calib= or val=": "--calib DATA or --val DATA",
     "trust_pickle=True (--trust-pickle)": "--trust-pickle",
+    "or None (no quantization)": "or none (no quantization)",
 }
 
 

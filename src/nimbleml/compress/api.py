@@ -30,9 +30,11 @@ from .pipeline import (
 class _Choice(str, Enum):
     @classmethod
     def _missing_(cls, value: object) -> Any:
+        nothing = ", or None (no quantization)" if cls.__name__ == "Quantization" else ""
         raise ConfigError(
             f"{value!r} is not a valid {cls.__name__.lower()}; choose one of: "
             + ", ".join(m.value for m in cls)
+            + nothing
         )
 
 
