@@ -54,6 +54,8 @@ CASES = [
      "holds a header and no data rows"),
     ("compress {d}/lr.joblib --trust-pickle --val {d}/hole.csv --target y -o {d}/o",
      "data row 2, column 'p20' is empty (a missing value)"),
+    ("compress {d}/lr.joblib --trust-pickle --quantize int3 -o {d}/o",
+     "torch-int8, int16, or none (no quantization)"),
     ("deploy {d}/lr.nimble --target docker --serve-report {d}/bench.json -o {d}/dep",
      "is a `nimbleml bench` report (in-process latency of lr.nimble)"),
 ]  # fmt: skip
