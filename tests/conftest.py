@@ -7,6 +7,10 @@ import pytest
 
 from nimbleml.bench.machine import has_cuda
 
+# the fault-injection tally ("faults injected: N, survived: M"): a plugin here, because under
+# pytest-xdist only this conftest is loaded where the summary is printed
+pytest_plugins = ("tests.faults.tally",)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind():

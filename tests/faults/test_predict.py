@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nimbleml.batch import _finished
+
 from .conftest import Box, kill_when
 
 pytest.importorskip("pyarrow")
@@ -60,8 +62,8 @@ def test_sigkill_then_the_same_command_writes_the_same_bytes(box, faults, inputs
     kill_when(proc, lambda: len(parts(box)) >= k, rng, 0.1)
     faults.inject(f"SIGKILL predict after part {k} (seed {seed})")
     box.no_process_left()
-    kept = len(parts(box))
-    assert kept >= k and not (box.work / "out.csv").exists()
+    kept = len(_finished(box.work / "out.csv.parts"))  # a part the kill left unrecorded is redone
+    assert kept >= k - 1 and not (box.work / "out.csv").exists()
     code, out, err = box.run(*args(inputs))
     assert code == 0, err
     assert f"{kept} chunk(s) kept from an earlier run" in out, out
