@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__
 from ..bench.core import run_chunked
 from ..bench.machine import cpu_caps, machine_info
-from ..errors import ConfigError, ConversionError, DataError, warn
+from ..errors import ConfigError, ConversionError, DataError, running_user_code, warn
 from ..inputs import Feeds, batch_size, cast_to_specs, refuse_missing, rows
 from ..metrics import Metric, evaluate, infer_task
 from ..models.base import Model
@@ -246,6 +246,12 @@ def prepare(
     )
     if val_feeds is not None and val_y is not None and len(val_y) != batch_size(val_feeds):
         raise ConfigError(f"val X has {batch_size(val_feeds)} rows but y has {len(val_y)}")
+    which = "val" if val_feeds is not None else "calib" if calib_feeds is not None else "example"
+    with running_user_code(  # the user's model on the user's data: their error if it raises
+        f"the original model on the first rows of {which}",
+        "that the model runs on this data in its own framework (shapes, dtypes, columns)",
+    ):
+        source.run(rows(base_feeds, min(2, batch_size(base_feeds))))
     cases = variants(base_feeds) + [c for c in hard_cases(base_feeds) if _runs(source, c[1])]
     named = {name for name, _ in cases}
     cases += [  # every validation row, tree thresholds, a missing value in each column...
