@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 import nimbleml
 from nimbleml.errors import MissingDependencyError
-from nimbleml.models import sklearn_converters
+from nimbleml.models import sklearn_gbm
 from nimbleml.models.sklearn_model import SklearnModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,7 +260,7 @@ def test_missing_gbm_extra_says_how_to_install(monkeypatch):
     lightgbm = pytest.importorskip("lightgbm")
     X, y = load_breast_cancer(return_X_y=True)
     model = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(X, y)
-    monkeypatch.setattr(sklearn_converters, "_REGISTERED", set())
+    monkeypatch.setattr(sklearn_gbm, "REGISTERED", set())
     monkeypatch.setitem(sys.modules, "onnxmltools", None)  # import onnxmltools now fails
     with pytest.raises(MissingDependencyError, match=r"pip install 'nimbleml\[gbm\]'"):
         nimbleml.compress(model, quantize=None, val=(X, y), benchmark_time_s=0)
