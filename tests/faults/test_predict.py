@@ -67,6 +67,7 @@ def test_sigkill_then_the_same_command_writes_the_same_bytes(box, faults, inputs
     code, out, err = box.run(*args(inputs))
     assert code == 0, err
     assert f"{kept} chunk(s) kept from an earlier run" in out, out
+    assert err == "", err
     assert (box.work / "out.csv").read_bytes() == whole
     box.nothing_left("out.csv")
 
@@ -84,6 +85,6 @@ def test_a_part_cut_short_is_done_again(box, faults, inputs, whole, seed):
     victim.write_bytes(data[: rng.randint(1, len(data) - 1)])
     faults.inject(f"truncated part file {victim.name}")
     code, _, err = box.run(*args(inputs))
-    assert code == 0, err
+    assert code == 0 and err == "", err
     assert (box.work / "out.csv").read_bytes() == whole
     box.nothing_left("out.csv")

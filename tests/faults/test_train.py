@@ -117,7 +117,7 @@ def test_one_process_killed_then_a_truncated_checkpoint(box, faults, tmp_path_fa
     faults.inject(f"truncated checkpoint {latest.name}")
     code, _, err = box.run(*args(1))
     assert code == 0, err
-    assert "Traceback" not in err, err
+    assert all(line.startswith("warning: ") for line in err.splitlines()), err
     warned = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert any(f"checkpoint run/{latest.name} cannot be read" in line and previous.name in line
                for line in warned), err  # fmt: skip
@@ -153,7 +153,7 @@ def test_nproc_2_killed_through_the_parents_process_group(box, faults, tmp_path_
     box.no_process_left()  # torchrun and its ranks stop when the parent dies
     code, _, err = box.run(*args(2))
     assert code == 0, err
-    assert "Traceback" not in err, err
+    assert all(line.startswith("warning: ") for line in err.splitlines()), err
     weights, history = result(box.work / "run")
     whole_weights, whole_history = expected.result()
     assert history == whole_history
