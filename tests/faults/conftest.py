@@ -78,8 +78,8 @@ class Box:
 
     def left_outside(self, *outputs: str) -> list[str]:
         """New paths in the working folder that are not under ``outputs``, and anything in
-        the commands' TMPDIR (the libraries' SHARED files aside), each named by its topmost new
-        folder."""
+        the commands' TMPDIR (the libraries' SHARED files aside), each named by its topmost
+        new folder."""
         assert self.before is not None, "snapshot() first"
         new = tree(self.work) - self.before
         stray = {p for p in new if not any(p == o or p.startswith(o.rstrip("/") + "/")
@@ -123,7 +123,7 @@ class Box:
             proc.wait(timeout=timeout)
         finally:
             stop(proc)
-        return (proc.returncode, *self.output())
+        return (proc.returncode, *self.output(proc))
 
     def ours(self) -> list[psutil.Process]:
         """Live processes started by this test (found by the mark in their environment)."""
