@@ -111,6 +111,12 @@ def interrupted() -> None:
     raise typer.Exit(130)
 
 
+def _cannot_write(exc: BaseException) -> bool:
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _guard(fn: Callable[[], T]) -> T:
     """User errors: one line, exit 2. Anything else is nimbleml's bug: one line too, exit 1,
     with the traceback only under --debug (a user never has to read one)."""
@@ -128,7 +134,7 @@ def _guard(fn: Callable[[], T]) -> T:
     except Exception as exc:
         if DEBUG["on"]:
             raise
-        if is_storage_full(exc) or isinstance(exc, PermissionError):
+        if is_storage_full(exc) or _cannot_write(exc):  # the disk's, not nimbleml's
             _fail(str(storage_error(getattr(exc, "filename", None), exc)))
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         typer.echo(
