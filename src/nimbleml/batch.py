@@ -31,6 +31,7 @@ import numpy as np
 from ._deps import require
 from .errors import ConfigError, DataError, storage_error
 from .inputs import refuse_missing
+from .package import sha256
 from .verify import verified_on_missing
 
 INPUTS = (".csv", ".parquet", ".npy", ".npz")
@@ -177,24 +178,16 @@ def _finished(parts: Path) -> set[int]:
         try:
             record = json.loads(line)
             path = parts / record["part"]
-            if path.stat().st_size == record["bytes"] and _sha256(path) == record["sha256"]:
+            if path.stat().st_size == record["bytes"] and sha256(path) == record["sha256"]:
                 done.add(int(record["part"][5:11]))
         except (ValueError, KeyError, TypeError, OSError):
             continue
     return done
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _record(parts: Path, part: Path) -> None:
     """``part`` as finished, once it is in place (flushed to the disk first)."""
-    line = json.dumps({"part": part.name, "bytes": part.stat().st_size, "sha256": _sha256(part)})
+    line = json.dumps({"part": part.name, "bytes": part.stat().st_size, "sha256": sha256(part)})
     with open(parts / DONE, "a") as fh:
         fh.write(line + "\n")
 
