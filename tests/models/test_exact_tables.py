@@ -125,3 +125,19 @@ def test_a_forest_fitted_on_nan_is_refused_not_hung_and_ships_refusing_nan():
     assert not verified_on_missing(pkg.manifest)
     assert pkg.manifest["conversion"]["missing_values"].startswith("refused: ")
     np.testing.assert_array_equal(pkg.predict(X), forest.predict(X))
+
+
+def test_xgboost_threshold_rows_come_from_its_own_trees():
+    xgboost = pytest.importorskip("xgboost")
+    from sklearn.datasets import load_breast_cancer
+
+    from nimbleml.models.sklearn_boundary import tree_thresholds
+
+    X, y = load_breast_cancer(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), xgboost.XGBClassifier(n_estimators=15, max_depth=3))
+    pipe.fit(X, y)
+    assert sum(len(t) for t in tree_thresholds(pipe[-1]).values()) > 20
+    pkg = nimbleml.compress(pipe, quantize=None, val=(X, y), **FAST)
+    cases = {c["case"]: c for c in pkg.manifest["conversion"]["cases"]}
+    assert cases["tree thresholds"]["label_agreement"] == 1.0
+    np.testing.assert_array_equal(pkg.predict(X), pipe.predict(X))
