@@ -109,3 +109,32 @@ def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(fp32_package, frame, tm
     assert again.returncode == 0, again.stderr
     assert f"{done} chunk(s) kept from an earlier run" in again.stdout
     assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == big["id"].tolist()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_double_graph_package_predicts_the_files_float64_values(tmp_path, suffix):
+    """A scikit-learn package exact on float64 gets the file's float64 values, not float32
+    copies (which send rows near a split threshold down the other branch)."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, y = load_breast_cancer(return_X_y=True)
+    model = HistGradientBoostingClassifier(max_iter=15, random_state=0).fit(X, y)
+    pkg = nimbleml.compress(model, quantize=None, val=(X, y), benchmark_time_s=0)
+    assert pkg.manifest["conversion"]["converter"] == "precision=double"
+    from nimbleml.models import load_model
+    from nimbleml.models.sklearn_boundary import boundary_cases
+
+    source = load_model(model, X[:4])
+    edges = dict(boundary_cases(source, source.feeds(X)))["tree thresholds"]["X"]
+    frame = pd.DataFrame(edges, columns=[f"c{i}" for i in range(X.shape[1])])
+    data = tmp_path / f"edges{suffix}"
+    frame.to_csv(data, index=False, float_format="%.17g") if suffix == ".csv" else frame.to_parquet(
+        data
+    )
+    out = tmp_path / "out.csv"
+    nimbleml.predict_file(pkg.save(tmp_path / "p.nimble"), data, out, chunk_rows=1000)
+    got = pd.read_csv(out)
+    np.testing.assert_array_equal(got["label"].to_numpy(), model.predict(edges))
+    proba = got[["probabilities_0", "probabilities_1"]].to_numpy()
+    np.testing.assert_allclose(proba, model.predict_proba(edges), rtol=0, atol=1e-6)

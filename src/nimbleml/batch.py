@@ -322,7 +322,7 @@ def _predict_chunk(pkg: Any, frame: Any, offset: int, batch_size: int, id_column
 
 def _arrow_matrix(pkg: Any, batch: Any, offset: int,
                   id_column: str | None) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
-    """(ids, row-major float32 rows) straight from an Arrow batch of numbers, for a package
+    """(ids, row-major rows in the input's float dtype) straight from an Arrow batch of numbers, for a package
     taking one 2-D float input: no pandas in between (its conversions cost a third of the
     run). None where it does not apply; the general path then also names what is wrong."""
     if hasattr(batch, "iloc") or len(pkg.inputs) != 1:
@@ -337,7 +337,7 @@ def _arrow_matrix(pkg: Any, batch: Any, offset: int,
             or spec.name in names or not numeric
             or (id_column is not None and id_column not in batch.schema.names)):  # fmt: skip
         return None
-    X = np.empty((batch.num_rows, width), dtype=np.float32)
+    X = np.empty((batch.num_rows, width), dtype=spec.dtype)  # float64 for a double graph
     for j, name in enumerate(names):
         X[:, j] = batch.column(name).to_numpy(zero_copy_only=False)  # nulls become NaN
     if id_column is not None:
@@ -365,7 +365,7 @@ def _inputs(pkg: Any, frame: Any, offset: int, data: Path) -> Any:
         raise DataError(f"{data}: {frame.shape[1]} columns, but the package takes {width} "
                         "features (give id_column= for a column of row ids)")  # fmt: skip
     _check_numbers(frame, offset, data)
-    return frame.to_numpy(dtype=np.float32) if specs[0].dtype.startswith("float") else frame
+    return frame.to_numpy(dtype=specs[0].dtype) if specs[0].dtype.startswith("float") else frame
 
 
 def _numeric(dtype: str) -> bool:
