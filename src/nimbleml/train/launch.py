@@ -4,7 +4,8 @@
 --nproc_per_node N --master_addr 127.0.0.1 --master_port <free port> --log-dir <temp> -m
 nimbleml.train.launch <the same arguments>`` (``elastic`` is torchrun, ``torch.distributed.run``,
 with its record of a failed rank written for the parent; its log folder is inside the
-parent's temporary folder, so no ``/tmp/torchelastic_*`` folder outlives a run). Each process torchrun starts runs :func:`main`,
+parent's temporary folder, so no ``/tmp/torchelastic_*`` folder outlives a run; that folder
+names its owner, and the next start removes it when a SIGKILL left it, see tempdir.py). Each process torchrun starts runs :func:`main`,
 which parses the same arguments through the same ``train`` command and trains with the
 process group torchrun describes (gloo on CPU, nccl on GPU, see distributed.py).
 
@@ -39,13 +40,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from .elastic import FAILURES, STATUS  # STATUS: folder for each process's stderr and exit code
+from .tempdir import status_folder
 from .usercode import PEER_LOST
 
 WORKER = "NIMBLEML_TRAIN_WORKER"  # set in the processes torchrun starts: train here, no relaunch
@@ -117,7 +118,7 @@ def relaunch(args: list[str], nproc: int, *, debug: bool = False, progress: str 
     after a SIGINT, once every process stopped). ``resume``: the sentence that says how to
     go on after a failure, added to its line."""
     threads = threads_per_process(nproc)
-    with tempfile.TemporaryDirectory(prefix="nimbleml-train-") as status:
+    with status_folder() as status:  # removes the folders killed runs left, too
         env = dict(os.environ)
         env.update({WORKER: "1", STATUS: status, THREADS: str(threads), PROGRESS: progress,
                     DEBUG: "1" if debug else "0", "OMP_NUM_THREADS": str(threads)})  # fmt: skip
