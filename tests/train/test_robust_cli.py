@@ -213,6 +213,7 @@ def test_a_rank_killed_is_named_with_its_signal_and_nothing_is_left(folder, tmp_
     again = start(folder, *args)
     _, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
+    assert any(line.startswith(f"resuming from {out}/epoch-") for line in err.splitlines()), err
     assert history(out) == [1, 2, 3, 4, 5, 6]
 
 

@@ -37,7 +37,7 @@ def run(spec: dict[str, Any], progress: str, save_model: Path | None,
     model = sources.build_model(spec["factory"], spec["arch"], spec["num_classes"],
                                 dict(spec["kwargs"]))  # fmt: skip
     trackers = [loggers.make(s) for s in spec["log"]] if main else []
-    display = Display(progress if main else "off", spec,
+    display = Display(progress if main else "none", spec,
                       _micro_batches(train_data, spec["batch_size"]), world)  # fmt: skip
     opts = options(spec)
     for tracker in trackers:
@@ -105,7 +105,10 @@ def _optimize(result: Any, val_data: Any, spec: dict[str, Any], max_drop: float,
 class Display:
     """The progress of a run as the Trainer reports it (``step_end`` / ``epoch_end``):
     'rich': a live bar with epoch, step, loss, samples/s and time left, on a terminal;
-    'lines': one line per epoch on stderr; 'off': nothing."""
+    'lines': one line per epoch on stderr; 'off' (--quiet): no progress, but a resume is
+    always said ('resuming from ...', one line on stderr: the same command either starts
+    over or goes on, and the user must be able to tell which); 'none': nothing (the
+    processes other than rank 0)."""
 
     def __init__(self, mode: str, spec: dict[str, Any], micro_batches: int | None,
                  world: int) -> None:  # fmt: skip
@@ -148,7 +151,7 @@ class Display:
             self.bar.__exit__(*exc)
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if self.mode == "off":
+        if self.mode == "none" or (self.mode == "off" and event != "resume"):
             return
         if event == "resume":
             line = (

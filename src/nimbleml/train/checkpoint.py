@@ -185,7 +185,7 @@ def load(path: Path) -> dict[str, Any]:
     try:  # our own file: RNG states are numpy/python objects, not only tensors
         return dict(torch.load(path, map_location="cpu", weights_only=False))
     except Exception as exc:
-        raise ConfigError(f"checkpoint {path} cannot be read ({_why(exc)})") from None
+        raise ConfigError(f"checkpoint {path} cannot be read ({_why(exc, path)})") from None
 
 
 def load_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -200,7 +200,7 @@ def load_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
             if not {"model", "epoch", "history"} <= set(saved):
                 raise ValueError("not a nimbleml training checkpoint")
         except Exception as exc:
-            bad.append((path, _why(exc)))
+            bad.append((path, _why(exc, path)))
             continue
         for skipped, why in bad:
             warn(
@@ -218,11 +218,40 @@ def load_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def _why(exc: BaseException) -> str:
-    """The reason a file did not load, whole (its first line): a truncated zip says 'failed
-    finding central directory'."""
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip file: its index is at the end
+CUT_SHORT = "probably from a process killed while writing it, or a disk that filled up"
+
+
+def _why(exc: BaseException, path: Path | None = None) -> str:
+    """The reason a file did not load, in words: a checkpoint cut short makes torch say
+    '[Errno 22] Invalid argument' or 'failed finding central directory', which names
+    neither the file's state nor the cause, so the file itself is looked at first."""
+    if path is not None:
+        said = _cut_short(path)
+        if said:
+            return said
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
     return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text) or type(exc).__name__
+
+
+def _cut_short(path: Path) -> str | None:
+    """'the file is cut short ...' when ``path`` begins as torch.save's zip does and its end
+    (the zip's index) is missing, or is empty; None otherwise (or when it cannot be read)."""
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(len(ZIP_MAGIC))
+        whole = zipfile.is_zipfile(path)
+    except OSError:
+        return None
+    if size == 0:
+        return f"the file is empty: not a complete checkpoint, {CUT_SHORT}"
+    if ZIP_MAGIC.startswith(head) and not whole:
+        return (f"the file is cut short at {size:,} bytes, its end missing: not a complete "
+                f"checkpoint, {CUT_SHORT}")  # fmt: skip
+    return None
 
 
 def check_compatible(model: Any, state: dict[str, Any], path: Path) -> None:
