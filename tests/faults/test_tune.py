@@ -56,7 +56,7 @@ def states(box: Box) -> list[TrialState]:
 def test_sigkill_mid_trial_then_the_same_command_completes_the_study(box, faults, seed):
     """Killed at a random moment (seeded) of a random trial's objective: the next run fails
     that trial as died, runs its parameters again and ends with every trial asked complete.
-    (A kill between trials hits the bugs of the xfails below.)"""
+    (A kill between trials, or in a write, is made certain by the tests below.)"""
     rng = random.Random(seed)
     setup(box)
     box.snapshot()
@@ -102,10 +102,6 @@ def killed_holding(box: Box, what: str) -> None:
     assert done.returncode == -signal.SIGKILL, done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="tune (src/nimbleml/search/trials.py recover): a trial "
-                   "created by a process killed before it recorded the trial's owner (no "
-                   "user_attrs 'owner') stays RUNNING for good: alive() says None, so the next "
-                   "run neither fails nor retries it")  # fmt: skip
 def test_a_kill_right_after_a_trial_was_created_leaves_no_trial_running(box, faults):
     setup(box)
     killed_holding(box, "asked")
@@ -117,11 +113,6 @@ def test_a_kill_right_after_a_trial_was_created_leaves_no_trial_running(box, fau
     assert TrialState.RUNNING not in found, found
 
 
-@pytest.mark.xfail(strict=True, reason="tune (Optuna's JournalFileOpenLock under "
-                   "src/nimbleml/search/study.py): a process killed while holding the journal's "
-                   "lock leaves s.journal.lock; the next run waits 30 s for it and prints three "
-                   "Optuna '[W ...] It is taking longer than 10.0 seconds to acquire the lock "
-                   "file' lines before forcibly releasing it")  # fmt: skip
 def test_a_lock_left_by_a_killed_process_is_not_waited_for(box, faults):
     setup(box)
     killed_holding(box, "locked")
@@ -139,11 +130,6 @@ def test_a_lock_left_by_a_killed_process_is_not_waited_for(box, faults):
     assert states(box).count(TrialState.COMPLETE) == N
 
 
-@pytest.mark.xfail(strict=True, reason="tune (src/nimbleml/search/study.py _storage): a journal "
-                   "whose last line was cut short (a kill or a full disk during the write) is "
-                   "appended to, the line then fails to parse: the next run (and every later "
-                   "one) ends in 'error: JSONDecodeError: Expecting ... (a bug in nimbleml ...)', "
-                   "exit 1, not naming s.journal")  # fmt: skip
 @pytest.mark.parametrize("seed", [33])
 def test_a_journal_cut_short_is_recovered_or_named_in_one_line(box, faults, seed):
     setup(box)

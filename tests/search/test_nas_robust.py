@@ -47,14 +47,14 @@ def test_missing_values_are_refused_before_any_candidate(here):
         "error: --data holes.npz: row 17, column 9 holds a missing value (NaN); fill or drop"
     ), res.output
     assert not (here / "front").exists()
-    data = np.load(here / "holes.npz")
-    val = np.load(here / "val.npz")
+    with np.load(here / "holes.npz") as data, np.load(here / "val.npz") as val:  # closed
+        X, y, Xv, yv = data["X"], data["y"], val["X"], val["y"]
     with pytest.raises(DataError, match=r"^train_data: row 17, column 9 holds a missing value"):
-        nimbleml.search_architecture((data["X"], data["y"]), (val["X"], val["y"]), n_trials=1)
-    labels = val["y"].astype(np.float32)
+        nimbleml.search_architecture((X, y), (Xv, yv), n_trials=1)
+    labels = yv.astype(np.float32)
     labels[4] = np.nan
     with pytest.raises(DataError, match=r"^val_data labels: row 4, column 0"):
-        nimbleml.search_architecture((val["X"], val["y"]), (val["X"], labels), n_trials=1)
+        nimbleml.search_architecture((Xv, yv), (Xv, labels), n_trials=1)
 
 
 def test_a_used_output_folder_is_refused_and_force_clears_only_a_searchs_own(here):

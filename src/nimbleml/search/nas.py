@@ -30,6 +30,7 @@ from .._deps import require
 from ..errors import ConfigError
 from .data import refuse_missing_pair
 from .nas_output import prepare as prepare_output
+from .trials import quiet_failures
 
 FAMILIES = ("mlp", "cnn", "encoder")
 
@@ -236,8 +237,7 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     import numpy as np
 
     from ..bench.machine import machine_info
-    from .study import _storage as open_storage
-    from .study import storage_url
+    from .storage import open_storage, storage_url
 
     if start is not None and not (
         isinstance(start, list) and all(isinstance(p, dict) for p in start)
@@ -314,7 +314,8 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     startup = min(n_trials, max(4, n_trials // 3))
     started = time.monotonic()
     callbacks = [_reporter(progress, n_trials, metric)] if progress is not None else []
-    with warnings.catch_warnings():  # QMCSampler is "experimental" since Optuna 3.0
+    # a trial's error reaches the caller, shown once: not Optuna's log of it with a traceback
+    with warnings.catch_warnings(), quiet_failures():  # QMCSampler: "experimental" since 3.0
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
             directions=["maximize", "minimize"], study_name=study_name, load_if_exists=True,
@@ -332,7 +333,9 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
         study.sampler = optuna.samplers.NSGAIISampler(
             seed=seed, population_size=max(4, min(50, (n_trials - startup) // 2))
         )
-        study.optimize(objective, n_trials=n_trials - startup, timeout=left, callbacks=callbacks)
+        with quiet_failures():
+            study.optimize(objective, n_trials=n_trials - startup, timeout=left,
+                           callbacks=callbacks)  # fmt: skip
     front = _front(study, folder, work, Xv, batch_size, metric, pruned, machine_info().to_dict())
     if baseline is not None:
         from ..train import train

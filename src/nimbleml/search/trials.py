@@ -12,8 +12,11 @@ storage is made, the user's code run under a name, and a study that resumes hone
   interrupted, and its parameters queued again on the next run (``recover``).
 - ``recover``: at the start of a run on a journal file (one host), a trial still RUNNING whose
   owner process is gone (SIGKILL, a crash, a reboot) is marked failed (``died``) and its
-  parameters queued again, up to ``MAX_RETRIES`` times. PostgreSQL/SQLite storages have
-  Optuna's heartbeat for this (study.py).
+  parameters queued again, up to ``MAX_RETRIES`` times. On a journal nimbleml writes a
+  trial's owner in the same record that creates it (journal.py), so a RUNNING trial with no
+  owner was made by a process killed before it could say more (or by another program that
+  no longer runs): it is failed too. PostgreSQL/SQLite storages have Optuna's heartbeat for
+  this (storage.py).
 - ``seed_for``: the sampler's seed from (seed, trials already stored): a resumed or grown
   study samples new points rather than repeating the first run's, and the same command on
   the same storage still draws the same ones.
@@ -178,11 +181,14 @@ def recover(study: Any, local: bool) -> None:
     if local:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             who = t.user_attrs.get("owner")
-            if alive(who) is False:
-                study._storage.set_trial_user_attr(
-                    t._trial_id, "died", f"process {who['pid']} ended mid-trial"
-                )
-                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if who is None:  # nimbleml writes it with the trial (journal.py): its maker died
+                why = "its process ended before it recorded its owner"
+            elif alive(who) is False:
+                why = f"process {who['pid']} ended mid-trial"
+            else:
+                continue
+            study._storage.set_trial_user_attr(t._trial_id, "died", why)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
