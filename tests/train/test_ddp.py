@@ -123,19 +123,23 @@ def test_an_error_in_the_processes_is_one_line_with_exit_2(folder):
 
 
 def test_sigint_stops_every_process(folder, tmp_path):
-    out = tmp_path / "run"  # the processes are stopped wherever they are: importing, training
+    """SIGINT while both processes are still starting (importing torch, before the process
+    group forms): every process stops, one line, exit 130, and the status folder goes."""
+    out, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "nimbleml.cli", "train", "--model", "ddp_models:build", "--data",
          "train.npz", "--epochs", "1000", "--nproc", "2", "--device", "cpu", "--checkpoint-dir",
          str(out), "-q"],
         cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while len(tree := _tree(proc.pid)) < 3:  # torchrun and its two processes
+        # torchrun and its two processes, each of which opened its log (its first act)
+        while len(tree := _tree(proc.pid)) < 3 or len(list(tmp.glob("*/rank-*.log"))) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        time.sleep(1.0)
+            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGINT)  # as Ctrl-C would (the parent's process group)
         _, err = proc.communicate(timeout=90)
     finally:
@@ -147,6 +151,8 @@ def test_sigint_stops_every_process(folder, tmp_path):
     assert "error:" not in err, err
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert not alive, [p.cmdline() for p in alive]
+    assert not out.exists()  # stopped before the first epoch
+    assert [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")] == []
 
 
 def _tree(pid: int) -> list[psutil.Process]:

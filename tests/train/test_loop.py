@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -123,48 +125,94 @@ def test_loss_scaling_skips_inf_steps_without_advancing_the_schedule(data):
 
 RESUME = textwrap.dedent("""
     import os, signal, sys, numpy as np, torch, nimbleml
-    from sklearn.datasets import load_digits
-    X, y = load_digits(return_X_y=True); X = (X / 16).astype(np.float32)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
-                                torch.nn.Linear(32, 10))
+    import nimbleml.train.checkpoint as ck
+    data, out, weights = sys.argv[1:4]
+    d = np.load(data)  # digits from the test: importing scikit-learn would cost a second
+    X, y = d["X"], d["y"]
     kill_at = int(os.environ.get("KILL_AT", "0"))
+    if os.environ.get("KILL_IN_BEST"):  # SIGKILL half-way through the second best.pt copy
+        original, seen = ck._atomic, []
+        def dying(write, path):
+            if path.name == "best.pt":
+                seen.append(path)
+                if len(seen) == 2:
+                    def half(fh):
+                        fh.write(b"PK half a checkpoint"); fh.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return original(half, path)
+            return original(write, path)
+        ck._atomic = dying
     def die(event, info):
         if event == "step_end" and info["step"] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(32, 10))
     res = nimbleml.train(model, (X[:1200], y[:1200]), (X[1200:], y[1200:]), epochs=4,
-                         batch_size=64, scheduler="cosine", checkpoint_dir=sys.argv[1],
+                         batch_size=64, lr=0.01, scheduler="cosine", checkpoint_dir=out,
                          resume=True, callbacks=[die])
-    torch.save(res.model.state_dict(), sys.argv[2])
+    torch.save(res.model.state_dict(), weights)
 """)
+STEPS = 19  # 1,200 rows in batches of 64
 
 
-def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    script = tmp_path / "run.py"
+def test_killed_in_the_best_copy_then_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, data):
+    """One run killed with SIGKILL half-way through its second best.pt copy, the same
+    command again killed mid-epoch, then once more: every RNG state, the scheduler and the
+    files are restored, so it ends as the uninterrupted run (started beside the first: a
+    run waits on imports more than it trains), weights bit for bit. What each kill left is
+    mended at the next start: our temporary file deleted, history.jsonl rewritten whole
+    (the kill left it a line short), best.pt copied again from the checkpoint resumed from."""
+    script, npz = tmp_path / "run.py", tmp_path / "digits.npz"
     script.write_text(RESUME)
+    np.savez(npz, X=data[0], y=data[1])
 
-    def run(ckpt, out, kill_at=0):
-        env = {**__import__("os").environ, "KILL_AT": str(kill_at)}
-        return subprocess.run([sys.executable, str(script), str(ckpt), str(out)], env=env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    def start(name: str, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, str(script), str(npz), str(tmp_path / name),
+                                 str(tmp_path / f"{name}.pt")], env={**os.environ, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
-    whole = run(tmp_path / "a", tmp_path / "a.pt")
-    assert whole.returncode == 0, whole.stderr
-    killed = run(tmp_path / "b", tmp_path / "b.pt", kill_at=19 * 2 + 7)  # mid third epoch
-    assert killed.returncode == -9 and not (tmp_path / "b.pt").exists()
-    assert sorted(p.name for p in (tmp_path / "b").glob("epoch-*.pt")) == [
-        "epoch-0001.pt",
-        "epoch-0002.pt",
-    ]  # keep_last=2; no half-written file left
-    assert not list((tmp_path / "b").glob(".*.tmp"))
-    resumed = run(tmp_path / "b", tmp_path / "b.pt")
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
-    keys = ("epoch", "train_loss", "val_loss", "val_metric")
-    history = [[{k: json.loads(line)[k] for k in keys} for line in (tmp_path / d / "history.jsonl").read_text().splitlines()]
-               for d in ("a", "b")]  # fmt: skip
-    assert history[0] == history[1] and len(history[0]) == 4
+    def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+        try:
+            return proc.wait(timeout=300), proc.communicate()[1]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def lines(name: str) -> list[dict]:
+        timing = ("samples_per_s", "seconds")
+        text = (tmp_path / name / "history.jsonl").read_text()
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in text.splitlines()]  # fmt: skip
+
+    b = tmp_path / "b"
+    whole, killed = start("a"), start("b", KILL_IN_BEST="1")
+    code, err = finish(killed)
+    assert code == -signal.SIGKILL, err
+    assert [p.name for p in b.glob(".best.pt.*.tmp")]  # what the kill left: a temp file ...
+    done = int(sorted(b.glob("epoch-*.pt"))[-1].stem.split("-")[1])
+    assert 2 <= done < 4 and len(lines("b")) == done - 1  # ... a history line short
+    assert torch.load(b / "best.pt", weights_only=False)["epoch"] == 1  # the first best
+    code, err = finish(whole)
+    assert code == 0, err
+    code, err = finish(start("b", KILL_AT=str(STEPS * done + 7)))  # mid epoch done + 1
+    assert code == -signal.SIGKILL and not (tmp_path / "b.pt").exists(), err
+    assert not list(b.glob(".*.tmp"))  # mended at its start
+    assert lines("b") == lines("a")[:done]
+    assert torch.load(b / "best.pt", weights_only=False)["epoch"] == done
+    assert sorted(p.name for p in b.glob("epoch-*.pt")) == [
+        f"epoch-{done - 1:04d}.pt", f"epoch-{done:04d}.pt"
+    ]  # keep_last=2; no half-written file left  # fmt: skip
+    code, err = finish(start("b"))
+    assert code == 0, err
+    assert not list(b.glob(".*.tmp"))
+    a, w = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert all(torch.equal(a[k], w[k]) for k in a)  # bit-identical
+    assert lines("b") == lines("a") and len(lines("a")) == 4
+    best = [torch.load(d / "best.pt", weights_only=False) for d in (tmp_path / "a", b)]
+    assert best[0]["epoch"] == best[1]["epoch"]
+    assert all(torch.equal(best[0]["model"][k], best[1]["model"][k]) for k in best[0]["model"])
 
 
 def test_a_checkpoint_of_another_model_is_refused_naming_keys(tmp_path, data):

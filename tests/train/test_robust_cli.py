@@ -1,8 +1,7 @@
 """`nimbleml train` as a real process when things go wrong (issue 22): the user's error is
 one line with exit 2; a full disk is named; Ctrl-C is one line, exit 130, stops every
 process and the same command resumes; a rank killed by a signal is named, no process or
-/tmp/torchelastic_* folder is left; a kill during the best.pt copy leaves nothing behind
-that the next start does not mend."""
+/tmp/torchelastic_* folder is left (a kill during the best.pt copy: tests/train/test_loop.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from nimbleml.cli import app
@@ -156,21 +154,13 @@ def history(out: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(folder, tmp_path, nproc):
+def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(folder, tmp_path):
     out = tmp_path / "run"
     args = ["--model", "robust_models:slow", "--data", "train.npz", "--epochs", "6",
-            "--batch-size", "16", "--checkpoint-dir", str(out), "--device", "cpu",
-            "--nproc", str(nproc)]  # fmt: skip
-    before, seen = torchelastic(), {}
+            "--batch-size", "16", "--checkpoint-dir", str(out), "--device", "cpu"]  # fmt: skip
+    seen: dict[int, psutil.Process] = {}
     proc = start(folder, *args)
-    try:
-        wait_for(out / "epoch-0001.pt", proc, seen)
-        os.kill(proc.pid, signal.SIGINT)  # as Ctrl-C would
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err, _ = stop_after(out / "epoch-0001.pt", proc, seen, signal.SIGINT)  # as Ctrl-C would
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if not line.startswith("epoch ")]
     assert lines == ["interrupted; run the same command to resume"], err
@@ -183,24 +173,20 @@ def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(folder, tmp_pa
     assert again.returncode == 0, err
     assert f"resuming from {out}/epoch-{done:04d}.pt (epoch {done} of 6 done)" in err
     assert history(out) == [1, 2, 3, 4, 5, 6]
-    assert torchelastic() <= before  # torchrun's log folder was inside ours, and went with it
 
 
-def test_a_rank_killed_is_named_with_its_signal_and_nothing_is_left(folder, tmp_path):
+def test_two_processes_a_rank_killed_then_ctrl_c_then_the_same_command_finishes(folder, tmp_path):
+    """`--nproc 2`, the same command three times: rank 1 killed by SIGKILL after the first
+    checkpoint (named with its signal, exit 137), then Ctrl-C after the next one (one line,
+    exit 130), then it resumes and finishes; each time every process stopped and no
+    /tmp/torchelastic_* folder was left (torchrun's log folder is inside ours)."""
     out = tmp_path / "run"
     args = ["--model", "robust_models:slow", "--data", "train.npz", "--epochs", "6",
             "--batch-size", "16", "--checkpoint-dir", str(out), "--device", "cpu",
-            "--nproc", "2", "-q"]  # fmt: skip
+            "--nproc", "2"]  # fmt: skip
     before, seen = torchelastic(), {}
     proc = start(folder, *args)
-    try:
-        wait_for(out / "epoch-0001.pt", proc, seen)
-        rank1 = next(p for p in seen.values() if _rank(p) == "1")
-        rank1.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err, rank1 = stop_after(out / "epoch-0001.pt", proc, seen, signal.SIGKILL, rank="1")
     assert proc.returncode == 128 + signal.SIGKILL, err
     assert one_error(err) == (
         f"error: rank 1 was killed by SIGKILL (pid {rank1.pid}); the other processes were "
@@ -210,11 +196,42 @@ def test_a_rank_killed_is_named_with_its_signal_and_nothing_is_left(folder, tmp_
     _, alive = psutil.wait_procs(list(seen.values()), timeout=15)
     assert not alive, [p.cmdline() for p in alive]
     assert torchelastic() <= before
-    again = start(folder, *args)
-    _, err = again.communicate(timeout=240)
-    assert again.returncode == 0, err
-    assert any(line.startswith(f"resuming from {out}/epoch-") for line in err.splitlines()), err
+    done = history(out)[-1]
+    assert 1 <= done < 5
+    seen = {}
+    proc = start(folder, *args)
+    err, _ = stop_after(out / f"epoch-{done + 1:04d}.pt", proc, seen, signal.SIGINT)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if not line.startswith("epoch ")]
+    assert lines == [f"resuming from {out}/epoch-{done:04d}.pt (epoch {done} of 6 done)",
+                     "interrupted; run the same command to resume"], err  # fmt: skip
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
+    again = history(out)[-1]
+    assert done < again < 6
+    last = start(folder, *args, "-q")
+    _, err = last.communicate(timeout=240)
+    assert last.returncode == 0, err
+    assert err.splitlines() == [  # said under -q too
+        f"resuming from {out}/epoch-{again:04d}.pt (epoch {again} of 6 done)"
+    ], err
     assert history(out) == [1, 2, 3, 4, 5, 6]
+    assert torchelastic() <= before
+
+
+def stop_after(path: Path, proc: subprocess.Popen[str], seen: dict[int, psutil.Process],
+               signum: int, rank: str | None = None) -> tuple[str, Any]:  # fmt: skip
+    """Once ``path`` exists, ``signum`` to the command (or to its process of ``rank``);
+    its stderr once it ended, and the process signalled."""
+    try:
+        wait_for(path, proc, seen)
+        target = proc if rank is None else next(p for p in seen.values() if _rank(p) == rank)
+        target.send_signal(signum)
+        return proc.communicate(timeout=120)[1], target
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _rank(p: psutil.Process) -> str | None:
@@ -224,59 +241,3 @@ def _rank(p: psutil.Process) -> str | None:
         return p.environ().get("RANK")
     except psutil.Error:
         return None
-
-
-KILLED_IN_BEST = textwrap.dedent("""
-    import os, signal, sys, numpy as np, torch, nimbleml
-    import nimbleml.train.checkpoint as ck
-    from sklearn.datasets import load_digits
-    X, y = load_digits(return_X_y=True); X = (X / 16).astype(np.float32)
-    if os.environ.get("KILL_IN_BEST"):  # SIGKILL half-way through the second best.pt copy
-        original, seen = ck._atomic, []
-        def dying(write, path):
-            if path.name == "best.pt":
-                seen.append(path)
-                if len(seen) == 2:
-                    def half(fh):
-                        fh.write(b"PK half a checkpoint"); fh.flush()
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return original(half, path)
-            return original(write, path)
-        ck._atomic = dying
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    nimbleml.train(model, (X[:1200], y[:1200]), (X[1200:], y[1200:]), epochs=4, batch_size=64,
-                   lr=0.01, precision="fp32", checkpoint_dir=sys.argv[1], resume=True)
-""")
-
-
-def test_a_kill_during_the_best_copy_is_mended_on_the_next_start(tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(KILLED_IN_BEST)
-
-    def run(out: Path, kill: bool = False) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KILL_IN_BEST": "1" if kill else ""}
-        return subprocess.run([sys.executable, str(script), str(out)], env=env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-
-    whole = run(tmp_path / "a")
-    assert whole.returncode == 0, whole.stderr
-    killed = run(tmp_path / "b", kill=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    b = tmp_path / "b"
-    assert [p.name for p in b.glob(".best.pt.*.tmp")]  # what the kill left: a temp file ...
-    left = history(b)
-    assert len(left) < int(sorted(b.glob("epoch-*.pt"))[-1].stem.split("-")[1])  # ... a line short
-    resumed = run(b)
-    assert resumed.returncode == 0, resumed.stderr
-    assert not list(b.glob(".*.tmp"))
-
-    def lines(out: Path) -> list[dict]:
-        timing = ("samples_per_s", "seconds")
-        return [{k: v for k, v in json.loads(line).items() if k not in timing}
-                for line in (out / "history.jsonl").read_text().splitlines()]  # fmt: skip
-
-    assert lines(b) == lines(tmp_path / "a") and len(lines(b)) == 4
-    best = [torch.load(d / "best.pt", weights_only=False) for d in (tmp_path / "a", b)]
-    assert best[0]["epoch"] == best[1]["epoch"]
-    assert all(torch.equal(best[0]["model"][k], best[1]["model"][k]) for k in best[0]["model"])
