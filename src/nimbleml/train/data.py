@@ -4,7 +4,7 @@ order comes from (seed, epoch), so a resumed run sees the same batches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,7 @@ class InMemory:
     def __len__(self) -> int:
         return -(-self.n_samples // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
+    def epoch(self, epoch: int) -> Generator[Batch, None, None]:
         torch = require("torch", "nimbleml.train")
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -175,17 +175,33 @@ class FromLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
+    def epoch(self, epoch: int) -> Generator[Batch, None, None]:
         if self.generator is not None:
             self.generator.manual_seed(self.seed * 100_003 + epoch)
         sampler: Any = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # DistributedSampler: a new order each epoch
-        for item in self.loader:
-            yield split(item)
+        iterator = iter(self.loader)
+        try:
+            for item in iterator:
+                yield split(item)
+        finally:
+            # an epoch left early (an error, the first-batch probe): its worker processes
+            # end now, not whenever the iterator is collected. Left registered, torch's
+            # SIGCHLD handler raised "DataLoader worker exited unexpectedly" into whatever
+            # ran later in this process when any child process ended
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+                if getattr(self.loader, "_iterator", None) is iterator:
+                    self.loader._iterator = None  # persistent workers: new ones next time
 
     def sample(self, n: int = 8) -> Batch:
-        return next(iter(self.epoch(0)))
+        batches = self.epoch(0)
+        try:
+            return next(batches)
+        finally:
+            batches.close()
 
 
 def _length(data: Any) -> int:

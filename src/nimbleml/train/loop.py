@@ -265,8 +265,9 @@ class Trainer:
         started = time.perf_counter()
         fetched = [0]  # micro-batches read this epoch
         stage, callback, group, i = DATA, None, [], 0
+        batches = train.epoch(epoch)  # closed at the end: an error ends its workers at once
         try:
-            for group in groups(train.epoch(epoch), cfg.grad_accum, fetched):
+            for group in groups(batches, cfg.grad_accum, fetched):
                 step_started = time.perf_counter()
                 total = dist.sum(sum(b.n for b in group))  # the samples of this global step
                 finite = True
@@ -350,6 +351,8 @@ class Trainer:
             if error is exc:
                 raise
             raise error from exc
+        finally:
+            batches.close()
         seconds = time.perf_counter() - started
         loss_total, samples = dist.sum(loss_total), int(dist.sum(samples))  # every process's
         return {
@@ -371,8 +374,8 @@ class Trainer:
         outs, ys, loss_total, n = [], [], 0.0, 0
         stage, k = DATA, 0
         try:
-            with torch.no_grad(), precision.autocast():
-                for k, b in enumerate(val.epoch(0)):
+            with torch.no_grad(), precision.autocast(), contextlib.closing(val.epoch(0)) as vb:
+                for k, b in enumerate(vb):
                     stage = FORWARD
                     out = call(model, _to(b.inputs, device))
                     stage = LOSS
