@@ -277,7 +277,10 @@ def _qat(s: Search, candidates: list[Candidate], train_data: Any,
     if s.out_of_time():
         return Candidate(QAT, reason="time budget spent")
     step = next(r for r in timed[0].recipe if r["step"] in ("int8", "int8-static"))
-    params = {k: v for k, v in step["params"].items() if k != "layout"}
+    # what the recipe recorded as it ran (its layout, the calibration rows it used) is not
+    # an argument to build it again
+    recorded = ("layout", "calibration_rows", "transformer")
+    params = {k: v for k, v in step["params"].items() if k not in recorded}
     qat = {"quantize": step["step"], "per_channel": params["per_channel"], **options}
     name = f"qat + {timed[0].name.removeprefix('onnx ')}"
     s.p.ctx.train = train_data

@@ -61,13 +61,26 @@ def _read_json(path: Path) -> Any:
 
 
 def started_at(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), None when it is gone: with
-    the pid it names one process, not whichever process reuses the pid later."""
+    """When process ``pid`` started, in clock ticks since boot (/proc/<pid>/stat), None when
+    it is gone: with the pid it names one process, not whichever process reuses the pid
+    later. Ticks, not wall-clock seconds: psutil's create_time adds the boot time, which
+    moves when the clock is stepped (a VM resumed, NTP), and a live worker then looked dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return _started_psutil(pid)
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped
+        return None
+    return float(fields[19])
+
+
+def _started_psutil(pid: int) -> float | None:  # pragma: no cover - systems without /proc
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped
+        if proc.status() == psutil.STATUS_ZOMBIE:
             return None
         return float(proc.create_time())
     except psutil.Error:
