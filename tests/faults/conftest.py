@@ -233,22 +233,7 @@ def packages(tmp_path_factory) -> tuple[Path, Path]:
 
 
 # -- disks -----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def tmpfs(folder: Path, options: str) -> Iterator[Path]:
-    """A tmpfs mounted at ``folder``, unmounted after; skipped (with the reason) when not
-    root or when this machine refuses the mount. Root passes permission bits, so a
-    read-only folder is a read-only mount, not chmod 0o555."""
-    if os.geteuid() != 0:
-        pytest.skip("a small or read-only tmpfs needs root (mount -t tmpfs)")
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+from tests._disk import tmpfs  # noqa: E402,F401  (re-exported for test_disk.py)
 
 
 def fill(folder: Path) -> None:

@@ -4,11 +4,7 @@ missing values refused with row and column; non-finite losses said; bad dataload
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +13,7 @@ import torch
 import nimbleml
 from nimbleml.errors import ConfigError, DataError, StorageError, UserCodeError
 from nimbleml.train import TrainingError
+from tests._disk import tmpfs
 
 
 @pytest.fixture(scope="module")
@@ -184,25 +181,9 @@ def test_a_fresh_run_in_a_used_folder_replaces_the_old_checkpoints(data, tmp_pat
 # -------------------------------------------------------------------- a real small disk
 
 
-@contextlib.contextmanager
-def mounted(folder: Path, options: str):
-    """A tmpfs mounted at ``folder`` (root only), unmounted after."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 def test_a_full_disk_while_checkpointing_names_the_disk_and_the_file(data, tmp_path):
     X, y = data
-    with mounted(tmp_path / "small", "size=300k") as small:
+    with tmpfs(tmp_path / "small", "size=300k") as small:
         with pytest.raises(StorageError) as err:  # the first checkpoint (> 300 KB) fills it
             nimbleml.train(mlp(hidden=1024), (X, y), checkpoint_dir=str(small / "run"), **FAST)
         text = str(err.value)
@@ -217,7 +198,7 @@ def test_a_read_only_folder_is_refused_before_training(data, tmp_path):
     X, y = data
     steps = []
     ro = tmp_path / "ro"
-    with mounted(ro, "ro,size=4m"), pytest.raises(StorageError) as err:
+    with tmpfs(ro, "ro,size=4m"), pytest.raises(StorageError) as err:
         nimbleml.train(mlp(), (X, y), checkpoint_dir=str(ro / "run"),
                        callbacks=[lambda e, i: steps.append(e)], **FAST)  # fmt: skip
     assert str(err.value) == (
