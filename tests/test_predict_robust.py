@@ -95,15 +95,19 @@ def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(fp32_package, frame, tm
                             text=True)  # fmt: skip
     parts = tmp_path / "out.csv.parts"
     deadline = time.monotonic() + 60
-    while not list(parts.glob("part-*")) and proc.poll() is None and time.monotonic() < deadline:
+    # a finished part, not the ".tmp" one being written (an interrupt removes that one)
+    while (
+        not list(parts.glob("part-*.csv")) and proc.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert stderr.strip() == "interrupted; run the same command to resume"
     assert stdout.strip() == ""
-    done = len(list(parts.glob("part-*")))
+    done = len(list(parts.glob("part-*.csv")))
     assert done >= 1
+    assert not list(parts.glob("*.tmp"))
     again = subprocess.run([*cmd, "-q"], cwd=tmp_path, capture_output=True, text=True,
                            timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr

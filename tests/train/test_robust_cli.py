@@ -21,8 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nimbleml.cli import app
-
-from .test_robust import mounted
+from tests._disk import tmpfs
 
 MODELS = """
 import time
@@ -89,7 +88,7 @@ def test_the_users_error_is_one_line_exit_2_not_a_bug(folder, monkeypatch, model
 
 def test_a_full_disk_is_one_line_naming_it(folder, monkeypatch, tmp_path):
     monkeypatch.chdir(folder)
-    with mounted(tmp_path / "small", "size=300k") as small:
+    with tmpfs(tmp_path / "small", "size=300k") as small:
         res = CliRunner().invoke(app, ["train", "--config", str(_big(tmp_path)),
                                        "--checkpoint-dir", str(small / "run")])  # fmt: skip
         assert res.exit_code == 2, res.output
@@ -102,7 +101,7 @@ def test_a_full_disk_is_one_line_naming_it(folder, monkeypatch, tmp_path):
 def test_a_read_only_checkpoint_folder_is_one_line_before_training(folder, monkeypatch, tmp_path):
     monkeypatch.chdir(folder)
     ro = tmp_path / "ro"
-    with mounted(ro, "ro,size=4m"):
+    with tmpfs(ro, "ro,size=4m"):
         res = CliRunner().invoke(app, ["train", "--model", "robust_models:build", "--data",
                                        "train.npz", "--checkpoint-dir", str(ro / "run")])  # fmt: skip
     assert res.exit_code == 2, res.output
