@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from nimbleml.serve import fleet
 
 def test_a_stale_run_folder_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(fleet.tempfile, "tempdir", str(tmp_path))
-    mine = fleet.make_run_dir()  # owned by this process: live
+    mine = fleet.make_run_dir(1)  # owned by this process: live
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         dead = tmp_path / f"{fleet.PREFIX}dead"
@@ -49,7 +50,7 @@ def test_a_reused_pid_is_not_the_owner(tmp_path):
 
 def test_publish_and_acknowledge(tmp_path, monkeypatch):
     monkeypatch.setattr(fleet.tempfile, "tempdir", str(tmp_path))
-    member = fleet.Member(fleet.make_run_dir())
+    member = fleet.Member(fleet.make_run_dir(1))
     member.register()
     assert member.models({"a": "a.nimble", "b": "b.nimble"}) == {"a": "a.nimble", "b": "b.nimble"}
     stamp = member.stamp()
@@ -63,3 +64,38 @@ def test_publish_and_acknowledge(tmp_path, monkeypatch):
     assert member.acks()[0]["generation"] == 2
     member.leave()
     assert member.acks() == []
+
+
+def test_a_load_waits_for_a_worker_being_replaced(tmp_path, monkeypatch):
+    """uvicorn replaces a worker that died or missed its health check: until the successor
+    registers the folder holds fewer workers than the supervisor runs, and a load counting
+    only the live ones answered "workers: 1" of 2. It waits for the successor now."""
+    monkeypatch.setattr(fleet.tempfile, "tempdir", str(tmp_path))
+    member = fleet.Member(fleet.make_run_dir(2))
+    assert member.workers == 2
+    member.register()
+    generation = member.publish("a", "a2.nimble", "d1")
+    member.ack(generation, {"a": "v2"}, {})
+    done, late, starting = asyncio.run(member.wait(generation, 0.2))
+    assert (len(done), late, starting) == (1, [], 1)  # timed out: one still starting
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # the successor registers, then acknowledges
+        ack = {"pid": child.pid, "started": fleet.started_at(child.pid), "generation": -1,
+               "serving": {}, "refused": {}}  # fmt: skip
+        (member.dir / "workers" / f"{child.pid}.json").write_text(json.dumps(ack))
+
+        async def successor_acks() -> None:
+            await asyncio.sleep(0.3)
+            path = member.dir / "workers" / f"{child.pid}.json"
+            path.write_text(json.dumps({**ack, "generation": generation}))
+
+        async def both() -> tuple:
+            waited = asyncio.create_task(member.wait(generation, 30))
+            await successor_acks()
+            return await waited
+
+        done, late, starting = asyncio.run(both())
+        assert (len(done), late, starting) == (2, [], 0)
+    finally:
+        child.kill()
+        child.wait()

@@ -140,21 +140,13 @@ def test_a_load_reaches_every_worker(tmp_path, repo, digits):
     assert not run_dir.exists()  # the server removes its run folder when it stops
 
 
-# Open (issue 22 note): under the full suite's load on 2 cores the load route sometimes counts
-# only its own worker ("workers": 1) while the other, SIGSTOPped, is alive; passes alone.
-UNDER_LOAD = pytest.mark.xfail(
-    strict=False, reason="the reload route sometimes counts 1 of 2 workers under full-suite load"
-)
-
-
-@UNDER_LOAD
 def test_a_worker_that_refuses_a_load_brings_every_worker_back(tmp_path, repo, digits):
     """The package changes on disk after the route's worker loaded it: the other worker's
     checksum refuses it, the answer names that worker, and both serve the old version."""
     old, new = repo / "old.nimble", repo / "new.nimble"
     model_file = new / nimbleml.load(new).manifest["model"]["path"]
     with start(repo, tmp_path / "w.log") as s:
-        _, b = wait_for_workers(s, 2)
+        a, b = wait_for_workers(s, 2)
         began = time.monotonic()
         with stopped(b):
             load = Load(s.url, new)
@@ -165,8 +157,12 @@ def test_a_worker_that_refuses_a_load_brings_every_worker_back(tmp_path, repo, d
         r = load.response
         assert r is not None and r.status_code == 409, (r and r.text, load.error, held, s.log())
         error = r.json()["error"]
-        assert b.is_running(), (held, s.log())
-        assert f"refused by worker(s) {b.pid}" in error and "was altered" in error, error
+        refuser = b.pid
+        if gone(b):  # stopped over 5 s (a loaded machine): uvicorn replaced it, and the load
+            # waited for its successor, which refuses the altered package the same way
+            assert held > 5, (held, s.log())
+            (refuser,) = [p.pid for p in serve_workers(s) if p.pid != a.pid]
+        assert f"refused by worker(s) {refuser}" in error and "was altered" in error, error
         assert f"every worker serves version {version_of(old)} again" in error, error
         assert versions_seen(s.url, digits[1][:1], [old]) == {version_of(old)}
 
@@ -186,7 +182,6 @@ def test_a_worker_that_does_not_confirm_in_time_is_named(tmp_path, repo, digits)
         assert versions_seen(s.url, digits[1][:1], [old, new]) == {version_of(new)}
 
 
-@UNDER_LOAD
 @pytest.mark.parametrize("victim", ["answering", "behind"])
 def test_a_worker_killed_during_a_load_leaves_nothing_behind(tmp_path, repo, digits, victim):
     """SIGKILL of the worker that answers the load (its client sees the connection drop), or
@@ -196,16 +191,23 @@ def test_a_worker_killed_during_a_load_leaves_nothing_behind(tmp_path, repo, dig
     with start(repo, tmp_path / "w.log") as s:
         a, b = wait_for_workers(s, 2)
         (run_dir,) = run_folders(tmp_path)
+        began = time.monotonic()
         with stopped(b):
             load = Load(s.url, new)
             wait_until(lambda: serves(s.url, version_of(new)), "worker A to serve it")
             killed = a if victim == "answering" else b
-            killed.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # B replaced already (below)
+                killed.kill()
+        held = time.monotonic() - began
         load.join(60)
-        if victim == "behind":  # the route forgets the dead worker, waits for its successor
-            assert load.response is not None and load.response.status_code == 200, load.error
+        r = load.response
+        if victim == "behind" or held > 5:  # the route forgets the dead worker and waits for
+            # its successor (held over 5 s on a loaded machine, uvicorn replaced B itself, and
+            # A may have answered before it was killed)
+            assert victim == "answering" or (r is not None and r.status_code == 200), load.error
+            assert r is None or r.json()["workers"] == 2, r.text
         else:
-            assert load.error is not None  # the connection dropped with its worker
+            assert load.error is not None, r and r.text  # the connection dropped with A
         wait_until(lambda: len(serve_workers(s)) == 2 and killed not in serve_workers(s),
                    "uvicorn to replace the killed worker")  # fmt: skip
         wait_until(lambda: len([k for k in acks(run_dir) if k["generation"] >= 1]) == 2,

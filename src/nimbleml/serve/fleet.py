@@ -5,7 +5,7 @@ A reload through the repository route reaches the one worker that accepted the c
 the others kept serving the old version for good, so answers alternated between versions.
 Now the supervisor owns a run folder (a temp folder, removed when it stops):
 
-    owner.json           the supervisor's pid and start time
+    owner.json           the supervisor's pid and start time, and how many workers it runs
     state.json           the desired state: a generation number and, for each model loaded
                          since the start, the package path and its model file's sha256
                          (path null: the model is no longer served); replaced atomically,
@@ -124,14 +124,15 @@ def sweep_stale(root: Path | None = None) -> list[Path]:
     return removed
 
 
-def make_run_dir() -> Path:
-    """A new run folder owned by this process (the supervisor), after removing stale ones."""
+def make_run_dir(workers: int) -> Path:
+    """A new run folder owned by this process (the supervisor, running ``workers`` workers),
+    after removing stale ones."""
     sweep_stale()
     folder = Path(tempfile.mkdtemp(prefix=PREFIX))
     (folder / "workers").mkdir()
     _write_json(folder / STATE, {"generation": 0, "models": {}})
     _write_json(folder / "owner.json", {"pid": os.getpid(), "started": started_at(os.getpid()),
-                                        "pidns": _pid_namespace()})  # fmt: skip
+                                        "pidns": _pid_namespace(), "workers": workers})  # fmt: skip
     return folder
 
 
@@ -148,6 +149,7 @@ class Member:
         if owner is None:  # the folder was removed under us: the supervisor is the parent
             owner = {"pid": os.getppid(), "started": started_at(os.getppid())}
         self.owner = (int(owner.get("pid", 0)), owner.get("started"))
+        self.workers = int(owner.get("workers") or 1)  # how many the supervisor keeps running
 
     # -- the desired state ------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -226,14 +228,22 @@ class Member:
     def supervisor_alive(self) -> bool:
         return alive(*self.owner)
 
-    async def wait(self, generation: int, timeout_s: float) -> tuple[list[dict], list[int]]:
+    async def wait(self, generation: int, timeout_s: float) -> tuple[list[dict], list[int], int]:
         """(acknowledgements of ``generation`` or later, pids of live workers that did not
-        acknowledge it within ``timeout_s``). Ends early when the supervisor is gone."""
+        acknowledge it within ``timeout_s``, how many workers were still starting then).
+
+        Fewer live workers than the supervisor runs means one is being replaced (uvicorn
+        restarts a worker that died or stopped answering its health check): its successor
+        registers before it reads the state, so it is waited for too. Ends early when the
+        supervisor is gone."""
         deadline = time.monotonic() + timeout_s
         while True:
             acks = self.acks()
             done = [a for a in acks if a.get("generation", -1) >= generation]
             late = [int(a["pid"]) for a in acks if a.get("generation", -1) < generation]
-            if not late or time.monotonic() > deadline or not self.supervisor_alive():
-                return done, late
+            starting = max(0, self.workers - len(acks))
+            if (not late and not starting) or time.monotonic() > deadline:
+                return done, late, starting
+            if not self.supervisor_alive():
+                return done, late, starting
             await asyncio.sleep(ACK_POLL_S)

@@ -222,7 +222,7 @@ def run(spec: dict[str, Any]) -> None:
         return
     from .fleet import make_run_dir
 
-    run_dir = make_run_dir()  # the workers' shared state (serve/fleet.py), ours to remove
+    run_dir = make_run_dir(spec["workers"])  # the workers' shared state (fleet.py), ours to remove
     try:
         os.environ[SPEC_ENV] = json.dumps({**spec, "run_dir": str(run_dir)})
         os.environ[SUPERVISOR_ENV] = str(os.getpid())

@@ -147,7 +147,7 @@ async def load(server: Server, name: str, body: dict[str, Any]) -> dict[str, Any
         generation = member.publish(name, str(source), new.content_hash)
         member.ack(generation, serving(server), {})
     timeout = server.config.reload_timeout_s
-    acks, late = await member.wait(generation, timeout)
+    acks, late, starting = await member.wait(generation, timeout)
     if not member.supervisor_alive():
         raise _http_error(503, "the server is stopping; load the package again once it runs")
     refused = {int(a["pid"]): a["refused"][name] for a in acks if name in a.get("refused", {})}
@@ -158,12 +158,11 @@ async def load(server: Server, name: str, body: dict[str, Any]) -> dict[str, Any
             409, f"new version of '{name}' refused by worker(s) {pids}: "
             f"{next(iter(refused.values()))}; {back}",
         )  # fmt: skip
-    if late:
+    if late or starting:
         raise _http_error(
             504, f"model '{name}' version {new.version} serves on worker(s) "
-            f"{', '.join(str(a['pid']) for a in acks)}; worker(s) {', '.join(map(str, late))} "
-            f"did not confirm it within {timeout:g} s (--reload-timeout-s): they load it when "
-            "they can",
+            f"{', '.join(str(a['pid']) for a in acks)}; {_unconfirmed(late, starting)} did not "
+            f"confirm it within {timeout:g} s (--reload-timeout-s): they load it when they can",
         )  # fmt: skip
     return {"name": name, "version": new.version, "loaded": True, "workers": len(acks)}
 
@@ -183,11 +182,19 @@ async def _roll_back(
         except Exception as exc:  # the old package is gone or changed: say so
             return f"going back to the previous version failed here too: {exc}"
         member.ack(generation, serving(server), {})
-    _, late = await member.wait(generation, server.config.reload_timeout_s)
+    _, late, starting = await member.wait(generation, server.config.reload_timeout_s)
     went = "no longer serves it" if old is None else f"serves version {old.version} again"
-    if late:
-        return f"every worker but {', '.join(map(str, late))} {went}"
+    if late or starting:
+        return f"every worker but {_unconfirmed(late, starting)} {went}"
     return f"every worker {went}"
+
+
+def _unconfirmed(late: list[int], starting: int) -> str:
+    """The workers a load did not hear from: live ones by pid, replacements by count."""
+    parts = [f"worker(s) {', '.join(map(str, late))}"] if late else []
+    if starting:
+        parts.append(f"{starting} worker(s) still starting")
+    return " and ".join(parts)
 
 
 def serving(server: Server) -> dict[str, str]:
