@@ -6,6 +6,7 @@ verdict following the data), not the speed."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -243,5 +244,8 @@ def test_cli_profiles_a_package_and_a_training_step(packages, tmp_path, digits, 
     res = runner.invoke(app, ["profile", "nets.py:build", "--train", "--data", "train.npz",
                               "--batch-size", "32", "--runs", "5", "--warmup", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "training step" in res.output and "verdict: compute-bound" in res.output
+    assert "training step" in res.output
+    # which phase is largest is a timing (a 64-32-10 MLP's step is a few data-loading-sized
+    # microseconds): the verdict is judged on designed loaders in the tests above
+    assert re.search(r"verdict: (compute|input)-bound", res.output), res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nets.py", "prof", "train.npz"]
