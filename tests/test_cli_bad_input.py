@@ -169,9 +169,14 @@ CASES = {
         ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.json", "writes .csv, .parquet"),
         ("predict {d}/pkg.nimble --data {d}/narrow.npz --out {d}/p.csv", "takes 64 features"),
         ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.csv --batch-size 0", "batch_size"),
-        ("predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.csv --ray auto", "on Ray, predict reads"),
-        ("predict {d}/pkg.nimble --data {d}/text.csv --out {d}/p.csv --ray auto --workers 0",
-         "workers must be"),
+        (
+            "predict {d}/pkg.nimble --data {d}/val.npz --out {d}/p.csv --ray auto",
+            "on Ray, predict reads",
+        ),
+        (
+            "predict {d}/pkg.nimble --data {d}/text.csv --out {d}/p.csv --ray auto --workers 0",
+            "workers must be",
+        ),
         ("predict {d}/pkg.nimble --data {d}/text.csv --out {d}/p.csv --ray auto", "2 columns"),
     ],
     "deploy": [

@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import nimbleml
-from nimbleml.errors import PackageError
-from nimbleml.package import FallbackWarning, sha256
+from nimbleml.errors import FallbackWarning, PackageError
+from nimbleml.package import sha256
 
 REQUIRED = {
     "schema", "nimbleml_version", "created_at", "source", "inputs", "outputs", "recipe",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nimbleml
-from nimbleml.compress.pipeline import SyntheticInputsWarning
+from nimbleml.errors import SyntheticInputsWarning
 
 QUICK_START = """
 from nimbleml import OptimizedPredictor, ModelCompressor

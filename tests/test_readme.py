@@ -15,7 +15,7 @@ def test_readme_starts_with_the_two_commands():
 
 
 # the quick start compresses without data on purpose: its one warning says so
-@pytest.mark.filterwarnings("ignore::nimbleml.compress.pipeline.SyntheticInputsWarning")
+@pytest.mark.filterwarnings("ignore::nimbleml.errors.SyntheticInputsWarning")
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

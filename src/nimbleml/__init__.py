@@ -10,10 +10,9 @@
 Heavy dependencies (torch, scikit-learn, matplotlib) load only when a feature needs them.
 """
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
+from ._version import __version__
 from .bench import BenchmarkReport, PerformanceMetrics, TimingConfig, benchmark
 from .compress import ModelCompressor, Quantization, compress, get_recipe
 from .deploy import deploy

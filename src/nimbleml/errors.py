@@ -1,19 +1,33 @@
-"""One exception tree for nimbleml. Every message names the bad value, what is allowed, and the fix.
+"""One exception and warning tree for nimbleml: every class nimbleml raises or warns with is
+here. Every message names the bad value, what is allowed, and the fix.
 
 NimbleError
  ├── ConfigError (ValueError)          a bad argument, flag, or option value
  ├── DataError (ValueError)            input data of the wrong shape, dtype, or file format
+ │    └── ProtocolError                an HTTP request that breaks the inference protocol (400)
  ├── MissingDependencyError (ImportError)   an optional extra is not installed
  ├── ModelLoadError                    a model file or object nimbleml cannot (or will not) load
  │    └── UntrustedPickleError         a pickle/joblib file without trust_pickle=True
  ├── ConversionError                   export to ONNX failed or disagrees with the original
+ │    └── NoConverterError             skl2onnx has no converter for this estimator
  ├── UnsupportedError                  a recipe that does not apply to this model or machine
  ├── AccuracyBudgetError               a metric cannot be computed or a budget is malformed
  ├── PackageError                      a .nimble package is missing, altered, or malformed
  ├── BenchmarkError                    a benchmark could not be run as asked
  ├── ServingError                      the server cannot take or answer a request
+ │    └── QueueFull                    no room in the batching queue (503 + Retry-After)
+ ├── TrainingError                     training cannot go on (losses that stay non-finite)
+ │    └── PeerLostError                another process of the torchrun group is gone
  ├── UserCodeError                     the user's model, data, function or file raised while run
  └── StorageError                      a write failed: disk full, read-only or not permitted
+
+NimblemlWarning (UserWarning)          base of every warning nimbleml gives
+ ├── FallbackWarning (RuntimeWarning)  the optimized model cannot run here; the baseline does
+ ├── ConversionWarning                 no ONNX conversion: the original form is packaged
+ ├── SyntheticInputsWarning            checked on made-up inputs: accuracy not measured
+ ├── PerformanceWarning (RuntimeWarning)   slower than asked: emulated precision, unfused
+ │    └── SlowerPackageWarning         the package is slower than the original here
+ └── TrainingWarning (RuntimeWarning)  skipped non-finite steps, an unreadable checkpoint
 """
 
 from __future__ import annotations
@@ -26,13 +40,25 @@ __all__ = [
     "BenchmarkError",
     "ConfigError",
     "ConversionError",
+    "ConversionWarning",
     "DataError",
+    "FallbackWarning",
     "MissingDependencyError",
     "ModelLoadError",
     "NimbleError",
+    "NimblemlWarning",
+    "NoConverterError",
     "PackageError",
+    "PeerLostError",
+    "PerformanceWarning",
+    "ProtocolError",
+    "QueueFull",
     "ServingError",
+    "SlowerPackageWarning",
     "StorageError",
+    "SyntheticInputsWarning",
+    "TrainingError",
+    "TrainingWarning",
     "UnsupportedError",
     "UntrustedPickleError",
     "UserCodeError",
@@ -85,6 +111,56 @@ class BenchmarkError(NimbleError):
 
 class ServingError(NimbleError):
     """The model server cannot take or answer a request (queue full, shutting down...)."""
+
+
+class ProtocolError(DataError):
+    """A request that does not follow the protocol: answered 400 with this message."""
+
+
+class NoConverterError(ConversionError):
+    """skl2onnx has no converter for this estimator; the original stays runnable."""
+
+
+class QueueFull(ServingError):
+    """The queue has no room for this request: answer 503 with Retry-After."""
+
+
+class TrainingError(NimbleError):
+    """Training cannot go on (losses that stay non-finite)."""
+
+
+class PeerLostError(TrainingError):
+    """Another process of the torchrun group is gone (the launcher names which and how)."""
+
+
+class NimblemlWarning(UserWarning):
+    """Base of every warning nimbleml gives: ``warnings.simplefilter("error",
+    NimblemlWarning)`` makes all of them errors, and only them."""
+
+
+class FallbackWarning(NimblemlWarning, RuntimeWarning):
+    """The package's optimised model cannot run here; the baseline runs instead."""
+
+
+class ConversionWarning(NimblemlWarning):
+    """The model could not be converted to ONNX; its original form is packaged instead."""
+
+
+class SyntheticInputsWarning(NimblemlWarning):
+    """The model was checked on inputs nimbleml made up: the conversion is proven, the
+    accuracy is not measured."""
+
+
+class PerformanceWarning(NimblemlWarning, RuntimeWarning):
+    """Something runs slower than asked for (an emulated precision, an ensemble unfused)."""
+
+
+class TrainingWarning(NimblemlWarning, RuntimeWarning):
+    """Training went on past a problem: non-finite steps skipped, a checkpoint unreadable."""
+
+
+class SlowerPackageWarning(PerformanceWarning):
+    """The package runs slower than the original on this machine at every batch size timed."""
 
 
 class UserCodeError(NimbleError):
@@ -168,7 +244,7 @@ def storage_error(path: object, exc: BaseException) -> StorageError:
     return StorageError(f"writing {where} failed: {type(exc).__name__}: {_first_line(exc)}")
 
 
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
+def warn(message: str, category: type[Warning] = NimblemlWarning) -> None:
     """``warnings.warn`` pointing at the first frame outside nimbleml: the user's line that
     called us, never a line of our source (issue 11)."""
     import sys

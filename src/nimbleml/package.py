@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ModelLoadError, PackageError, storage_error, warn
+from .errors import ConfigError, FallbackWarning, ModelLoadError, PackageError, storage_error, warn
 from .inputs import Feeds, TensorSpec
 from .models.base import Model
 
@@ -24,10 +24,6 @@ MANIFEST = "manifest.json"
 _MODEL_SUFFIXES = (".onnx", ".xml", ".skops", ".pt", ".pth", ".ts", ".pt2", ".pkl", ".joblib")
 # the runtime that runs a model of each framework (manifest runtime.engine)
 ENGINES = {"onnx": "onnxruntime", "openvino": "openvino"}
-
-
-class FallbackWarning(RuntimeWarning):
-    """The package's optimised model cannot run here; the baseline runs instead."""
 
 
 def sha256(path: Path) -> str:
@@ -114,7 +110,7 @@ def read_manifest(directory: Path, verify: Any = None) -> dict[str, Any]:
     except OSError as exc:
         raise PackageError(f"cannot read {path}: {exc.strerror}") from exc
     if verify is not None:  # before parsing: nothing unsigned is interpreted
-        from .signing import check_signature
+        from .signature import check_signature
 
         check_signature(directory, raw, verify)
     try:
@@ -145,7 +141,7 @@ def read_manifest(directory: Path, verify: Any = None) -> dict[str, Any]:
                 "not match the manifest); rebuild the package"
             )
     if verify is not None:
-        from .signing import check_complete
+        from .signature import check_complete
 
         check_complete(directory, manifest)
     return manifest

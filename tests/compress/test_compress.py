@@ -10,8 +10,7 @@ from sklearn.kernel_ridge import KernelRidge
 
 import nimbleml
 from nimbleml.compress.api import ModelCompressor, Quantization
-from nimbleml.compress.pipeline import ConversionWarning
-from nimbleml.errors import AccuracyBudgetError, ConfigError, UnsupportedError
+from nimbleml.errors import AccuracyBudgetError, ConfigError, ConversionWarning, UnsupportedError
 
 FAST = {"benchmark_time_s": 0.05}
 

@@ -17,8 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 import nimbleml
-from nimbleml.compress.pipeline import ConversionWarning
-from nimbleml.errors import PackageError
+from nimbleml.errors import ConversionWarning, PackageError
 
 ROOT = Path(__file__).resolve().parents[2]
 

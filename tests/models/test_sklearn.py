@@ -7,9 +7,8 @@ from sklearn.datasets import load_diabetes
 from sklearn.kernel_ridge import KernelRidge
 
 from nimbleml.compress.pipeline import convert_verified
-from nimbleml.errors import ModelLoadError, UntrustedPickleError
+from nimbleml.errors import ModelLoadError, NoConverterError, UntrustedPickleError
 from nimbleml.models import load_model
-from nimbleml.models.sklearn_model import NoConverterError
 from nimbleml.verify import variants
 
 

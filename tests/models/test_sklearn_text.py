@@ -22,10 +22,15 @@ from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
 import nimbleml
-from nimbleml.compress.pipeline import ConversionWarning, convert_verified
-from nimbleml.errors import ConversionError, DataError, ModelLoadError
+from nimbleml.compress.pipeline import convert_verified
+from nimbleml.errors import (
+    ConversionError,
+    ConversionWarning,
+    DataError,
+    ModelLoadError,
+    NoConverterError,
+)
 from nimbleml.models import load_model
-from nimbleml.models.sklearn_model import NoConverterError
 from nimbleml.models.text_patterns import re2_pattern
 from nimbleml.verify import HARD_TEXTS, hard_cases, variants
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from nimbleml.errors import ServingError
-from nimbleml.serve import DynamicBatcher, QueueFull
+from nimbleml.errors import QueueFull, ServingError
+from nimbleml.serve import DynamicBatcher
 
 
 def rows(n: int, width: int = 4, value: float = 0.0) -> dict[str, np.ndarray]:

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import nimbleml
-from nimbleml.errors import ConfigError, DataError, StorageError, UserCodeError
-from nimbleml.train import TrainingError
+from nimbleml.errors import ConfigError, DataError, StorageError, TrainingError, UserCodeError
 from tests._disk import tmpfs
 
 

@@ -7,15 +7,19 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..errors import ConfigError, UnsupportedError, warn
+from ..errors import (
+    ConfigError,
+    SlowerPackageWarning,
+    SyntheticInputsWarning,
+    UnsupportedError,
+    warn,
+)
 from ..metrics import resolve
 from ..models.base import Model
 from ..package import Package, write_package
 from .base import Recipe, get_recipe
 from .pipeline import (
     Prepared,
-    SlowerPackageWarning,
-    SyntheticInputsWarning,
     agreement,
     build,
     make_manifest,

@@ -12,10 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..bench.core import run_chunked
 from ..bench.machine import cpu_caps, machine_info
-from ..errors import ConfigError, ConversionError, DataError, running_user_code, warn
+from ..errors import (
+    ConfigError,
+    ConversionError,
+    ConversionWarning,
+    DataError,
+    running_user_code,
+    warn,
+)
 from ..inputs import Feeds, batch_size, cast_to_specs, refuse_missing, rows
 from ..metrics import Metric, evaluate, infer_task
 from ..models.base import Model
@@ -25,15 +32,6 @@ from ..verify import check, compare_outputs, hard_cases, variants
 from .base import Context, Recipe
 
 Say = Callable[[str], None]
-
-
-class ConversionWarning(UserWarning):
-    """The model could not be converted to ONNX; its original form is packaged instead."""
-
-
-class SyntheticInputsWarning(UserWarning):
-    """The model was checked on inputs nimbleml made up: the conversion is proven, the
-    accuracy is not measured."""
 
 
 @dataclass
@@ -114,7 +112,7 @@ def convert_verified(
     The missing-value cases decide whether the package takes missing values, not whether it
     ships: the first conversion that agrees on every case wins, else the first that agrees
     on all the others, and then the package refuses missing values (the manifest says why)."""
-    from ..models.sklearn_model import NoConverterError
+    from ..errors import NoConverterError
 
     if isinstance(model, OnnxModel):
         return model, {"converter": "none (already ONNX)", "cases": []}
@@ -270,7 +268,7 @@ def prepare(
         if "missing_values" in conversion:  # not verified there: the package refuses them
             cases = [c for c in cases if not is_missing_case(c[0])]
     except ConversionError as exc:
-        from ..models.sklearn_model import NoConverterError
+        from ..errors import NoConverterError
 
         if not isinstance(exc, NoConverterError):
             raise
@@ -376,10 +374,6 @@ def _row_count(data: Any) -> int | None:
         return None
 
 
-class SlowerPackageWarning(UserWarning):
-    """The package runs slower than the original on this machine at every batch size timed."""
-
-
 def slower_note(bench: dict[str, Any], steps: str, margin: float = 0.9) -> str | None:
     """A sentence when the package is slower than the original at every batch size timed
     (by more than ``1 / margin``), else None: a compressed model that costs time is worth
@@ -460,7 +454,7 @@ def validate(
             + (" (the default budget for this metric)" if default_budget else "")
             + "; the package runs the baseline"
         )
-        warn(reason, UserWarning)
+        warn(reason)
         validation["package"] = base_value
         return validation, {"reason": reason, "baseline": base_value, "compressed": value}
     return validation, None

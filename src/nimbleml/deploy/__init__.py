@@ -100,7 +100,7 @@ def deploy(
         workers = 2 if kind is Target.COMPOSE else 1
     plan = derive(served, threads=threads, max_batch_size=max_batch_size, capacity=measured,
                   workers=workers, cache_mb=cache_mb)  # fmt: skip
-    from .. import __version__
+    from .._version import __version__
 
     plan.image = image or f"{plan.name}:{__version__}"
     files.check_output(out, force)

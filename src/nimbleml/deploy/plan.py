@@ -106,7 +106,7 @@ class Plan:
     def comment(self, what: str, keys: tuple[str, ...]) -> list[str]:
         """The header of a generated file: what it is, and how each of its settings
         (``keys``) was chosen."""
-        from .. import __version__
+        from .._version import __version__
 
         names = ", ".join(f"{p.name} ({p.path.name})" for p in self.packages)
         lines = [f"{what}, written by nimbleml deploy {__version__} for {names}.",
@@ -295,7 +295,7 @@ def requirements(plan: Plan, extras: tuple[str, ...] = ("serve",)) -> tuple[list
     """(pip requirements, extra pip options): nimbleml pinned to this version with the
     runtime extras only, and the runtimes the packages were verified with pinned to the
     versions their manifests record. Torch only for a TorchScript package."""
-    from .. import __version__
+    from .._version import __version__
 
     wanted = list(extras)
     pins: dict[str, str] = {}

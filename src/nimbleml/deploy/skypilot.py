@@ -57,7 +57,7 @@ def serve_task(plan: Plan, min_replicas: int, max_replicas: int) -> dict[str, An
 def train_task(name: str, config: Path, bucket: str, accelerators: str | None) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
+    from .._version import __version__
 
     try:
         torch = f"torch=={version('torch').split('+')[0]}"
@@ -89,7 +89,7 @@ def serve_files(plan: Plan, min_replicas: int, max_replicas: int) -> dict[str, s
 
 
 def train_files(config: Path, bucket: str, accelerators: str | None) -> dict[str, str]:
-    from .. import __version__
+    from .._version import __version__
 
     name = "nimbleml-train-" + "".join(
         c if c.isalnum() else "-" for c in config.stem.lower()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import ConversionError, ModelLoadError, UntrustedPickleError
+from ..errors import ConversionError, ModelLoadError, NoConverterError, UntrustedPickleError
 from ..inputs import Feeds, TensorSpec, batch_size
 from .base import Model
 from .onnx_model import OnnxModel
@@ -252,10 +252,6 @@ def _check_fitted(estimator: Any, parts: list[Any]) -> None:
         raise ModelLoadError(
             f"{type(estimator).__name__} is not fitted ({exc}); fit it first"
         ) from exc
-
-
-class NoConverterError(ConversionError):
-    """skl2onnx has no converter for this estimator; the original stays runnable."""
 
 
 # fitted attributes that are bookkeeping, not numbers used to predict

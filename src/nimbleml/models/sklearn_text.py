@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, NoConverterError
 from . import text_sparse
-from .sklearn_model import NoConverterError
 from .text_patterns import DEFAULT_PATTERNS, char_class, re2_pattern
 
 FEATURES = "nimble_features"

@@ -212,5 +212,3 @@ def _digest(size: int, runs: int, warmup: int, unprofiled: np.ndarray, wall: np.
 def _integer(kernel: str) -> bool:
     name = kernel.lower()
     return any(tag in name for tag in _INT_KERNELS)
-
-

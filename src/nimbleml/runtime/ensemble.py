@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.stats import LatencyStats, is_stable, summarize
-from ..errors import ConfigError, ConversionError, warn
+from ..errors import ConfigError, ConversionError, PerformanceWarning, warn
 from ..inputs import refuse_missing
 from ..models.base import Model
 from ..models.onnx_model import OnnxModel
@@ -232,7 +232,7 @@ class EnsemblePredictor:
         except ConversionError as exc:
             if self.mode == "fused":
                 raise
-            warn(f"{exc}; the members run unfused", RuntimeWarning)
+            warn(f"{exc}; the members run unfused", PerformanceWarning)
             self.fused, self.fused_unavailable = None, str(exc)
             return False
         return True

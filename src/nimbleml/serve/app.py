@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import ConfigError, DataError, NimbleError
+from ..errors import ConfigError, DataError, NimbleError, QueueFull
 from ..inputs import Feeds
 from ..models.base import Model
 from ..models.onnx_model import OnnxModel
@@ -34,7 +34,7 @@ from ..runtime.cache import TieredCache, make_cache
 from ..runtime.codec import KeyMaker
 from ..verify import verified_on_missing
 from . import protocol
-from .batcher import DynamicBatcher, QueueFull
+from .batcher import DynamicBatcher
 
 log = logging.getLogger("nimbleml.serve")
 
@@ -81,7 +81,7 @@ class ServeConfig:
         if self.repository is not None and not Path(self.repository).is_dir():
             raise ConfigError(f"repository {self.repository} is not a folder")
         if self.verify_key is not None:  # a bad key is refused at start, not at first load
-            from ..signing import public_key
+            from ..signature import public_key
 
             public_key(self.verify_key)
 
@@ -659,7 +659,7 @@ def create_app(
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        from .. import __version__
+        from .._version import __version__
 
         return {"name": "nimbleml", "version": __version__, "extensions": ["binary_tensor_data"]}
 

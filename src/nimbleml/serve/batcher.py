@@ -23,14 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ServingError
+from ..errors import QueueFull, ServingError
 from ..inputs import Feeds
 
 REASONS = ("idle", "full", "window")
-
-
-class QueueFull(ServingError):
-    """The queue has no room for this request: answer 503 with Retry-After."""
 
 
 @dataclass

@@ -89,7 +89,7 @@ def make_spec(cli: dict[str, Any], config_file: str | Path | None = None) -> dic
     from ..package import read_manifest
 
     if spec["verify_key"] is not None:  # a bad key is named once, not once per package
-        from ..signing import public_key
+        from ..signature import public_key
 
         public_key(spec["verify_key"])
     for name, path in models.items():

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ProtocolError
 
 V2_TYPES = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -24,10 +24,6 @@ V2_TYPES = {
 }  # fmt: skip
 NP_TO_V2 = {v: k for k, v in V2_TYPES.items()}
 HEADER_LENGTH = b"inference-header-content-length"  # as ASGI gives header names
-
-
-class ProtocolError(DataError):
-    """A request that does not follow the protocol: answered 400 with this message."""
 
 
 def loads(raw: bytes | memoryview) -> Any:

@@ -12,8 +12,9 @@ import sys
 import types
 from typing import Any
 
+from ..errors import TrainingError
 from .config import TrainConfig
-from .loop import Trainer, TrainingError, train
+from .loop import Trainer, train
 from .result import TrainReport, TrainResult
 from .tuning import BatchSizeResult, LoaderDecision, find_batch_size, tune_loader
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import ConfigError, is_storage_full, storage_error, warn
+from ..errors import ConfigError, TrainingWarning, is_storage_full, storage_error, warn
 
 NAME = re.compile(r"^epoch-(\d+)\.pt$")
 BEST = "best.pt"
@@ -206,7 +206,7 @@ def load_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
             warn(
                 f"checkpoint {skipped} cannot be read ({why}), so training resumes from "
                 f"{path.name} (epoch {saved['epoch']}) and trains the epochs after it again",
-                RuntimeWarning,
+                TrainingWarning,
             )
         return path, saved
     if bad:

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import ConfigError, NimbleError, running_user_code, warn
+from ..errors import (
+    ConfigError,
+    NimbleError,
+    PeerLostError,
+    TrainingError,
+    TrainingWarning,
+    running_user_code,
+    warn,
+)
 from . import checkpoint as ckpt
 from . import parts
 from . import usercode as uc
@@ -32,14 +40,6 @@ from .usercode import BACKWARD, CALLBACK, DATA, FORWARD, LOSS, OPTIMIZER, STEP
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: fp32 steps enter no autocast
 _DATA_CHECK = "the Dataset's __getitem__ / __len__ and the DataLoader's collate_fn"
-
-
-class TrainingError(NimbleError):
-    """Training cannot go on (losses that stay non-finite)."""
-
-
-class PeerLostError(TrainingError):
-    """Another process of the torchrun group is gone (the launcher names which and how)."""
 
 
 def _to(x: Any, device: Any) -> Any:
@@ -475,7 +475,7 @@ def _say_nonfinite(history: list[dict[str, Any]], lr: float) -> None:
             f"(epoch {epochs}; nonfinite_steps in the history) though the data holds no "
             f"missing values: the model overflowed or diverged; lower lr (now {lr:g}), set "
             "grad_clip=1.0, or train in precision='fp32'",
-            RuntimeWarning,
+            TrainingWarning,
         )
 
 

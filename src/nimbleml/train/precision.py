@@ -106,7 +106,7 @@ def warn_if_slower(model: Any, sample: Any, step: Any, precision: Precision) -> 
     """An explicit mixed precision on a CPU: measured against fp32 on the model (3 steps
     each on a copy) unless the CPU runs it natively; a warning when it is slower."""
     from ..compress.torch_native import bf16_support
-    from ..errors import warn
+    from ..errors import PerformanceWarning, warn
 
     native, found = bf16_support()
     if native and precision.name == "bf16-mixed":
@@ -114,4 +114,4 @@ def warn_if_slower(model: Any, sample: Any, step: Any, precision: Precision) -> 
     found = found if precision.name == "bf16-mixed" else "no CPU computes fp16 natively"
     message = emulated_warning(precision.name, found, measured_cost(model, sample, step, precision))
     if message:
-        warn(message, RuntimeWarning)
+        warn(message, PerformanceWarning)

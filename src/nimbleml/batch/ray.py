@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ._deps import require
-from .errors import ConfigError, DataError
+from .._deps import require
+from ..errors import ConfigError, DataError
+from .chunks import check_numbers, dictionary_columns, is_numeric, predict_chunk, row_count
 
 RAY_INPUTS = (".parquet", ".csv", ".npy")
 
@@ -93,9 +94,7 @@ def _job(ray: Any, package: Any, data: Path, staging: Path, workers: int, cpus: 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the driver numbers rows by position
     context.enable_progress_bars = False
-    from .batch import _row_count
-
-    total = _row_count(data)
+    total = row_count(data)
     # blocks of at most chunk_rows rows, at least one per worker (a file of one row group is
     # read as one block); streaming, so memory stays bounded
     per_block = min(chunk_rows, -(-total // workers)) if total else chunk_rows
@@ -115,7 +114,7 @@ class _Predictor:
 
     def __init__(self, packed: bytes, cpus: float, batch_size: int, id_column: str | None,
                  source: str) -> None:  # fmt: skip
-        from .package import load
+        from ..package import load
 
         self._dir = tempfile.mkdtemp(prefix="nimbleml-ray-")
         with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
@@ -129,13 +128,11 @@ class _Predictor:
         self.batch_size, self.id_column, self.source = batch_size, id_column, Path(source)
 
     def __call__(self, frame: Any) -> Any:
-        from .batch import _predict_chunk
-
         if "data" in frame.columns and frame.shape[1] == 1:  # read_numpy: one column of rows
             pd = require("pandas", "batch prediction")
             X = np.stack(frame["data"].to_numpy())
             frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
-        columns = _predict_chunk(self.package, frame, 0, self.batch_size, self.id_column,
+        columns = predict_chunk(self.package, frame, 0, self.batch_size, self.id_column,
                                  self.source)  # fmt: skip
         if self.id_column is None:
             del columns["row"]  # numbered by the driver, which knows each row's place
@@ -157,8 +154,6 @@ def _check_columns_first(package: Any, data: Path, id_column: str | None) -> Non
     """What the local path reports chunk by chunk, found before Ray starts: a missing column,
     and a value that is not a number with its row number. A Parquet file's numeric columns
     need no look (their type says so); a CSV is read once, in chunks."""
-    from .batch import _check_numbers, _numeric
-
     pd = require("pandas", "batch prediction")
     suffix = data.suffix.lower()
     if suffix == ".npy":
@@ -180,7 +175,7 @@ def _check_columns_first(package: Any, data: Path, id_column: str | None) -> Non
         if missing:
             raise DataError(f"{data}: no column {', '.join(map(repr, missing))}; the package "
                             f"takes {', '.join(names)}")  # fmt: skip
-        numeric = [s.name for s in specs if _numeric(s.dtype)]
+        numeric = [s.name for s in specs if is_numeric(s.dtype)]
     else:  # every column is one feature of one 2-D input
         width = specs[0].shape[-1] if len(specs[0].shape) == 2 else None
         if isinstance(width, int) and len(used) != width:
@@ -190,13 +185,13 @@ def _check_columns_first(package: Any, data: Path, id_column: str | None) -> Non
     if suffix == ".csv":
         with pd.read_csv(data, usecols=numeric, chunksize=65536) as chunks:
             for i, frame in enumerate(chunks):
-                _check_numbers(frame, i * 65536, data)
+                check_numbers(frame, i * 65536, data)
         return
     for name in numeric:
         kind = schema.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
                 or pa.types.is_boolean(kind)):  # fmt: skip
-            _check_numbers(pd.read_parquet(data, columns=[name]), 0, data)
+            check_numbers(pd.read_parquet(data, columns=[name]), 0, data)
 
 
 def _files(staging: Path) -> list[Path]:
@@ -210,8 +205,6 @@ def _parquet_rows(path: Path) -> int:
 
 def _join(staging: Path, out: Path, id_column: str | None) -> int:
     """Ray's output files, in order, into ``out``; rows numbered from 0 without id_column."""
-    from .batch import dictionary_columns
-
     pa = require("pyarrow", "Parquet files")
     pq = require("pyarrow.parquet", "Parquet files")
     files = _files(staging)
