@@ -74,6 +74,31 @@ def private_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = before
 
 
+OWN_PROCESS = "NIMBLEML_TEST_OWN_PROCESS"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """``@pytest.mark.own_process``: the test runs in a fresh interpreter (a pytest of its
+    own). Forking DataLoader workers from a pytest worker that holds every earlier test's
+    threads and state can crash that worker, which is not what such a test tests."""
+    import os
+    import subprocess
+    import sys
+
+    if pyfuncitem.get_closest_marker("own_process") is None or os.environ.get(OWN_PROCESS):
+        return None
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+         pyfuncitem.nodeid],
+        cwd=str(pyfuncitem.config.rootpath), env={**os.environ, OWN_PROCESS: "1"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"in its own process:\n{(done.stdout + done.stderr)[-6000:]}", False)
+    return True
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if has_cuda():
         return

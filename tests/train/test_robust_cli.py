@@ -36,13 +36,14 @@ def bad(hidden=32):
 
 
 class Slow(torch.nn.Module):
-    # 5 ms a batch: epochs long enough to stop a run in the middle of
+    # 15 ms a batch (0.6 s an epoch): long enough to stop a run in the middle of, even on a
+    # loaded machine
     def __init__(self):
         super().__init__()
         self.net = build()
 
     def forward(self, x):
-        time.sleep(0.005)
+        time.sleep(0.015)
         return self.net(x)
 
 

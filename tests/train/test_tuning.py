@@ -84,6 +84,7 @@ def children() -> set[int]:
 
 # -- DataLoader ----------------------------------------------------------------------------
 @pytest.mark.skipif(cores() < 2, reason="a worker needs a core of its own")
+@pytest.mark.own_process
 def test_a_worker_wins_on_a_slow_dataset_and_none_outlives_the_tuning():
     model, before = Busy(), children()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
