@@ -3,8 +3,9 @@
 The hot path (hotpath.py) counts the request (exactly, whatever the sampling rate), decides
 whether to sample, and only then extends one list by the record's six fields, without a
 lock. A background thread takes what was added every ``flush_interval_s``, slices it into
-columns, aggregates them in numpy (log-bucket sketches per window), writes one SQLite
-transaction, evaluates alerts and applies retention.
+columns, aggregates them in numpy (log-bucket sketches per window: windows.py), writes one
+SQLite transaction, evaluates alerts and applies retention. Ground truth is joined with the
+predictions in the store (truth.py).
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .._counters import advance, peek
 from ..errors import ConfigError
+from . import truth
 from .alerts import AlertEngine, AlertEvent, AlertRule
 from .hotpath import Recorder, columns, id_fraction, interleave, recorder, take
 from .sketch import LogSketch
 from .store import open_store
+from .truth import plain, same_label, task_of
+from .windows import MIN_SAMPLES, Window, aggregate, fold, for_store, forget_before, merged
+
+# MIN_SAMPLES and same_label lived here first: serve/dashboard.py reads MIN_SAMPLES from here
+__all__ = ["MIN_SAMPLES", "ModelMonitor", "parse_duration", "same_label"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-MIN_SAMPLES = {"p50": 20, "p95": 200, "p99": 1000}
 
 
 def parse_duration(value: str | float | None) -> float | None:
@@ -49,24 +54,6 @@ def parse_duration(value: str | float | None) -> float | None:
     if seconds <= 0:
         raise ConfigError(f"a duration must be > 0, got {value!r}")
     return seconds
-
-
-def _plain(value: Any) -> Any:
-    """A value SQLite can hold: numbers and strings as they are, arrays as their class."""
-    if value is None or isinstance(value, int | float | str):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.reshape(-1)[0].item() if value.size == 1 else int(np.argmax(value))
-    return str(value)
-
-
-@dataclass
-class _Window:
-    sketch: LogSketch = field(default_factory=LogSketch)
-    requests: int = 0
-    errors: int = 0
 
 
 class ModelMonitor:
@@ -108,7 +95,7 @@ class ModelMonitor:
         self._requests: dict[str, Any] = {}  # model -> itertools.count (exact, never sampled)
         self._errors: dict[str, Any] = {}
         self._flushed: dict[str, list[int]] = {}
-        self._windows: dict[tuple[str, float], _Window] = {}
+        self._windows: dict[tuple[str, float], Window] = {}  # windows.py
         self._totals: dict[str, LogSketch] = {}
         self._latency_sum: dict[str, float] = {}
         self._collectors: dict[str, Any] = {}  # extra Prometheus collectors, by name
@@ -272,46 +259,22 @@ class ModelMonitor:
                 deltas[model] = (req - done[0], err - done[1])
                 done[0], done[1] = req, err
         ts_col, lat_col, model_col, pid_col, out_col, err_col = columns(batch)
-        ts = np.asarray(ts_col, dtype=np.float64)
-        lat = np.asarray(lat_col, dtype=np.float64)
-        models = np.asarray(model_col, dtype=object)
-        starts = np.floor(ts / self.window_s) * self.window_s
-        current = float(np.floor(now / self.window_s) * self.window_s)
-        touched: dict[tuple[str, float], tuple[int, int, LogSketch]] = {}
-        for model in set(model_col) | set(deltas):
-            mask = models == model
-            for start in np.unique(starts[mask]).tolist():
-                sk = LogSketch()
-                sk.add(lat[mask & (starts == start)])
-                touched[(model, start)] = (0, 0, sk)
-            req, err = deltas.get(model, (0, 0))
-            if req or err:
-                old = touched.get((model, current), (0, 0, LogSketch()))
-                touched[(model, current)] = (old[0] + req, old[1] + err, old[2])
-        for (model, start), (req, err, sk) in touched.items():
-            window = self._windows.setdefault((model, start), _Window())
-            window.sketch.merge(sk)
-            window.requests += req
-            window.errors += err
-            self._totals.setdefault(model, LogSketch()).merge(sk)
-            self._latency_sum[model] = self._latency_sum.get(model, 0.0) + float(
-                lat[(models == model) & (starts == start)].sum()
-            )
+        touched = aggregate(ts_col, lat_col, model_col, deltas, self.window_s, now)
+        fold(touched, self._windows, self._totals, self._latency_sum)
         if self.task is None:
-            self.task = next((_task_of(o) for o in out_col if o is not None), None)
+            self.task = next((task_of(o) for o in out_col if o is not None), None)
         resources = self._sample_resources(now, final)
         rows = [
-            (t, m, None if p is None else str(p), la, int(e), _plain(o))
+            (t, m, None if p is None else str(p), la, int(e), plain(o))
             for t, m, p, la, e, o in zip(
                 ts_col, model_col, pid_col, lat_col, err_col, out_col, strict=True
             )
         ]
-        windows = [
-            (m, s, self.window_s, req, err, sk.n, _merger(sk))
-            for (m, s), (req, err, sk) in touched.items()
-        ]
         self.store.write(
-            rows, [(str(p), _plain(label), t) for p, label, t in labels], windows, resources
+            rows,
+            [(str(p), plain(label), t) for p, label, t in labels],
+            for_store(touched, self.window_s),
+            resources,
         )
         events: list[AlertEvent] = []  # evaluated after the write, so the join sees this batch
         for model in list(self._requests):
@@ -330,8 +293,7 @@ class ModelMonitor:
 
     def _forget_old_windows(self, now: float) -> None:
         horizon = now - max(86400.0, max((r.window_s for r in self.engine.rules), default=0) * 3)
-        for key in [k for k in self._windows if k[1] < horizon]:
-            del self._windows[key]
+        forget_before(self._windows, horizon)
 
     def _sample_resources(self, now: float, final: bool = False) -> list[tuple[Any, ...]]:
         """A sample every ``resources_interval_s`` from the start, and a last one on close
@@ -383,13 +345,7 @@ class ModelMonitor:
         return {"requests": peek(requests), "errors": peek(self._errors[model])}
 
     def _merged(self, model: str, since: float | None) -> tuple[LogSketch, int, int]:
-        sk, req, err = LogSketch(), 0, 0
-        for (m, start), w in list(self._windows.items()):
-            if m == model and (since is None or start >= since):
-                sk.merge(w.sketch)
-                req += w.requests
-                err += w.errors
-        return sk, req, err
+        return merged(self._windows, model, since)
 
     def latency(self, model: str = "default", last_s: float | None = None) -> dict[str, Any]:
         """p50/p95/p99 (ms, 1% relative error) with n; percentiles with too few samples are
@@ -437,64 +393,14 @@ class ModelMonitor:
     def accuracy(self, model: str = "default", since: float | None = None) -> dict[str, Any]:
         """Join predictions with ground truth by id: accuracy (classification) or MAE
         (regression) over labeled predictions since ``since``, with counts."""
-        rows = self.store.query(
-            "SELECT p.output, l.label FROM predictions p JOIN labels l ON p.prediction_id = l.prediction_id "
-            "WHERE p.model = ? AND p.ts >= ?",
-            (model, since or 0.0),
-        )
-        out: dict[str, Any] = {"labeled": len(rows)}
-        if not rows:
-            return out
-        if self.task == "regression":
-            out["mae"] = float(np.mean([abs(float(a) - float(b)) for a, b in rows]))
-        else:
-            out["accuracy"] = float(np.mean([same_label(a, b) for a, b in rows]))
-        return out
+        return truth.accuracy(self.store, model, self.task, since)
 
     def accuracy_by_window(self, model: str = "default") -> list[dict[str, Any]]:
-        rows = self.store.query(
-            f"SELECT {self.store.window_start('p.ts')}, p.output, l.label FROM predictions p "
-            "JOIN labels l ON p.prediction_id = l.prediction_id WHERE p.model = ? ORDER BY p.ts",
-            (self.window_s, self.window_s, model),
-        )
-        out: dict[float, list[bool | float]] = {}
-        for start, a, b in rows:
-            value = abs(float(a) - float(b)) if self.task == "regression" else same_label(a, b)
-            out.setdefault(float(start), []).append(value)
-        key = "mae" if self.task == "regression" else "accuracy"
-        return [
-            {"start": s, key: float(np.mean(v)), "labeled": len(v)} for s, v in sorted(out.items())
-        ]
+        return truth.accuracy_by_window(self.store, model, self.task, self.window_s)
 
     def labels_report(self, model: str = "default") -> dict[str, Any]:
         """Coverage (labeled / predictions with an id), orphan labels, label delay percentiles."""
-        with_id = self.store.query(
-            "SELECT COUNT(*) FROM predictions WHERE model = ? AND prediction_id IS NOT NULL",
-            (model,),
-        )[0][0]
-        delays = [
-            r[0]
-            for r in self.store.query(
-                "SELECT l.ts - p.ts FROM labels l JOIN predictions p ON p.prediction_id = l.prediction_id "
-                "WHERE p.model = ?",
-                (model,),
-            )
-        ]
-        orphans = self.store.query(
-            "SELECT COUNT(*) FROM labels WHERE prediction_id NOT IN "
-            "(SELECT prediction_id FROM predictions WHERE prediction_id IS NOT NULL)"
-        )[0][0]
-        d = np.asarray(delays, dtype=np.float64)
-        return {
-            "predictions_with_id": int(with_id),
-            "labeled": int(d.size),
-            "coverage": d.size / with_id if with_id else None,
-            "orphan_labels": int(orphans),
-            "unsampled_labels": self.labels_unsampled,
-            "delay_s": {f"p{q}": float(np.percentile(d, q)) for q in (50, 95, 99)}
-            if d.size
-            else None,
-        }
+        return truth.labels_report(self.store, model, self.labels_unsampled)
 
     def health(self, model: str = "default") -> dict[str, Any]:
         """healthy / degraded (a warning alert is active) / failing (a critical one is)."""
@@ -518,29 +424,3 @@ class ModelMonitor:
         prometheus_client collector, read at scrape time only; ``name`` replaces an earlier
         one of that name."""
         self._collectors[name] = collector
-
-
-def same_label(a: Any, b: Any) -> bool:
-    """Labels compare as numbers when both are numbers (1 == 1.0 == '1'), else as text."""
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
-def _task_of(output: Any) -> str:
-    value = _plain(output)
-    return (
-        "regression"
-        if isinstance(value, float) and not float(value).is_integer()
-        else "classification"
-    )
-
-
-def _merger(sketch: LogSketch) -> Callable[[bytes | None], bytes]:
-    def merge(existing: bytes | None) -> bytes:
-        if existing is None:
-            return sketch.to_bytes()
-        return LogSketch.from_bytes(existing).merge(sketch).to_bytes()
-
-    return merge

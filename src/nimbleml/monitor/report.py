@@ -19,9 +19,10 @@ import numpy as np
 
 from ..bench.plots import new_figure
 from ..errors import ConfigError, storage_error
-from .core import MIN_SAMPLES, same_label
 from .sketch import LogSketch
 from .store import Store, open_store, sqlite_path
+from .truth import same_label
+from .windows import MIN_SAMPLES
 
 UTC = _dt.timezone.utc
 MARKERS_UP_TO = 60  # points in a series; more than that and the line alone reads better
