@@ -16,6 +16,7 @@ from ._version import __version__
 from .bench import BenchmarkReport, PerformanceMetrics, TimingConfig, benchmark
 from .compress import ModelCompressor, Quantization, compress, get_recipe
 from .deploy import deploy
+from .distill import DistillResult, QATResult, distill, qat, students
 from .errors import (
     AccuracyBudgetError,
     BenchmarkError,
@@ -25,9 +26,11 @@ from .errors import (
     MissingDependencyError,
     ModelLoadError,
     NimbleError,
+    NimblemlWarning,
     PackageError,
     ServingError,
     StorageError,
+    TrainingError,
     UnsupportedError,
     UntrustedPickleError,
     UserCodeError,
@@ -36,50 +39,31 @@ from .models import Model, load_model
 from .optimizer import OptimizationResult, optimize
 from .package import Package, load
 
+# plain functions: the packages nimbleml.train and nimbleml.profile are imported here, once, so
+# the names stay bound to the functions (none of these imports torch)
+from .profile import ProfileReport, profile
+from .search import search_architecture, tune
+from .train import Trainer, TrainResult, find_batch_size, train
+
 if _TYPE_CHECKING:  # type checkers see the real classes; at run time they load on first use
     from .batch import PredictResult, predict_file
     from .cost import CostEstimate, estimate_cost
     from .monitor import ModelMonitor
-    from .profile import ProfileReport, profile
     from .runtime import EnsemblePredictor, OptimizedPredictor
-    from .search import DistillResult, QATResult, distill, qat, search_architecture, students, tune
-    from .train import Trainer, TrainResult, find_batch_size, train
 
 # in-process inference and monitoring, imported on first use (``import nimbleml`` stays cheap)
 _LAZY = {
     "OptimizedPredictor": "runtime",
     "EnsemblePredictor": "runtime",
     "ModelMonitor": "monitor",
-    "Trainer": "train",
-    "TrainResult": "train",
-    "find_batch_size": "train",
-    "distill": "search",
-    "DistillResult": "search",
-    "tune": "search",
-    "search_architecture": "search",
-    "qat": "search",
-    "QATResult": "search",
     "predict_file": "batch",
     "PredictResult": "batch",
-    "ProfileReport": "profile",
     "estimate_cost": "cost",
     "CostEstimate": "cost",
 }
 
 
 def __getattr__(name: str) -> object:
-    if name == "train":  # the package, callable as the function (nimbleml.train(model, data))
-        import importlib
-
-        return importlib.import_module(".train", __name__)
-    if name == "profile":  # the package, callable as the function (nimbleml.profile(model, X))
-        import importlib
-
-        return importlib.import_module(".profile", __name__)
-    if name == "students":  # nimbleml.students.shrink(teacher, width=0.5, depth=0.5)
-        import importlib
-
-        return importlib.import_module(".search.students", __name__)
     if name in _LAZY:
         import importlib
 
@@ -90,7 +74,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"train", "students", "profile"})
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -109,6 +93,7 @@ __all__ = [
     "ModelLoadError",
     "ModelMonitor",
     "NimbleError",
+    "NimblemlWarning",
     "OptimizationResult",
     "OptimizedPredictor",
     "Package",
@@ -123,6 +108,7 @@ __all__ = [
     "TimingConfig",
     "TrainResult",
     "Trainer",
+    "TrainingError",
     "UnsupportedError",
     "UntrustedPickleError",
     "UserCodeError",

@@ -393,3 +393,19 @@ def _bad_cell(path: str, header: list[str], body: list[list[str]]) -> str:
                     "number; a CSV given to nimbleml holds numbers only below its header"
                 )
     return f"{path} must hold numbers only below its header"  # pragma: no cover
+
+
+def refuse_missing_pair(data: Any, where: str) -> None:
+    """``data``: (X, y) arrays, tensors, DataFrames or dicts of columns; ``where`` names it
+    ("train_data", "--data train.npz")."""
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        return
+    x, y = data
+    if _scannable(x):
+        refuse_missing(x, where)
+    if y is not None and _scannable(y):
+        refuse_missing(y, f"{where} labels")
+
+
+def _scannable(x: Any) -> bool:
+    return isinstance(x, dict) or hasattr(x, "shape") or hasattr(x, "columns")

@@ -11,8 +11,8 @@ import torch
 
 import nimbleml
 from nimbleml.errors import ConfigError, UnsupportedError
-from nimbleml.search import KDLoss, shrink
-from nimbleml.search import teacher as teachers
+from nimbleml.distill import KDLoss, shrink
+from nimbleml.distill import teacher as teachers
 from tests.conftest import make_encoder, token_batch
 
 F = torch.nn.functional

@@ -13,7 +13,7 @@ import nimbleml
 from nimbleml.cli import app
 from nimbleml.errors import ConfigError
 from nimbleml.optimizer.result import STATUSES, pareto
-from nimbleml.optimizer.search import TIE
+from nimbleml.optimizer.engine import TIE
 
 FAST = {"timing_s": 0.2}
 
@@ -220,7 +220,7 @@ def test_ties_are_decided_once_among_the_fastest():
     from types import SimpleNamespace
 
     from nimbleml.optimizer.result import Candidate
-    from nimbleml.optimizer.search import _final_choice
+    from nimbleml.optimizer.engine import _final_choice
 
     def cand(name, p50, size, status="ok"):
         return Candidate(name, status=status, p50_ms=p50, drop=0.0, size_bytes=size, model=object())

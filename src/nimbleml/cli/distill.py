@@ -120,7 +120,7 @@ def settings(given: dict[str, Any], config: Path | None) -> dict[str, Any]:
 def run(spec: dict[str, Any]) -> None:
     import nimbleml
 
-    from ..search.data import refuse_missing_pair
+    from ..inputs import refuse_missing_pair
     from ..train import sources
 
     output, report = spec["package"], spec["report"]
@@ -176,7 +176,7 @@ def _teacher(spec: str, example: Any, trust_pickle: bool = False) -> Any:
 def _student(spec: str, teacher: Any, width: float, depth: float) -> Any:
     import torch
 
-    from ..search.students import shrink
+    from ..distill.students import shrink
     from ..train import sources
 
     if spec != "shrink":

@@ -114,7 +114,7 @@ def settings(given: dict[str, Any], config: Path | None) -> dict[str, Any]:
 def run(spec: dict[str, Any]) -> None:
     import nimbleml
 
-    from ..search.data import refuse_missing_pair
+    from ..inputs import refuse_missing_pair
     from ..search.nas_output import prepare as prepare_output
     from ..train import sources
 

@@ -76,16 +76,34 @@ def register(cls: type[Recipe]) -> type[Recipe]:
     return cls
 
 
+ENTRY_POINTS = "nimbleml.recipes"  # recipes registered from above (pyproject.toml)
+
+
+def _entry_points() -> dict[str, Any]:
+    """Recipes that live in a higher layer or another package, by name: importing the module
+    an entry point names registers its recipe. QAT trains, so it lives above train
+    (nimbleml.distill.qat) and comes in this way; a plugin package can add its own."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINTS)}
+
+
 def get_recipe(name: str, **params: Any) -> Recipe:
     """The registered recipe ``name`` configured with ``params``."""
-    from . import prune, quantize, torch_native  # noqa: F401  (registers the built-in recipes)
-
-    if name == "qat":  # it trains: registered on demand, so other recipes never import torch
-        from ..search import qat  # noqa: F401
-    from . import openvino  # noqa: F401  (imports OpenVINO only when a recipe is applied)
+    from . import (  # noqa: F401  (registers the built-in recipes)
+        openvino,
+        prune,
+        quantize,
+        torch_native,
+    )
 
     if name not in RECIPES:
-        raise ConfigError(f"unknown recipe '{name}'; choose one of: {', '.join(sorted(RECIPES))}")
+        found = _entry_points()
+        if name in found:
+            found[name].load()
+        if name not in RECIPES:
+            known = sorted({*RECIPES, *found})
+            raise ConfigError(f"unknown recipe '{name}'; choose one of: {', '.join(known)}")
     return RECIPES[name](**params)
 
 

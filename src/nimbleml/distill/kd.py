@@ -30,8 +30,8 @@ import numpy as np
 
 from .._deps import require
 from ..errors import ConfigError
+from ..inputs import refuse_missing_pair
 from . import teacher as teachers
-from .data import refuse_missing_pair
 from .report import DistillReport, compare
 
 CACHE_CHOICES = ("auto", True, False)
@@ -80,6 +80,7 @@ def distill(teacher: Any, student: Any, train_data: Any, val_data: Any = None, *
     from ..train import train
     from ..train.config import TrainConfig
     from ..train.sources import as_arrays
+    from .modules import Online
 
     _check(temperature, alpha, cache_teacher, feature_loss, feature_weight, student)
     if "loss" in train_options:
@@ -110,11 +111,11 @@ def distill(teacher: Any, student: Any, train_data: Any, val_data: Any = None, *
         cache = f"cached {where}" + (" (reused)" if outputs.reused else "")
     else:
         data, k, indexed = train_data, 0, False
-        model = _Online(student, teacher, features or [], feature_loss, train_data)
+        model = Online(student, teacher, features or [], feature_loss, train_data)
         cache = f"online: {why_online}"
     loss = KDLoss(temperature, alpha, k, indexed, regression, feature_weight)
     result = train(model, data, val_data, loss=loss, **options)
-    trained = model.student if isinstance(model, _Online) else model
+    trained = model.student if isinstance(model, Online) else model
     base, base_history = None, None
     if baseline:
         plain = train(start, train_data, val_data, **options)
@@ -205,27 +206,9 @@ def _packed(data: Any, outputs: teachers.TeacherOutputs) -> Any:
         X, y = data
         y = y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
         return X, outputs.packed(y)
-    return _PackedDataset(data, outputs)
+    from .modules import PackedDataset
 
-
-def _dataset_base() -> Any:
-    return require("torch", "nimbleml.distill").utils.data.Dataset
-
-
-class _PackedDataset(_dataset_base()):  # type: ignore[misc]
-    """A deterministic Dataset whose targets carry the teacher's cached outputs."""
-
-    def __init__(self, data: Any, outputs: teachers.TeacherOutputs) -> None:
-        self.data, self.outputs = data, outputs
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> Any:
-        torch = require("torch", "nimbleml.distill")
-        x, y = self.data[i]
-        row = self.outputs.packed(np.asarray([float(y)]), rows=slice(i, i + 1))[0]
-        return x, torch.from_numpy(row)
+    return PackedDataset(data, outputs)
 
 
 class KDLoss:
@@ -243,7 +226,7 @@ class KDLoss:
         torch = require("torch", "nimbleml.distill")
         F = torch.nn.functional
         student, teacher, feature_term = out, None, None
-        if isinstance(out, _KDOutput):
+        if isinstance(out, KDOutput):
             student, teacher, feature_term = out.student, out.teacher, out.features
         from ..train.losses import _primary
 
@@ -285,113 +268,10 @@ class KDLoss:
 
 
 @dataclass
-class _KDOutput:
+class KDOutput:
     student: Any
     teacher: Any
     features: Any
-
-
-def _module_base() -> Any:
-    return require("torch", "nimbleml.distill").nn.Module
-
-
-class _Online(_module_base()):  # type: ignore[misc]
-    """The student trained beside a teacher that runs on every batch: in training it returns
-    the student's and the teacher's outputs (and the feature term), in eval the student's. The
-    teacher is held outside the module's parameters (frozen, never in the optimizer or the
-    checkpoints); the projections for features of different widths are trained with it."""
-
-    def __init__(self, student: Any, teacher: Any, pairs: list[tuple[str, str]],
-                 feature_loss: str, sample_data: Any) -> None:  # fmt: skip
-        torch = require("torch", "nimbleml.distill")
-        super().__init__()
-        self.student = student
-        self._teacher = [teacher]  # a list: not a submodule
-        self._run_teacher = teachers.teacher_callable(teacher)
-        self.pairs, self.feature_loss = list(pairs), feature_loss
-        self._seen: dict[str, Any] = {}
-        self.projections = torch.nn.ModuleList()
-        if self.pairs:
-            if not isinstance(teacher, torch.nn.Module):
-                raise ConfigError("feature distillation needs a torch teacher, not a package")
-            self._hook(sample_data)
-
-    def _hook(self, sample_data: Any) -> None:
-        torch = require("torch", "nimbleml.distill")
-        from ..train.data import batches
-        from ..train.loop import call
-
-        teacher = self._teacher[0]
-        for s_name, t_name in self.pairs:
-            for side, model, name in (("s", self.student, s_name), ("t", teacher, t_name)):
-                try:
-                    module = model.get_submodule(name)
-                except AttributeError:
-                    names = [n for n, _ in model.named_modules() if n][:12]
-                    who = "student" if side == "s" else "teacher"
-                    raise ConfigError(
-                        f"features: the {who} has no module {name!r}; some it has: "
-                        f"{', '.join(names)}"
-                    ) from None
-                module.register_forward_hook(self._keeper(f"{side}:{name}"))
-        sample = batches(sample_data, 4, shuffle=False).sample(4)
-        with torch.no_grad():
-            call(self.student, sample.inputs)
-            call(teacher, sample.inputs)
-        for s_name, t_name in self.pairs:
-            s, t = self._seen[f"s:{s_name}"], self._seen[f"t:{t_name}"]
-            ws, wt = _width(s), _width(t)
-            if s.dim() != t.dim():
-                raise ConfigError(
-                    f"features ({s_name!r}, {t_name!r}): outputs of shapes {tuple(s.shape)} and "
-                    f"{tuple(t.shape)} cannot be matched; pick modules of the same kind"
-                )
-            if ws == wt:
-                self.projections.append(torch.nn.Identity())
-            elif s.dim() == 4:
-                self.projections.append(torch.nn.Conv2d(ws, wt, 1))
-            else:
-                self.projections.append(torch.nn.Linear(ws, wt))
-        self._seen.clear()
-
-    def _keeper(self, key: str) -> Any:
-        def keep(_module: Any, _inputs: Any, output: Any) -> None:
-            self._seen[key] = output[0] if isinstance(output, tuple) else output
-
-        return keep
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        from ..train.loop import call
-
-        out = self.student(*args, **kwargs)
-        if not self.training:
-            return out
-        teacher = self._teacher[0]
-        inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-        if hasattr(teacher, "to"):
-            first = next(self.student.parameters())
-            if next(teacher.parameters()).device != first.device:
-                teacher.to(first.device)
-        soft = self._run_teacher(inputs) if not self.pairs else None
-        feature_term = None
-        if self.pairs:
-            torch = require("torch", "nimbleml.distill")
-            with torch.no_grad():
-                from ..train.losses import _primary
-
-                soft = _primary(call(teacher, inputs)).float()
-            feature_term = sum(
-                self._match(proj(self._seen[f"s:{s}"]), self._seen[f"t:{t}"].detach())
-                for proj, (s, t) in zip(self.projections, self.pairs, strict=True)
-            ) / len(self.pairs)
-        return _KDOutput(out, soft, feature_term)
-
-    def _match(self, s: Any, t: Any) -> Any:
-        torch = require("torch", "nimbleml.distill")
-        F = torch.nn.functional
-        if self.feature_loss == "cosine":
-            return (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
-        return F.mse_loss(s, t)
 
 
 def _width(t: Any) -> int:

@@ -35,9 +35,8 @@ from .._deps import require
 from ..compress.base import Context, Recipe, register
 from ..compress.quantize import int8_layout
 from ..errors import ConfigError, DataError, UnsupportedError
-from ..inputs import batch_size, refuse_missing, take
+from ..inputs import batch_size, refuse_missing, refuse_missing_pair, take
 from ..models.base import Model
-from .data import refuse_missing_pair
 
 CALIB_BATCH, CALIB_ROWS = 32, 512  # what the int8-static recipe feeds ONNX Runtime
 ACT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
@@ -264,7 +263,7 @@ class QuantAwareTraining(Recipe):
 
     def apply(self, model: Model, ctx: Context) -> Model:
         from ..train import train
-        from .distill import distill
+        from .kd import distill
 
         started = time.perf_counter()
         params = dict(self._params)

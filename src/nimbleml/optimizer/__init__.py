@@ -1,6 +1,6 @@
 """Accuracy-budgeted search for the fastest model on this machine."""
 
+from .engine import optimize
 from .result import Candidate, OptimizationResult
-from .search import optimize
 
 __all__ = ["Candidate", "OptimizationResult", "optimize"]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..compress.base import get_recipe
 from ..compress.pipeline import Prepared, agreement, build, make_manifest, prepare
 from ..compress.quantize import DYNAMIC_OPS, STATIC_OPS, quantizable_nodes
 from ..errors import ConfigError
@@ -297,12 +298,10 @@ def _check_qat(train_data: Any, options: dict[str, Any] | None) -> None:
         if options:
             raise ConfigError("qat_options need train_data=(X, y) to train on")
         return
-    from ..search.qat import QuantAwareTraining  # registers the "qat" recipe
-
     for key in ("quantize", "per_channel"):
         if key in (options or {}):
             raise ConfigError(f"qat_options: {key} is chosen by the search; drop it")
-    QuantAwareTraining(**(options or {}))
+    get_recipe("qat", **(options or {}))  # checks the options (registered from nimbleml.distill)
 
 
 def _full_int8(c: Candidate) -> bool:

@@ -13,8 +13,6 @@ measured tables; the report (report.py) holds the figures and writes the outputs
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +186,3 @@ def _what(model: Any) -> str:
         path = Path(model)
         return "a .nimble package" if path.is_dir() else f"a '{path.suffix}' file ({path.name})"
     return f"a {type(model).__name__}"
-
-
-class _CallableModule(types.ModuleType):
-    """``nimbleml.profile(...)`` is the function; ``nimbleml.profile`` is also this package
-    (importing a submodule sets it as the parent's attribute), so the package calls through."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ProfileReport:
-        return profile(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._deps import require
 from ..errors import ConfigError
-from .data import refuse_missing_pair
+from ..inputs import refuse_missing_pair
 from .nas_output import prepare as prepare_output
 from .trials import quiet_failures
 

@@ -8,10 +8,6 @@ tuning (DataLoader settings and batch size, measured), result (history, report).
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
 from ..errors import TrainingError
 from .config import TrainConfig
 from .loop import Trainer, train
@@ -30,14 +26,3 @@ __all__ = [
     "train",
     "tune_loader",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``nimbleml.train(...)`` is the function; ``nimbleml.train`` is also this package (Python
-    sets the submodule as the parent's attribute on import), so the package calls through."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,12 @@
+"""Making a small model learn from a big one, and training a model for int8: distillation
+(kd.py, with the teacher's outputs in teacher.py and the side-by-side report in report.py),
+smaller students built from a teacher (students.py) and quantization-aware training (qat.py,
+the "qat" recipe, registered into compress's registry through the ``nimbleml.recipes`` entry
+point). Above train (they train), below search (which tunes them)."""
+
+from .kd import DistillResult, KDLoss, distill
+from .qat import QATResult, qat
+from .report import DistillReport
+from .students import shrink
+
+__all__ = ["DistillReport", "DistillResult", "KDLoss", "QATResult", "distill", "qat", "shrink"]
