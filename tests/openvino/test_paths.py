@@ -88,7 +88,7 @@ def test_serve_batches_requests_for_an_openvino_package(int8, digits):
 def test_the_server_gives_openvino_its_thread_setting(int8):
     from nimbleml.monitor import ModelMonitor
     from nimbleml.serve import ServeConfig
-    from nimbleml.serve.app import Server
+    from nimbleml.serve.server import Server
 
     monitor = ModelMonitor(store="sqlite:///:memory:", resources_interval_s=None)
     entry = Server({"ov": int8}, ServeConfig(threads=1), monitor).entries["ov"]

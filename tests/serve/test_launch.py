@@ -16,7 +16,7 @@ import nimbleml
 from nimbleml.cli import app as cli
 from nimbleml.errors import ConfigError
 from nimbleml.serve import ServeConfig, create_app
-from nimbleml.serve.app import serving_threads
+from nimbleml.serve.config import serving_threads
 from nimbleml.serve.launch import make_spec
 from tests._net import v2_body
 from tests.runtime.conftest import RedisServer

@@ -342,13 +342,13 @@ def test_prediction_ids_unique_across_requests_and_processes():
     import subprocess
     import sys
 
-    from nimbleml.serve.app import new_id
+    from nimbleml.serve.server import new_id
 
     ids = [new_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
     prefix = ids[0].split("-")[0]
     other = subprocess.run(
-        [sys.executable, "-c", "from nimbleml.serve.app import new_id; print(new_id())"],
+        [sys.executable, "-c", "from nimbleml.serve.server import new_id; print(new_id())"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert other.split("-")[0] != prefix
@@ -362,7 +362,8 @@ def test_prediction_ids_unique_across_requests_and_processes():
 
 
 def test_served_models_leave_the_event_loop_a_core(digits_package):
-    from nimbleml.serve.app import Server, serving_threads
+    from nimbleml.serve.config import serving_threads
+    from nimbleml.serve.server import Server
 
     cores = len(os.sched_getaffinity(0))
     assert serving_threads(3) == 3  # given: used as is

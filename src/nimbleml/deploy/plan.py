@@ -6,7 +6,7 @@ Derivations (docs/deploy.md):
 
 - ``--threads``: the thread count ``optimize`` measured best (``runtime.intra_op_num_threads``);
   else the server's own rule on the machine the package was timed on: its cores less one
-  for the event loop (serve/app.py ``serving_threads``).
+  for the event loop (serve/config.py ``serving_threads``).
 - ``--max-batch-size``: the batch size ``optimize`` chose (``runtime.batch_size``); else the
   largest benchmarked batch whose package p99 fits half the 25 ms p99 target, so that two
   batches back to back still fit it (how docs/serve.md sized the MLP's batches); else 32.

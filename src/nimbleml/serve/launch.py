@@ -24,7 +24,8 @@ from typing import Any
 
 from ..errors import ConfigError, NimbleError
 from ..package import model_map
-from .app import ServeConfig, create_app, serving_threads
+from .app import create_app
+from .config import ServeConfig, serving_threads
 
 SPEC_ENV = "NIMBLEML_SERVE_SPEC"  # how the parent hands the settings to worker processes
 SUPERVISOR_ENV = "NIMBLEML_SERVE_SUPERVISOR"  # its pid: a worker dies when it is gone

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import Server
+    from .server import Server
 
 
 def batch_size_buckets(sizes: dict[int, int], largest: int) -> list[tuple[str, float]]:

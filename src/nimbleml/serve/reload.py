@@ -19,19 +19,14 @@ from typing import TYPE_CHECKING, Any
 from .._deps import require
 from ..errors import ConfigError
 from ..models.base import Model
+from .http import HttpError
 from .protocol import kind_of
 
 if TYPE_CHECKING:
-    from .app import ModelEntry, Server
     from .fleet import Member
+    from .server import ModelEntry, Server
 
 log = logging.getLogger("nimbleml.serve")
-
-
-def _http_error(status: int, message: str) -> Exception:
-    from .app import HttpError
-
-    return HttpError(status, message)
 
 
 async def reload_model(
@@ -55,7 +50,7 @@ async def reload_model(
         await server.start(new)
     except Exception as exc:
         detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise _http_error(
+        raise HttpError(
             409, f"new version of '{name}' refused, the old one keeps serving: {detail}"
         ) from exc
     server.entries[name] = new  # one assignment on the event loop: requests see old or new
@@ -114,18 +109,18 @@ def load_source(server: Server, name: str, body: dict[str, Any]) -> Any:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise _http_error(400, f"'parameters' must be a JSON object, got {kind_of(params)}")
+        raise HttpError(400, f"'parameters' must be a JSON object, got {kind_of(params)}")
     path = params.get("path")
     if path is not None and (not isinstance(path, str) or not path):
-        raise _http_error(400, f"parameters.path must be a package path (text), got {path!r}")
+        raise HttpError(400, f"parameters.path must be a package path (text), got {path!r}")
     source = path or server.sources.get(name)
     if source is None:
-        raise _http_error(400, f"model '{name}' is new here: give parameters.path to its package")
+        raise HttpError(400, f"model '{name}' is new here: give parameters.path to its package")
     repository = server.config.repository
     if path is not None and repository:
         root = Path(repository).resolve()
         if not Path(path).resolve().is_relative_to(root):
-            raise _http_error(
+            raise HttpError(
                 403, f"{path} is outside the model repository {root}; this server loads "
                 "packages from there only",
             )  # fmt: skip
@@ -149,17 +144,17 @@ async def load(server: Server, name: str, body: dict[str, Any]) -> dict[str, Any
     timeout = server.config.reload_timeout_s
     acks, late, starting = await member.wait(generation, timeout)
     if not member.supervisor_alive():
-        raise _http_error(503, "the server is stopping; load the package again once it runs")
+        raise HttpError(503, "the server is stopping; load the package again once it runs")
     refused = {int(a["pid"]): a["refused"][name] for a in acks if name in a.get("refused", {})}
     if refused:
         back = await _roll_back(server, member, name, old, old_source)
         pids = ", ".join(str(p) for p in refused)
-        raise _http_error(
+        raise HttpError(
             409, f"new version of '{name}' refused by worker(s) {pids}: "
             f"{next(iter(refused.values()))}; {back}",
         )  # fmt: skip
     if late or starting:
-        raise _http_error(
+        raise HttpError(
             504, f"model '{name}' version {new.version} serves on worker(s) "
             f"{', '.join(str(a['pid']) for a in acks)}; {_unconfirmed(late, starting)} did not "
             f"confirm it within {timeout:g} s (--reload-timeout-s): they load it when they can",
