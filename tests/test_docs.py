@@ -591,8 +591,8 @@ def test_train_command_lines_use_the_train_options(block):
     options = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
     for line in command_lines(block):
         if line.startswith("torchrun "):  # torchrun's own options, then the train command's
-            assert " -m nimbleml.train.launch " in line, line
-            line = line.split(" -m nimbleml.train.launch ", 1)[1]
+            assert " -m nimbleml.cli.rank " in line, line
+            line = line.split(" -m nimbleml.cli.rank ", 1)[1]
         else:
             assert line.startswith("nimbleml train "), line
         shown = set(re.findall(r"(?:^|\s)(--?[a-z][a-z-]*)", line))

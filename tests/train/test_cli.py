@@ -258,7 +258,7 @@ BAD = [
     (f"{M} --scheduler linear", "--scheduler 'linear' is not one of cosine, plateau, onecycle"),
     (f"{M} --optimizer lion", "--optimizer 'lion' is not one of adamw, adam, sgd"),
     (f"{M} --amp --precision fp32", "--amp (precision auto) and --precision fp32 disagree"),
-    (f"{M} --epochs 0", "--epochs must be an integer >= 1, got 0"),
+    (f"{M} --epochs 0", "--epochs must be >= 1, got 0"),
     (f"{M} --resume", "resume=True needs checkpoint_dir"),
     ("--config unknown-key.yaml", "unknown setting 'training.epochz'; known in 'training': loss"),
     ("--config unknown-section.yaml", "unknown section 'optimizer'; known: model, data, training"),
@@ -271,7 +271,7 @@ BAD = [
     ("--model digit_models:nope --data train.npz", "has no 'nope'; its functions: build"),
     ("--model digit_models --data train.npz", "give module:function"),
     ("--model digit_models:not_a_model --data train.npz", "returned a list, not a torch.nn.Module"),
-    (f"{M} --num-classes 0", "--num-classes must be an integer >= 1"),
+    (f"{M} --num-classes 0", "--num-classes must be >= 1, got 0"),
     ("--model digit_models:build --data missing.npz", "data file not found: missing.npz"),
     ("--model digit_models:build --data train.csv", "holds no labels"),
     (f"{M} --log wandb", "--log 'wandb' is not one of tensorboard[:DIR], mlflow[:URI]"),
@@ -279,7 +279,7 @@ BAD = [
     (f"{M} --optimize -o out.nimble", "--optimize needs --val DATA"),
     (f"{M} -o out.nimble", "add --optimize"),
     (f"{M} --save-model /proc/w.pt", "cannot write"),
-    (f"{M} --nproc 0", "--nproc must be an integer >= 1"),
+    (f"{M} --nproc 0", "--nproc must be >= 1, got 0"),
     (f"{M} --nproc 2 --data nothing_here.npz", "data file not found: nothing_here.npz"),
 ]
 

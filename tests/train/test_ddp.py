@@ -20,6 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from nimbleml.cli import app
+from nimbleml.cli.rank import ENTRY
 from nimbleml.train import launch
 
 MODELS = """
@@ -163,10 +164,10 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 
 def test_the_launch_command_and_threads():
-    cmd = launch.command(["--data", "x.npz"], 2, 29555, "/tmp/s/torchrun")
+    cmd = launch.command(ENTRY, ["--data", "x.npz"], 2, 29555, "/tmp/s/torchrun")
     assert cmd[1:] == ["-m", "nimbleml.train.elastic", "--nproc_per_node", "2", "--master_addr",
                        "127.0.0.1", "--master_port", "29555", "--log-dir", "/tmp/s/torchrun",
-                       "-m", "nimbleml.train.launch", "--data", "x.npz"]  # fmt: skip
+                       "-m", "nimbleml.cli.rank", "--data", "x.npz"]  # fmt: skip
     assert launch.threads_per_process(2) == max(1, launch.cores() // 2)
     assert launch.threads_per_process(64) == 1
 

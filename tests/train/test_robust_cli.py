@@ -236,7 +236,7 @@ def stop_after(path: Path, proc: subprocess.Popen[str], seen: dict[int, psutil.P
 
 def _rank(p: psutil.Process) -> str | None:
     try:
-        if "nimbleml.train.launch" not in " ".join(p.cmdline()):
+        if "nimbleml.cli.rank" not in " ".join(p.cmdline()):
             return None
         return p.environ().get("RANK")
     except psutil.Error:

@@ -1,52 +1,29 @@
 """The train verb: a PyTorch model trained from the command line, on one process or several
 (``--nproc N``, under torchrun), optionally ending with a verified package (``--optimize``).
 
-A YAML file (``--config``) holds the same settings in the API's three parts; a flag given
-wins; an unknown key is an error that lists the known ones:
-
-    model:
-      factory: mypkg.models:build   # module:function returning a torch.nn.Module
-      # arch: resnet18              # or a torchvision architecture (needs torchvision)
-      num_classes: 10               # passed to the function / the architecture
-      kwargs: {hidden: 128}         # more keyword arguments for it
-    data:
-      train: train.npz              # .npz, .csv (with target), an image folder, module:function
-      val: val.npz
-      target: null                  # the label column of a .csv file
-      image_size: null              # image folders: resize to image_size x image_size
-    training:                       # nimbleml.train's options (TrainConfig), and:
-      epochs: 20
-      batch_size: 64                # the global batch, whatever the number of processes
-      precision: fp32               # the command line's default; --amp means auto
-      scheduler: cosine
-      checkpoint_dir: runs/x
-      nproc: 1                      # processes (torchrun); --nproc
-      log: [tensorboard:runs/tb]    # tensorboard[:DIR], mlflow[:URI]; --log
+A YAML file (``--config``) holds the same settings in the API's three parts (``model:``,
+``data:``, ``training:``; read and checked by :func:`nimbleml.train.config.read_config`, whose
+docstring shows one); a flag given wins over the file; an unknown key is an error that lists
+the known ones. Flags and file values go through the same per-key check as the API's
+TrainConfig (``nimbleml.train.config.check``). Two differences from the API: the command
+line trains in fp32 unless ``--amp`` / ``--precision`` / ``training.precision`` says
+otherwise, and the same command again resumes from ``--checkpoint-dir``'s last checkpoint.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from .._yaml import read_sections
 from ..errors import ConfigError
-from ..train.config import LOSSES, OPTIMIZERS, SCHEDULERS, TrainConfig
-from ..train.precision import PRECISIONS
+from ..train.config import SECTIONS, TRAINING, TrainConfig, check, read_config
 from ._common import DEBUG, _guard, check_writable
 from .cost import check_clouds
 
-TRAINING = (*(n for n in TrainConfig.names() if n != "callbacks"), "nproc", "log")
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": ("factory", "arch", "num_classes", "kwargs"),
-    "data": ("train", "val", "target", "image_size"),
-    "training": TRAINING,
-}
 # the flag that sets a key, where its name differs from --key-with-dashes
 FLAGS = {"factory": "--model", "train": "--data", "kwargs": "model.kwargs"}
 CLI_PRECISION = "fp32"  # without --amp / --precision the command line trains in fp32
@@ -59,77 +36,6 @@ def _defaults() -> dict[str, Any]:
     out.update({name: getattr(api, name) for name in TRAINING if hasattr(api, name)})
     out.update(precision=CLI_PRECISION, nproc=1, log=[], resume=None)
     return out
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """The settings in a train YAML file, flat; every key and value checked, an error naming
-    ``section.key`` (and the known keys) otherwise."""
-    return read_sections(path, SECTIONS, check,
-                         lambda section, key: f"config file {path}: {section}.{key}")  # fmt: skip
-
-
-_INT = {"epochs": 1, "grad_accum": 1, "keep_last": 1, "max_nonfinite": 1, "nproc": 1,
-        "num_classes": 1, "image_size": 1, "early_stopping": 1, "warmup_steps": 0, "seed": 0}  # fmt: skip
-_NUMBER = {"lr": ">", "weight_decay": ">=", "grad_clip": ">", "grad_clip_value": ">"}
-_TEXT = ("factory", "arch", "train", "val", "target", "checkpoint_dir")
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_NULLABLE = ("early_stopping", "grad_clip", "grad_clip_value", "num_classes", "image_size",
-             "loss", "metric", "scheduler", *_TEXT)  # fmt: skip
-
-
-def check(key: str, value: Any, where: str) -> Any:
-    """``value`` if it is a valid ``key``, else ConfigError naming ``where``, the value and
-    what is allowed."""
-    from ..metrics import METRIC_NAMES
-    from ..train.loggers import KINDS, check_spec
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where} must be {expected}, got {value!r}")
-
-    if value is None and key in _NULLABLE:
-        return None
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    choices = {"precision": PRECISIONS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
-               "loss": LOSSES, "metric": METRIC_NAMES}  # fmt: skip
-    if key in choices and value not in choices[key]:
-        raise ConfigError(f"{where} {value!r} is not one of {', '.join(choices[key])}")
-    if key in _INT and not (is_int and value >= _INT[key]):
-        raise bad(f"an integer >= {_INT[key]}")
-    if key in _NUMBER:
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad(f"a number {_NUMBER[key]} 0") from None
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not (value > 0 if _NUMBER[key] == ">" else value >= 0):
-            raise bad(f"a number {_NUMBER[key]} 0")
-        return float(value)
-    if key == "batch_size" and not (value == "auto" or (is_int and value >= 1)):
-        raise bad("an integer >= 1 or 'auto'")
-    if key == "resume" and not isinstance(value, bool):
-        raise bad("true or false")
-    if key == "checkpointing" and not (
-        isinstance(value, bool)
-        or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-    ):
-        raise bad("true, false or a list of submodule names")
-    if key in _TEXT and not isinstance(value, str):
-        raise bad("a string")
-    if key == "device" and not (isinstance(value, str) and _DEVICE.match(value)):
-        raise bad("auto, cpu, cuda or cuda:N")
-    if key in ("kwargs", "dataloader") and not (
-        (key == "dataloader" and value == "auto")
-        or (isinstance(value, dict) and all(isinstance(k, str) for k in value))
-    ):
-        raise bad("a mapping of keyword arguments" + (" or 'auto'" if key == "dataloader" else ""))
-    if key == "log":
-        value = [value] if isinstance(value, str) else value
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad(f"a list of {', '.join(KINDS)}")
-        for spec in value:
-            check_spec(spec)
-    return value
 
 
 def _batch_size(text: str) -> int | str:
@@ -309,8 +215,10 @@ def train(
         check_clouds(cloud)
         try:
             if spec["nproc"] > 1 and not launch.inside_torchrun():
+                from .rank import ENTRY  # not at the top: each process runs rank.py as __main__
+
                 _preflight(spec)
-                code = launch.relaunch(given_args(ctx), spec["nproc"], debug=DEBUG["on"],
+                code = launch.relaunch(ENTRY, given_args(ctx), spec["nproc"], debug=DEBUG["on"],
                                        progress=_progress_mode(quiet),
                                        resume=_how_to_go_on(spec))  # fmt: skip
                 raise typer.Exit(code)

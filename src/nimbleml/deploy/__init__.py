@@ -139,7 +139,7 @@ def _train(kind: Target, config: Path, out: Path, force: bool, bucket: str | Non
         raise ConfigError("--train writes a training job: give no packages with it")
     if not config.is_file():
         raise ConfigError(f"--train {config} does not exist: give a nimbleml train YAML")
-    from ..cli.train import read_config
+    from ..train.config import read_config
 
     read_config(config)  # a config train would refuse is refused here
     bucket = bucket or f"nimbleml-checkpoints-{config.stem.lower().replace('_', '-')}"

@@ -1,13 +1,16 @@
 """Data-parallel training through PyTorch's own launcher.
 
-``nimbleml train ... --nproc N`` runs :func:`relaunch`: ``python -m nimbleml.train.elastic
---nproc_per_node N --master_addr 127.0.0.1 --master_port <free port> --log-dir <temp> -m
-nimbleml.train.launch <the same arguments>`` (``elastic`` is torchrun, ``torch.distributed.run``,
-with its record of a failed rank written for the parent; its log folder is inside the
-parent's temporary folder, so no ``/tmp/torchelastic_*`` folder outlives a run; that folder
-names its owner, and the next start removes it when a SIGKILL left it, see tempdir.py). Each process torchrun starts runs :func:`main`,
-which parses the same arguments through the same ``train`` command and trains with the
-process group torchrun describes (gloo on CPU, nccl on GPU, see distributed.py).
+``nimbleml train ... --nproc N`` runs :func:`relaunch` with the module each process runs (the
+command line's ``nimbleml.cli.rank``: the caller names the entry, and nothing here depends on
+the command line): ``python -m nimbleml.train.elastic --nproc_per_node N --master_addr
+127.0.0.1 --master_port <free port> --log-dir <temp> -m <entry> <the same arguments>``
+(``elastic`` is torchrun, ``torch.distributed.run``, with its record of a failed rank written
+for the parent; its log folder is inside the parent's temporary folder, so no
+``/tmp/torchelastic_*`` folder outlives a run; that folder names its owner, and the next start
+removes it when a SIGKILL left it, see tempdir.py). Each process torchrun starts runs the
+entry, which hands its work to :func:`run_rank`: the status files the parent reads, the
+threads, the death of the process with torchrun; it trains with the process group torchrun
+describes (gloo on CPU, nccl on GPU, see distributed.py).
 
 Threads: each process gets cores // N (OMP_NUM_THREADS and torch.set_num_threads): N
 processes with all the cores each would run N x cores OpenMP threads on cores CPUs, threads
@@ -23,11 +26,14 @@ SIGINT / SIGTERM to torchrun, which stops its processes (Ctrl-C then ends as in 
 one 'interrupted' line, exit 130); every process also gets SIGTERM when its parent dies
 (Linux), and the parent ends any it saw that outlive torchrun, so no process is left behind.
 
-More machines: run the same module under torchrun with its c10d rendezvous on every node
+More machines: run the entry under torchrun with its c10d rendezvous on every node
 (docs/train.md, "Distributed")::
 
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d \\
-        --rdzv-endpoint HOST:29400 --rdzv-id run1 -m nimbleml.train.launch --model ... --data ...
+        --rdzv-endpoint HOST:29400 --rdzv-id run1 -m nimbleml.cli.rank --model ... --data ...
+
+(``python -m nimbleml.train.launch``, the entry before, now says so and exits 2: running the
+command line from here would import it into this layer.)
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .elastic import FAILURES, STATUS  # STATUS: folder for each process's stderr and exit code
 from .tempdir import status_folder
@@ -78,11 +85,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def command(args: list[str], nproc: int, port: int, log_dir: str) -> list[str]:
+def command(entry: str, args: list[str], nproc: int, port: int, log_dir: str) -> list[str]:
+    """torchrun's command line: ``nproc`` processes on this machine, each ``python -m entry
+    args``."""
     return [
         sys.executable, "-m", "nimbleml.train.elastic", "--nproc_per_node", str(nproc),
         "--master_addr", "127.0.0.1", "--master_port", str(port), "--log-dir", log_dir,
-        "-m", "nimbleml.train.launch", *args,
+        "-m", entry, *args,
     ]  # fmt: skip
 
 
@@ -111,9 +120,10 @@ def _launcher_setup(die_with_parent: Any) -> Any:
 
 
 # -- the parent: nimbleml train --nproc N ---------------------------------------------------
-def relaunch(args: list[str], nproc: int, *, debug: bool = False, progress: str = "lines",
-             resume: str = "") -> int:  # fmt: skip
-    """Run ``args`` (the train command's own) in ``nproc`` processes under torchrun; wait,
+def relaunch(entry: str, args: list[str], nproc: int, *, debug: bool = False,
+             progress: str = "lines", resume: str = "") -> int:  # fmt: skip
+    """Run ``python -m entry args`` (the module calls :func:`run_rank`; ``args``: the train
+    command's own) in ``nproc`` processes under torchrun; wait,
     relay rank 0's output, forward SIGINT/SIGTERM; return the exit code (KeyboardInterrupt
     after a SIGINT, once every process stopped). ``resume``: the sentence that says how to
     go on after a failure, added to its line."""
@@ -126,7 +136,7 @@ def relaunch(args: list[str], nproc: int, *, debug: bool = False, progress: str 
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         logs = os.path.join(status, "torchrun")  # not a /tmp/torchelastic_* of its own
         proc = subprocess.Popen(
-            command(args, nproc, free_port(), logs), env=env, stderr=subprocess.PIPE,
+            command(entry, args, nproc, free_port(), logs), env=env, stderr=subprocess.PIPE,
             preexec_fn=_launcher_setup(_parent_death_signal()),
         )  # fmt: skip
         return _Supervisor(proc, Path(status), debug, resume).wait()
@@ -348,10 +358,12 @@ def _running(p: Any) -> bool:
 
 
 # -- each process torchrun starts ------------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
-    """``python -m nimbleml.train.launch ARGS``: ``nimbleml train ARGS`` in this process, as
-    one rank of the group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...)."""
-    args = sys.argv[1:] if argv is None else argv
+def run_rank(run: Callable[[bool], None]) -> NoReturn:
+    """One of the processes torchrun started (rank RANK of WORLD_SIZE, MASTER_ADDR...):
+    stderr to the parent's status folder (it relays rank 0's and reads the others' on a
+    failure), SIGTERM when torchrun dies, the parent's thread count; then ``run(debug)``
+    (``debug``: the parent was given --debug). Exits with its code (SystemExit's, 0 when
+    it returns), written beside the log for the parent."""
     rank = os.environ.get("RANK", "0")
     status = os.environ.get(STATUS)
     if status:  # the parent relays rank 0's stderr and reads the others' on failure
@@ -366,12 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-    from ..cli import app
-
     code = 1
     try:
-        app(["--debug", "train", *args] if os.environ.get(DEBUG) == "1" else ["train", *args],
-            prog_name="nimbleml")  # fmt: skip
+        run(os.environ.get(DEBUG) == "1")
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -380,6 +389,22 @@ def main(argv: list[str] | None = None) -> None:
             (Path(status) / f"rank-{rank}.exit").write_text(str(code))
         sys.stderr.flush()
     sys.exit(code)
+
+
+MOVED = (
+    "error: python -m nimbleml.train.launch is no longer the entry of a training process: "
+    "run python -m nimbleml.cli.rank (torchrun ... -m nimbleml.cli.rank ARGS) with the same "
+    "arguments"
+)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """``python -m nimbleml.train.launch``, the entry before the command line's own
+    (``nimbleml.cli.rank``): says where it went and exits 2. Training here would make the
+    train layer depend on the command line above it; doing nothing would let every rank of
+    an old ``torchrun ... -m nimbleml.train.launch`` command succeed without training."""
+    print(MOVED, file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
