@@ -109,23 +109,8 @@ def optimize(
     candidates all break the budget gets one more, quantization-aware training + int8-static
     (``qat_options``: the ``qat`` recipe's, e.g. ``{"epochs": 5}``).
     """
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    max_drop = _check_options(objective, batch_size, max_drop, time_budget_s, val)
     sizes, weights = deciding_sizes(batch_sizes, batch_size, objective)
-    try:
-        max_drop = float(max_drop)
-    except (TypeError, ValueError):
-        raise ConfigError(f"max_drop must be a number, got {max_drop!r}") from None
-    if max_drop < 0:
-        raise ConfigError(f"max_drop must be >= 0, got {max_drop}")
-    if time_budget_s is not None and time_budget_s <= 0:
-        raise ConfigError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
-    if val is None:
-        raise ConfigError(
-            "optimize needs validation data: val=(X, y), or (X, None) with metric='cosine'"
-        )
     _check_qat(train_data, qat_options)
     started = time.perf_counter()
     p = prepare(model, example_inputs, calib, val, trust_pickle=trust_pickle)
@@ -139,17 +124,59 @@ def optimize(
         exhaustive=exhaustive, deadline=_deadline(started, time_budget_s), timing_s=timing_s,
         say=progress or (lambda _c, _b: None),
     )  # fmt: skip
-    baseline = Candidate(
-        f"original ({p.source.framework})", status="baseline", metric=s.base_value, drop=0.0
-    )
-    baseline.size_bytes, baseline.num_parameters = p.source.size_bytes(), p.source.num_parameters()
-    baseline.cosine = 1.0
+    baseline = _baseline(s, p)
+    kind = model_kind(p.baseline)
+    candidates = _sweep(s, p, baseline, kind, prune, mixed_precision)
+    if train_data is not None:
+        candidates.append(_qat(s, candidates, train_data, qat_options or {}))
+        s.say(candidates[-1], s.best or baseline)
+    if try_compile and p.source.framework == "torch" and not s.out_of_time():
+        candidates.append(_torch_compile(s))
+        s.say(candidates[-1], s.best or baseline)
+    best = _final_choice(s, candidates, baseline)
+    assert best.model is not None
+    return _result(s, best, baseline, candidates, started, metric_obj, max_drop, kind)
+
+
+def _check_options(objective: str, batch_size: Any, max_drop: Any,
+                   time_budget_s: float | None, val: Any) -> float:  # fmt: skip
+    """ConfigError for a bad option before anything runs; ``max_drop`` as a float."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of: {', '.join(OBJECTIVES)}; got {objective!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    try:
+        max_drop = float(max_drop)
+    except (TypeError, ValueError):
+        raise ConfigError(f"max_drop must be a number, got {max_drop!r}") from None
+    if max_drop < 0:
+        raise ConfigError(f"max_drop must be >= 0, got {max_drop}")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise ConfigError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
+    if val is None:
+        raise ConfigError(
+            "optimize needs validation data: val=(X, y), or (X, None) with metric='cosine'"
+        )
+    return max_drop
+
+
+def _baseline(s: Search, p: Prepared) -> Candidate:
+    """The original, scored and timed: the candidate every other one is measured against."""
+    baseline = Candidate(f"original ({p.source.framework})", status="baseline",
+                         metric=s.base_value, drop=0.0, size_bytes=p.source.size_bytes(),
+                         num_parameters=p.source.num_parameters(), cosine=1.0)  # fmt: skip
     baseline.model = s.time(baseline, p.source)
-    baseline.seconds = 0.0
     s.best = baseline
     s.say(baseline, baseline)
+    return baseline
+
+
+def _sweep(s: Search, p: Prepared, baseline: Candidate, kind: str, prune: bool,
+           mixed_precision: bool) -> list[Candidate]:  # fmt: skip
+    """Every candidate of the search space tried in turn (or skipped, with why), then the
+    int8 refinements of those that broke the budget; the baseline first."""
+    assert s.best is not None  # the baseline, from the start
     candidates = [baseline]
-    kind = model_kind(p.baseline)
     specs = search_space(
         p.source, p.ctx.caps, has_calib=p.ctx.calib is not None, prune=prune, kind=kind
     )
@@ -200,15 +227,7 @@ def optimize(
             for m in _mixed_precision(s, spec):
                 candidates.append(m)
                 s.say(m, s.best)
-    if train_data is not None:
-        candidates.append(_qat(s, candidates, train_data, qat_options or {}))
-        s.say(candidates[-1], s.best)
-    if try_compile and p.source.framework == "torch" and not s.out_of_time():
-        candidates.append(_torch_compile(s))
-        s.say(candidates[-1], s.best)
-    best = _final_choice(s, candidates, baseline)
-    assert best.model is not None
-    return _result(s, best, baseline, candidates, started, metric_obj, max_drop, kind)
+    return candidates
 
 
 def _unusable(p: Prepared, specs: list[Spec]) -> dict[str, tuple[str, str]]:
