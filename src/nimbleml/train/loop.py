@@ -127,6 +127,7 @@ class Trainer:
                 torch.set_num_threads(threads)
             dist.close()
 
+    # long (~85 lines): the run's story in order; its pieces are already functions (parts.py)
     def _fit(self, model: Any, train_data: Any, val_data: Any, device: str,
              dist: Distributed) -> TrainResult:  # fmt: skip
         torch = require("torch", "nimbleml.train")
@@ -250,6 +251,7 @@ class Trainer:
             raise found
         return found
 
+    # long (~105 lines): the hot step loop in one frame, no call a step (accumulation, AMP...)
     def _epoch(self, net: Any, train: Any, epoch: int, optimizer: Any, scaler: Any,
                scheduler: Any, stepping: str, loss_fn: Any, precision: Precision, device: str,
                dist: Distributed, state: State) -> dict[str, Any]:  # fmt: skip
