@@ -284,6 +284,28 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("epochs", 0, "must be >= 1, got 0"),
+    ("lr", "fast", "must be a number > 0, got 'fast'"),
+    ("optimizer", "lion", "'lion' is not one of adamw, adam, sgd"),
+    ("device", "xpu", "must be auto, cpu, mps, cuda or cuda:N, got 'xpu'"),
+    ("checkpointing", "maybe", "must be true, false or a list of submodule names, got 'maybe'"),
+])  # fmt: skip
+def test_the_file_and_the_api_share_one_check(tmp_path, key, value, words):
+    """One check per key (train/config.py): the YAML file and TrainConfig refuse a value in
+    the same words, each naming where the value came from."""
+    from nimbleml.errors import ConfigError
+    from nimbleml.train.config import TrainConfig, read_config
+
+    (tmp_path / "t.yaml").write_text(f"training:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as from_file:
+        read_config(tmp_path / "t.yaml")
+    assert str(from_file.value) == f"config file {tmp_path / 't.yaml'}: training.{key} {words}"
+    with pytest.raises(ConfigError) as from_api:
+        TrainConfig(**{key: value})
+    assert str(from_api.value) == f"{key} {words}"
+
+
 @pytest.mark.parametrize("args, words", BAD, ids=[w.split(":")[0][:40] for _, w in BAD])
 def test_bad_input_is_one_error_line_exit_2(here, args, words):
     for name, text in YAMLS.items():

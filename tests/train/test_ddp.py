@@ -172,6 +172,16 @@ def test_the_launch_command_and_threads():
     assert launch.threads_per_process(64) == 1
 
 
+def test_the_old_entry_names_the_new_one():
+    """python -m nimbleml.train.launch (docs/train.md's torchrun command before the entry
+    moved to the command line) exits 2 naming nimbleml.cli.rank: doing nothing would let
+    every rank of an old multi-node command succeed without training."""
+    res = subprocess.run([sys.executable, "-m", "nimbleml.train.launch", "--data", "x.npz"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and "-m nimbleml.cli.rank" in res.stderr
+
+
 def test_more_processes_than_gpus_is_an_error():
     from types import SimpleNamespace
 
