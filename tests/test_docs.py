@@ -79,6 +79,7 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
         ("python", "import nimbleml", README_PYTHON),
         ("bash", "nimbleml compress model.ts", COMMANDS),
     ],
+    "docs/architecture.md": [],
     "docs/benchmark-report.md": [("json", "{", REPORT_JSON)],
     "docs/cli.md": [],
     "docs/cost.md": [
