@@ -328,7 +328,7 @@ def loader_epoch(data: Any, kwargs: dict[str, Any], threads: int) -> float:
 
 
 def dataloader(X: np.ndarray, y: np.ndarray, quick: bool, rounds: int) -> dict[str, Any]:
-    from nimbleml.train.tuning import tune_loader
+    from nimbleml.train.loader_settings import tune_loader
 
     data = AugmentedDigits(X, y)
     default_threads = torch.get_num_threads()
@@ -525,7 +525,7 @@ def main() -> None:
         try:
             results["dataloader"] = dataloader(Xtr, ytr, quick, rounds=2 if quick else 5)
         except ImportError as exc:
-            print(f"dataloader: left out, nimbleml.train.tuning is not there ({exc})")
+            print(f"dataloader: left out, nimbleml.train.loader_settings is not there ({exc})")
         print("dataloader: done", flush=True)
     if "ddp" in args.only:
         results["ddp"] = ddp(Xtr, ytr, quick)

@@ -3,16 +3,16 @@
 One module per concern: config (options, checked), data (batches from arrays, Datasets,
 DataLoaders), losses (means, weighted for exact accumulation), precision (the hardware's choice, with
 its reason), loop (the Trainer), checkpoint (atomic, resumable), distributed (torchrun / DDP),
-tuning (DataLoader settings and batch size, measured), result (history, report).
+loader_settings (DataLoader settings and batch size, measured), result (history, report).
 """
 
 from __future__ import annotations
 
 from ..errors import TrainingError
 from .config import TrainConfig
+from .loader_settings import BatchSizeResult, LoaderDecision, find_batch_size, tune_loader
 from .loop import Trainer, train
 from .result import TrainReport, TrainResult
-from .tuning import BatchSizeResult, LoaderDecision, find_batch_size, tune_loader
 
 __all__ = [
     "BatchSizeResult",

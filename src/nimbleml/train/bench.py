@@ -123,11 +123,11 @@ def full_suite(data: Any, batch_size: int = 64, device: str = "auto") -> list[di
 
 
 def _tuning_missing() -> str:
-    """'' when nimbleml.train.tuning offers tune_loader and find_batch_size, else why not."""
+    """'' when nimbleml.train.loader_settings offers tune_loader and find_batch_size, else why not."""
     try:
-        from .tuning import find_batch_size, tune_loader  # noqa: F401
+        from .loader_settings import find_batch_size, tune_loader  # noqa: F401
     except ImportError as exc:
-        return f"nimbleml.train.tuning is not available here ({exc})"
+        return f"nimbleml.train.loader_settings is not available here ({exc})"
     return ""
 
 

@@ -159,7 +159,7 @@ class Trainer:
                 model, train_data, device, dist
             )
         if tune:
-            from .tuning import tune_loader
+            from .loader_settings import tune_loader
 
             decision = tune_loader(model, train_data, int(batch_size), loss=cfg.loss,
                                    device=device, precision=cfg.precision)  # fmt: skip
@@ -224,7 +224,7 @@ class Trainer:
         others would race it for the memory and the cores), shared with every process. The
         search finds one process's batch; the global batch is that times the processes, and
         a process's memory budget is its share of this host's."""
-        from .tuning import find_batch_size
+        from .loader_settings import find_batch_size
 
         found: Any = None
         if dist.main:

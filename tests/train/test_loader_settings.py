@@ -13,8 +13,7 @@ torch = pytest.importorskip("torch")
 
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 
-from nimbleml.train.measure import cores  # noqa: E402
-from nimbleml.train.tuning import (  # noqa: E402
+from nimbleml.train.loader_settings import (  # noqa: E402
     LoaderRow,
     cache_path,
     choose,
@@ -22,6 +21,7 @@ from nimbleml.train.tuning import (  # noqa: E402
     pick_batch,
     tune_loader,
 )
+from nimbleml.train.measure import cores  # noqa: E402
 
 
 class SlowSamples(Dataset):
