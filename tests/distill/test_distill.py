@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import nimbleml
-from nimbleml.errors import ConfigError, UnsupportedError
 from nimbleml.distill import KDLoss, shrink
 from nimbleml.distill import teacher as teachers
+from nimbleml.errors import ConfigError, UnsupportedError
 from tests.conftest import make_encoder, token_batch
 
 F = torch.nn.functional

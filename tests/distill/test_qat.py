@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 
 import nimbleml  # noqa: E402
 from nimbleml.bench.machine import cpu_caps  # noqa: E402
+from nimbleml.distill.qat import Scheme, calibrate, wrap  # noqa: E402
 from nimbleml.errors import ConfigError, UnsupportedError  # noqa: E402
 from nimbleml.models.torch_model import TorchModel  # noqa: E402
-from nimbleml.distill.qat import Scheme, calibrate, wrap  # noqa: E402
 
 
 class Regressor(torch.nn.Module):
