@@ -12,6 +12,7 @@ import torch
 
 import nimbleml
 from nimbleml.errors import ConfigError
+from nimbleml.optimizer import Candidate
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,11 @@ def test_a_front_of_packages_with_constraints_checked_before_training(data, tmp_
     assert not (tmp_path / "front" / ".candidates").exists()  # dominated ones removed
     saved = json.loads((tmp_path / "front" / "front.json").read_text())
     assert len(saved["pareto"]) == len(front.pareto)
+    # one Candidate type with the optimizer; front.json keeps its row shape
+    assert all(isinstance(c, Candidate) for c in front.pareto)
+    assert list(saved["pareto"][0]) == ["trial", "params", "metric", "latency_ms", "retimed_ms",
+                                        "p95_ms", "n", "size_mb", "path"]  # fmt: skip
+    assert saved["pareto"][0]["size_mb"] == front.pareto[0].size_bytes / 2**20
     assert (tmp_path / "front" / "front.png").stat().st_size > 1000
     assert front.baseline is not None and "base" in front.table()
     pkg = front.best()

@@ -1,5 +1,6 @@
 """What optimize() found: every candidate with its figures and fate, the Pareto front, the
-best package, and a report (JSON, text table, Pareto chart)."""
+best package, and a report (JSON, text table, Pareto chart). ``Candidate`` and ``pareto``
+live in optimizer/candidate.py (shared with the architecture search) and are re-exported here."""
 
 from __future__ import annotations
 
@@ -8,70 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.base import Model
 from ..package import Package
+from .candidate import COMPRESSION, Candidate, pareto
+
+__all__ = ["REPORT_SCHEMA", "STATUSES", "Candidate", "OptimizationResult", "pareto"]
 
 REPORT_SCHEMA = 1
 STATUSES = (
     "baseline", "running", "ok", "over-budget", "slower", "failed", "skipped", "not-packageable",
     "not-applicable", "not-installed",
 )  # fmt: skip
-
-
-@dataclass
-class Candidate:
-    """One candidate tried (or skipped), with why."""
-
-    name: str
-    status: str = "skipped"
-    reason: str | None = None
-    recipe: list[dict[str, Any]] = field(default_factory=list)
-    metric: float | None = None
-    drop: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    n: int = 0
-    samples_per_second: float | None = None
-    batch_size: int | None = None
-    threads: int | None = None
-    size_bytes: int | None = None
-    num_parameters: int | None = None
-    cosine: float | None = None
-    seconds: float = 0.0  # what evaluating it cost: building, scoring, checking, timing
-    engine: str | None = None  # the runtime that runs it: onnxruntime, openvino, torch...
-    # p50/p99 (ms), n and samples/s at each batch size timed; score: lower is better (see
-    # optimizer/evaluate.py): p50 ms, the worst ratio to the original over several batch
-    # sizes, or ms per sample for throughput
-    timings: dict[int, dict[str, float]] = field(default_factory=dict)
-    score: float | None = None
-    model: Model | None = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "model"}
-        out["timings"] = {str(bs): t for bs, t in self.timings.items()}
-        return out
-
-    @property
-    def timed(self) -> bool:
-        return self.p50_ms is not None
-
-
-def pareto(candidates: list[Candidate]) -> list[Candidate]:
-    """Candidates no other beats on all of metric drop, latency and size at once."""
-    pool = [c for c in candidates if c.timed and c.drop is not None and c.size_bytes is not None]
-
-    def key(c: Candidate) -> tuple[float, float, float]:
-        return (c.drop or 0.0, c.p50_ms or 0.0, float(c.size_bytes or 0))
-
-    front = []
-    for c in pool:
-        kc = key(c)
-        dominated = any(
-            all(a <= b for a, b in zip(key(o), kc, strict=True)) and key(o) != kc for o in pool
-        )
-        if not dominated:
-            front.append(c)
-    return sorted(front, key=lambda c: c.p50_ms or 0.0)
 
 
 @dataclass
@@ -92,7 +39,9 @@ class OptimizationResult:
 
     @property
     def pareto(self) -> list[Candidate]:
-        return pareto(self.candidates)
+        """Candidates no other beats on metric drop, p50 latency and size at once, fastest
+        first."""
+        return pareto(self.candidates, COMPRESSION)
 
     @property
     def speedup(self) -> float:

@@ -12,102 +12,30 @@ package timed again: the latency recorded is the faster of the two timings. The 
 of the trials (at least 4) on scrambled Sobol points, which cover the space evenly where a
 random start leaves holes, then NSGA-II. Every Pareto point is a saved ``.nimble`` package;
 the front is re-timed side by side at the end, beside the latency the search recorded, so
-the search's own measurements are checked.
+the search's own measurements are checked. Every candidate is the optimizer's ``Candidate``
+and the front its ``pareto`` over the completed trials (the front and its output in
+nas_front.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._deps import require
 from ..errors import ConfigError
 from ..inputs import refuse_missing_pair
+from ..optimizer.candidate import Candidate
+from .nas_front import ArchitectureFront, front_of
+from .nas_front import timed as _timed
 from .nas_output import prepare as prepare_output
 from .trials import quiet_failures
 
 FAMILIES = ("mlp", "cnn", "encoder")
-
-
-@dataclass
-class Candidate:
-    trial: int
-    params: dict[str, Any]
-    metric: float
-    latency_ms: float  # p50 at batch_size, recorded by the search (before training)
-    retimed_ms: float | None  # p50 when the front is timed again side by side
-    p95_ms: float
-    n: int
-    size_mb: float
-    path: str | None
-
-
-@dataclass
-class ArchitectureFront:
-    pareto: list[Candidate]
-    trials: int
-    pruned: dict[str, int]  # reason -> count
-    metric: str
-    batch_size: int
-    machine: dict[str, Any] = field(default_factory=dict)
-    baseline: Candidate | None = None
-
-    def table(self) -> str:
-        head = (f"{'trial':>5} {self.metric:>9} {'p50 ms':>8} {'re-timed':>9} {'p95 ms':>8} "
-                f"{'n':>6} {'size MB':>8}  parameters")  # fmt: skip
-        lines = [f"Pareto front: {len(self.pareto)} of {self.trials} trials, latency at batch "
-                 f"{self.batch_size}; not trained: {self.pruned or 'none'}", head,
-                 "-" * len(head)]  # fmt: skip
-        rows = ([self.baseline] if self.baseline else []) + self.pareto
-        for c in rows:
-            retimed = f"{c.retimed_ms:.4f}" if c.retimed_ms is not None else "-"
-            name = "base" if c is self.baseline else str(c.trial)
-            params = ", ".join(f"{k}={v}" for k, v in c.params.items())
-            lines.append(f"{name:>5} {c.metric:>9.4f} {c.latency_ms:>8.4f} {retimed:>9} "
-                         f"{c.p95_ms:>8.4f} {c.n:>6} {c.size_mb:>8.3f}  {params}")  # fmt: skip
-        return "\n".join(lines)
-
-    def best(self, max_latency_ms: float | None = None) -> Any:
-        """The package of the most accurate Pareto point within ``max_latency_ms``."""
-        from ..package import load
-
-        fits = [c for c in self.pareto if max_latency_ms is None or c.latency_ms <= max_latency_ms]
-        if not fits:
-            fastest = min(c.latency_ms for c in self.pareto) if self.pareto else float("nan")
-            raise ConfigError(
-                f"no Pareto point runs within {max_latency_ms} ms (the fastest: {fastest:.4f} "
-                "ms); give a larger max_latency_ms"
-            )
-        chosen = max(fits, key=lambda c: c.metric)
-        if chosen.path is None:
-            raise ConfigError("the front was searched without out_dir: no packages were kept")
-        return load(chosen.path)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def plot(self, path: str | Path) -> Path:
-        from ..bench.plots import new_figure
-
-        fig = new_figure((6, 4))
-        ax = fig.subplots()
-        xs, ys = [c.latency_ms for c in self.pareto], [c.metric for c in self.pareto]
-        ax.plot(xs, ys, marker="o", label="Pareto front (packages)")
-        if self.baseline is not None:
-            ax.scatter([self.baseline.latency_ms], [self.baseline.metric], marker="s",
-                       color="black", label="hand-designed baseline")  # fmt: skip
-        ax.set(xlabel=f"p50 latency at batch {self.batch_size} (ms)", ylabel=self.metric,
-               title="architecture search: metric vs latency")  # fmt: skip
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        return Path(path)
 
 
 def build(family: str, params: dict[str, Any], inputs: int, classes: int,
@@ -237,32 +165,11 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
     import numpy as np
 
     from ..bench.machine import machine_info
-    from .storage import open_storage, storage_url
 
-    if start is not None and not (
-        isinstance(start, list) and all(isinstance(p, dict) for p in start)
-    ):
-        raise ConfigError("start must be a list of parameter dicts, e.g. [{'layers': 1, "
-                          "'width': 256}]")  # fmt: skip
-    if not (callable(family) or family in FAMILIES):
-        raise ConfigError(f"family must be one of {', '.join(FAMILIES)} or a function(trial)")
+    X, y, Xv, yv = _checked(train_data, val_data, family, start, constraints)
     constraints = dict(constraints or {})
-    unknown = [k for k in constraints if k not in ("latency_ms", "size_mb")]
-    if unknown:
-        raise ConfigError(f"unknown constraint(s) {', '.join(unknown)}: use latency_ms, size_mb")
-    refuse_missing_pair(tuple(train_data), "train_data")
-    refuse_missing_pair(tuple(val_data), "val_data")
-    X, y = (np.asarray(v) for v in train_data)
-    Xv, yv = (np.asarray(v) for v in val_data)
     classes = int(max(y.max(), yv.max())) + 1
     image = tuple(X.shape[1:]) if X.ndim in (3, 4) else None
-    if family == "cnn" and X.ndim != 4:
-        raise ConfigError(f"family 'cnn' needs image inputs (N, C, H, W); these are {X.shape}")
-    if family == "encoder" and X.ndim != 3:
-        raise ConfigError(
-            f"family 'encoder' needs sequences (N, tokens, features); these are {X.shape} "
-            "(digits as rows of pixels: X.reshape(-1, 8, 8))"
-        )
     folder = Path(out_dir) if out_dir is not None else None
     if folder is not None:
         prepare_output(folder, force)
@@ -307,13 +214,62 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
         trial.set_user_attr("search_latency", {k: latency[k] for k in ("p50_ms", "p95_ms", "n")})
         return final["metric"], latency["p50_ms"]
 
+    callbacks = [_reporter(progress, n_trials, metric)] if progress is not None else []
+    study = _run(optuna, objective, storage, study_name, n_trials, time_budget_s, seed, start,
+                 callbacks)  # fmt: skip
+    front = front_of(study, folder, work, Xv, batch_size, metric, pruned, machine_info().to_dict())
+    if baseline is not None:
+        front.baseline = _baseline(baseline, (X, y), (Xv, yv), options, batch_size, metric)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "front.json").write_text(json.dumps(front.to_dict(), indent=2, default=str))
+        (folder / "front.txt").write_text(front.table() + "\n")
+        front.plot(folder / "front.png")
+    return front
+
+
+def _checked(train_data: Any, val_data: Any, family: Any, start: Any,
+             constraints: dict[str, float] | None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    """The options checked and the data as arrays (X, y, Xv, yv): a ConfigError (or DataError
+    for a missing value) before any candidate is built."""
+    import numpy as np
+
+    if start is not None and not (
+        isinstance(start, list) and all(isinstance(p, dict) for p in start)
+    ):
+        raise ConfigError("start must be a list of parameter dicts, e.g. [{'layers': 1, "
+                          "'width': 256}]")  # fmt: skip
+    if not (callable(family) or family in FAMILIES):
+        raise ConfigError(f"family must be one of {', '.join(FAMILIES)} or a function(trial)")
+    unknown = [k for k in constraints or {} if k not in ("latency_ms", "size_mb")]
+    if unknown:
+        raise ConfigError(f"unknown constraint(s) {', '.join(unknown)}: use latency_ms, size_mb")
+    refuse_missing_pair(tuple(train_data), "train_data")
+    refuse_missing_pair(tuple(val_data), "val_data")
+    X, y = (np.asarray(v) for v in train_data)
+    Xv, yv = (np.asarray(v) for v in val_data)
+    if family == "cnn" and X.ndim != 4:
+        raise ConfigError(f"family 'cnn' needs image inputs (N, C, H, W); these are {X.shape}")
+    if family == "encoder" and X.ndim != 3:
+        raise ConfigError(
+            f"family 'encoder' needs sequences (N, tokens, features); these are {X.shape} "
+            "(digits as rows of pixels: X.reshape(-1, 8, 8))"
+        )
+    return X, y, Xv, yv
+
+
+def _run(optuna: Any, objective: Any, storage: str | None, study_name: str, n_trials: int,
+         time_budget_s: float | None, seed: int, start: list[dict[str, Any]] | None,
+         callbacks: list[Any]) -> Any:  # fmt: skip
+    """The multi-objective study, run: ``start`` first, Sobol points, then NSGA-II."""
+    from .storage import open_storage, storage_url
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(storage, study_name, 1) if storage else None
     # a space-filling start (scrambled Sobol points) instead of NSGA-II's random first
     # generation; then NSGA-II with a population small enough to evolve within the budget
     startup = min(n_trials, max(4, n_trials // 3))
     started = time.monotonic()
-    callbacks = [_reporter(progress, n_trials, metric)] if progress is not None else []
     # a trial's error reaches the caller, shown once: not Optuna's log of it with a traceback
     with warnings.catch_warnings(), quiet_failures():  # QMCSampler: "experimental" since 3.0
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -336,22 +292,21 @@ def search_architecture(train_data: tuple[Any, Any], val_data: tuple[Any, Any], 
         with quiet_failures():
             study.optimize(objective, n_trials=n_trials - startup, timeout=left,
                            callbacks=callbacks)  # fmt: skip
-    front = _front(study, folder, work, Xv, batch_size, metric, pruned, machine_info().to_dict())
-    if baseline is not None:
-        from ..train import train
+    return study
 
-        model = train(baseline, (X, y), (Xv, yv), **options).model
-        figures = _package_figures(model, Xv, yv, batch_size, metric)
-        figures.pop("package")
-        front.baseline = Candidate(-1, {"model": type(baseline).__name__}, figures["metric"],
-                                   figures["p50_ms"], None, figures["p95_ms"], figures["n"],
-                                   figures["size_mb"], None)  # fmt: skip
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "front.json").write_text(json.dumps(front.to_dict(), indent=2, default=str))
-        (folder / "front.txt").write_text(front.table() + "\n")
-        front.plot(folder / "front.png")
-    return front
+
+def _baseline(model: Any, train_data: tuple[Any, Any], val_data: tuple[Any, Any],
+              options: dict[str, Any], batch_size: int, metric: str) -> Candidate:  # fmt: skip
+    """The hand-designed ``model`` trained and packaged as the candidates are."""
+    from ..train import train
+
+    trained = train(model, train_data, val_data, **options).model
+    figures = _package_figures(trained, val_data[0], val_data[1], batch_size, metric)
+    figures.pop("package")
+    return Candidate("baseline", status="baseline", trial=-1,
+                     params={"model": type(model).__name__}, metric=figures["metric"],
+                     p50_ms=figures["p50_ms"], p95_ms=figures["p95_ms"], n=figures["n"],
+                     size_bytes=figures["size_bytes"])  # fmt: skip
 
 
 class _Dominance:
@@ -414,7 +369,8 @@ def _package_figures(model: Any, X: Any, y: Any, batch_size: int,
                        val=(X, y) if y is not None else None, metric=metric if y is not None else None,
                        max_drop=None, benchmark_batch_sizes=(batch_size,),
                        benchmark_time_s=0.2)  # fmt: skip
-    out = {**_timed([package], X, batch_size)[0], "size_mb": package.size_bytes() / 2**20}
+    size = package.size_bytes()
+    out = {**_timed([package], X, batch_size)[0], "size_bytes": size, "size_mb": size / 2**20}
     if y is not None:
         report = benchmark([package], X, (batch_size,), val=(X, y), metric=metric,
                            timing=TimingConfig(warmup_s=0.0, min_samples=1, time_budget_s=0.01),
@@ -423,66 +379,9 @@ def _package_figures(model: Any, X: Any, y: Any, batch_size: int,
     return out
 
 
-def _timed(packages: list[Any], X: Any, batch_size: int, windows: int = 3) -> list[dict[str, Any]]:
-    """p50 / p95 / n of each package at ``batch_size``: the window with the lowest p50 of
-    ``windows`` short ones, the packages taking turns. At tens of microseconds this machine
-    switches between speeds ~2x apart for seconds at a time; the fastest window is the
-    machine's own speed, which is what a search must compare candidates on."""
-    from ..bench import TimingConfig, benchmark
-
-    timing = TimingConfig(warmup_s=0.05, min_samples=200, time_budget_s=0.25)
-    best: list[Any] = [None] * len(packages)
-    for _ in range(windows):
-        report = benchmark(packages, X, (batch_size,), timing=timing, measure_memory=False,
-                           names=[f"p{i}" for i in range(len(packages))])  # fmt: skip
-        for i, r in enumerate(report.results):
-            if best[i] is None or r.latency.p50_ms < best[i].p50_ms:
-                best[i] = r.latency
-    return [{"p50_ms": b.p50_ms, "p95_ms": b.p95_ms, "n": b.n} for b in best]
-
-
 def _broken(timed: dict[str, Any], constraints: dict[str, float]) -> str | None:
     if "latency_ms" in constraints and timed["p50_ms"] > constraints["latency_ms"]:
         return f"latency over {constraints['latency_ms']} ms"
     if "size_mb" in constraints and timed["size_mb"] > constraints["size_mb"]:
         return f"size over {constraints['size_mb']} MB"
     return None
-
-
-def _front(study: Any, folder: Path | None, work: Path, Xv: Any, batch_size: int, metric: str,
-           pruned: dict[str, int], machine: dict[str, Any]) -> ArchitectureFront:  # fmt: skip
-    """The Pareto trials, their packages moved to ``folder`` (the others deleted), re-timed
-    side by side in one run."""
-    from ..package import load
-
-    best = sorted(study.best_trials, key=lambda t: t.values[1])
-    pareto: list[Candidate] = []
-    for t in best:
-        src = Path(t.user_attrs["package"])
-        if not src.exists():  # an earlier run's point of a resumed study: its package is gone
-            pruned["earlier run's, no package"] = pruned.get("earlier run's, no package", 0) + 1
-            continue
-        path = None
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"trial-{t.number}.nimble"
-            if path.exists():
-                shutil.rmtree(path)
-            shutil.move(str(src), path)
-        final, timed = t.user_attrs["final"], t.user_attrs["search_latency"]
-        pareto.append(Candidate(t.number, dict(t.params), t.values[0], t.values[1], None,
-                                timed["p95_ms"], timed["n"], final["size_mb"],
-                                str(path) if path else str(src)))  # fmt: skip
-    if pareto:
-        # eight rounds, the packages taking turns: over ~2 s a package, every one of them
-        # meets the machine in its fast phase at least once (three rounds were not enough)
-        paths = [c.path for c in pareto]
-        again = _timed([load(p) for p in paths], Xv, batch_size, windows=8)  # type: ignore[arg-type]
-        for c, t in zip(pareto, again, strict=True):
-            c.retimed_ms = t["p50_ms"]
-    if folder is None:
-        for c in pareto:
-            c.path = None
-    shutil.rmtree(work, ignore_errors=True)  # the dominated candidates' packages
-    return ArchitectureFront(pareto=pareto, trials=len(study.trials), pruned=pruned,
-                             metric=metric, batch_size=batch_size, machine=machine)  # fmt: skip
