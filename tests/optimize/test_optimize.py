@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 import nimbleml
 from nimbleml.cli import app
 from nimbleml.errors import ConfigError
-from nimbleml.optimizer.result import STATUSES, pareto
 from nimbleml.optimizer.engine import TIE
+from nimbleml.optimizer.result import STATUSES, pareto
 
 FAST = {"timing_s": 0.2}
 
@@ -219,8 +219,8 @@ def test_ties_are_decided_once_among_the_fastest():
     result is within 3% of C, never B."""
     from types import SimpleNamespace
 
-    from nimbleml.optimizer.result import Candidate
     from nimbleml.optimizer.engine import _final_choice
+    from nimbleml.optimizer.result import Candidate
 
     def cand(name, p50, size, status="ok"):
         return Candidate(name, status=status, p50_ms=p50, drop=0.0, size_bytes=size, model=object())
