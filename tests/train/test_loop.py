@@ -125,7 +125,7 @@ def test_loss_scaling_skips_inf_steps_without_advancing_the_schedule(data):
 
 RESUME = textwrap.dedent("""
     import os, signal, sys, numpy as np, torch, nimbleml
-    import nimbleml.train.checkpoint as ck
+    from nimbleml.train import checkpoint as ck
     data, out, weights = sys.argv[1:4]
     d = np.load(data)  # digits from the test: importing scikit-learn would cost a second
     X, y = d["X"], d["y"]
