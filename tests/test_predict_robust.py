@@ -71,7 +71,7 @@ def test_a_same_size_edit_with_the_mtime_set_back_is_another_job(fp32_package, f
 
 
 def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(fp32_package, frame, tmp_path):
-    big = pd.concat([frame] * 400, ignore_index=True)  # 144 chunks: seconds, not a blink
+    big = pd.concat([frame] * 120, ignore_index=True)  # 87 chunks: seconds, not a blink
     big["id"] = np.arange(len(big))
     big.to_csv(tmp_path / "in.csv", index=False)
     cmd = [

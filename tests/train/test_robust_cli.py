@@ -24,6 +24,7 @@ from nimbleml.cli import app
 from tests._disk import tmpfs
 
 MODELS = """
+import os
 import time
 import torch
 
@@ -36,14 +37,13 @@ def bad(hidden=32):
 
 
 class Slow(torch.nn.Module):
-    # 15 ms a batch (0.6 s an epoch): long enough to stop a run in the middle of, even on a
-    # loaded machine
+    # 5 ms a batch (SLOW_BATCH_S): epochs long enough to stop a run in the middle of
     def __init__(self):
         super().__init__()
         self.net = build()
 
     def forward(self, x):
-        time.sleep(0.015)
+        time.sleep(float(os.environ.get("SLOW_BATCH_S", "0.005")))
         return self.net(x)
 
 
@@ -123,9 +123,10 @@ def _big(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------- real processes, signals
 
 
-def start(folder: Path, *args: str) -> subprocess.Popen[str]:
+def start(folder: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "nimbleml.cli", "train", *args], cwd=folder,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})  # fmt: skip
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str], seen: dict[int, psutil.Process]) -> None:
@@ -159,7 +160,8 @@ def test_ctrl_c_is_one_line_exit_130_and_the_same_command_resumes(folder, tmp_pa
     args = ["--model", "robust_models:slow", "--data", "train.npz", "--epochs", "6",
             "--batch-size", "16", "--checkpoint-dir", str(out), "--device", "cpu"]  # fmt: skip
     seen: dict[int, psutil.Process] = {}
-    proc = start(folder, *args)
+    # 15 ms a batch (0.6 s an epoch): the signal lands mid-run even on a loaded machine
+    proc = start(folder, *args, SLOW_BATCH_S="0.015")
     err, _ = stop_after(out / "epoch-0001.pt", proc, seen, signal.SIGINT)  # as Ctrl-C would
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if not line.startswith("epoch ")]
