@@ -208,8 +208,16 @@ def test_dashboard_in_the_browser(browser, digits_package, digits, tmp_path):
                 if i % 2 == 0:  # ground truth for half of them
                     c.post("/v2/models/digits/feedback", json={"id": pid, "label": int(y[i])})
 
+        ring = app.state.history.process_ring
+
+        def rows_after(n: int) -> None:  # the history samples a row a second
+            goal, deadline = ring.appended + n, time.monotonic() + 30
+            while ring.appended < goal:
+                assert time.monotonic() < deadline, "the dashboard history stopped sampling"
+                time.sleep(0.05)
+
         send(10)
-        time.sleep(3)  # history gathers before the page is opened
+        rows_after(2)  # history gathers before the page is opened
         browser.get(f"{s.url}/dashboard")
         loaded_at = browser.execute_script("return window.__loadedAt")
 
@@ -257,7 +265,7 @@ def test_dashboard_in_the_browser(browser, digits_package, digits, tmp_path):
         wait(lambda: latency_n() >= 20, "the new requests in the trailing latency window")
         assert browser.execute_script("return window.__loadedAt") == loaded_at  # no reload
 
-        time.sleep(1.5)  # one more row on every chart before the picture
+        rows_after(1)  # one more row on every chart before the picture
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
