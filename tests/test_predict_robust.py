@@ -16,6 +16,7 @@ import pytest
 
 import nimbleml
 from nimbleml.errors import ConfigError, DataError
+from tests._signals import default_sigint
 
 pytest.importorskip("pyarrow")
 
@@ -92,7 +93,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(fp32_package, frame, tm
         "1",
     ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=default_sigint)  # fmt: skip
     parts = tmp_path / "out.csv.parts"
     deadline = time.monotonic() + 60
     # a finished part, not the ".tmp" one being written (an interrupt removes that one)

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from nimbleml.cli import app
 from tests._disk import tmpfs
+from tests._signals import default_sigint
 
 MODELS = """
 import os
@@ -126,7 +127,7 @@ def _big(tmp_path: Path) -> Path:
 def start(folder: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "nimbleml.cli", "train", *args], cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env})  # fmt: skip
+                            env={**os.environ, **env}, preexec_fn=default_sigint)  # fmt: skip
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str], seen: dict[int, psutil.Process]) -> None:
