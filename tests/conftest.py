@@ -74,6 +74,66 @@ def private_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = before
 
 
+SESSION = "NIMBLEML_TEST_SESSION"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The whole run's mark, set in the controller before pytest-xdist starts its workers, so
+    every process any of them starts carries it (postgres and redis included)."""
+    import os
+    import time
+
+    if not hasattr(config, "workerinput"):
+        os.environ.setdefault(SESSION, f"{os.getpid()}-{time.time()}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A worker that crashed never ran its fixtures' teardown: the servers it started (a
+    postgres, a redis-server) are stopped here, in the controller, once every worker ended."""
+    import contextlib
+    import os
+
+    import psutil
+
+    mark = os.environ.get(SESSION)
+    if hasattr(session.config, "workerinput") or not mark:
+        return
+    left = []
+    for proc in psutil.process_iter():
+        try:  # orphans only: the workers (still this process's children) end by themselves
+            if proc.environ().get(SESSION) == mark and os.getpid() not in {
+                p.pid for p in proc.parents()
+            }:
+                left.append(proc)
+        except psutil.Error:
+            continue
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    if left:
+        print(f"\nstopped {len(left)} process(es) a crashed worker left behind")
+
+
+@pytest.fixture(autouse=True)
+def no_sigchld_handler_carried_over():
+    """Each test starts without an earlier test's DataLoader SIGCHLD handler. torch installs
+    one in the process the first time a DataLoader forks workers; it raises "DataLoader worker
+    exited unexpectedly" in whatever runs when any child ends while a registered worker has
+    failed, and raised between tests it took a pytest-xdist worker down (a crash with no
+    traceback, its servers left running). A test's own loaders are unaffected."""
+    yield
+    import signal
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    from torch.utils.data._utils import signal_handling
+
+    if signal_handling._SIGCHLD_handler_set:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal_handling._SIGCHLD_handler_set = False
+
+
 OWN_PROCESS = "NIMBLEML_TEST_OWN_PROCESS"
 
 
