@@ -96,7 +96,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import psutil
 
     mark = os.environ.get(SESSION)
-    if hasattr(session.config, "workerinput") or not mark:
+    # the run's own controller only: not a worker, and not a test's own pytest (OWN_PROCESS),
+    # which shares the mark and would see the run's workers as orphans
+    if hasattr(session.config, "workerinput") or not mark or os.environ.get(OWN_PROCESS):
+        return
+    if not mark.startswith(f"{os.getpid()}-"):
         return
     left = []
     for proc in psutil.process_iter():
