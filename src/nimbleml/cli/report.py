@@ -1,4 +1,4 @@
-"""Verbs that write reports: report (from a monitor store) and demo (end to end on toy data)."""
+"""Verbs that write reports: report (from a monitor store) and demo (the whole job on digits, one page)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,12 @@ def report(
 
 
 def demo(
-    out: Path = typer.Option(Path("nimble-demo"), help="folder for packages and the report"),
-    quick: bool = typer.Option(False, help="shorter timing (for tests)"),
+    out: Path = typer.Option(Path("nimble-demo"), help="folder for the page and every artifact"),
+    quick: bool = typer.Option(False, help="every stage on smaller settings (about a minute)"),
+    force: bool = typer.Option(False, help="replace an earlier demo run in --out"),
 ) -> None:
-    """Train small models on scikit-learn's datasets, compress them, benchmark, report."""
+    """The whole job on digits: train, distil, optimize, sign, serve, monitor, profile, cost,
+    deploy, batch predict; one page, OUT/index.html."""
     from ..demo import run_demo
 
-    _guard(lambda: run_demo(out, quick=quick, echo=_show))
+    _guard(lambda: run_demo(out, quick=quick, force=force, echo=_show))

@@ -1,18 +1,13 @@
-"""`nimbleml demo`: the main job end to end on data scikit-learn ships.
-
-Trains a PyTorch MLP and a scikit-learn pipeline on the digits dataset, compresses both,
-benchmarks each against its original, prints the comparison and writes the report.
-"""
+"""The demo's data and small models: scikit-learn's digits, an MLP and a pipeline trained on
+them. The tests, the benchmarks and README's examples use them too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._deps import require
+from .._deps import require
 
 
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -58,33 +53,12 @@ def train_pipeline(X: np.ndarray, y: np.ndarray) -> Any:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(X, y)
 
 
-def run_demo(out: Path, quick: bool = False, echo: Callable[[str], None] = print) -> None:
-    from .bench import TimingConfig, benchmark
-    from .compress import compress
-
-    out.mkdir(parents=True, exist_ok=True)
-    timing = TimingConfig(time_budget_s=0.5 if quick else 2.0)
-    Xtr, Xte, ytr, yte = digits()
-    echo(f"digits: {len(Xtr)} training rows, {len(Xte)} test rows")
-
-    jobs = [
-        ("mlp", train_mlp(Xtr, ytr, epochs=5 if quick else 30), "int8"),
-        ("pipeline", train_pipeline(Xtr, ytr), None),
-    ]
-    for name, model, quantize in jobs:
-        echo(f"\n== {name}: compress (quantize={quantize}), verify, package")
-        pkg = compress(
-            model, quantize=quantize, val=(Xte, yte), metric="accuracy", max_drop=0.01,
-            benchmark_time_s=0.2 if quick else 0.5,
-        )  # fmt: skip
-        path = pkg.save(out / f"{name}.nimble")
-        v = pkg.manifest["validation"]
-        echo(f"package {path}: accuracy {v['baseline']:.4f} -> {v['package']:.4f}")
-        echo(f"== {name}: benchmark original vs package")
-        report = benchmark(
-            [model, pkg], Xte, (1, 32), names=[f"{name} original", f"{name} package"],
-            val=(Xte, yte), metric="accuracy", timing=timing,
-        )  # fmt: skip
-        echo(report.table())
-        written = report.save(out / f"{name}-report")
-        echo("wrote " + ", ".join(str(p) for p in written))
+def new_mlp(inputs: int, classes: int, hidden: int, seed: int = 0) -> Any:
+    """An untrained inputs→hidden→hidden→classes MLP (the demo's teacher, before training)."""
+    torch = require("torch", "the demo")
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(inputs, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, classes),
+    )  # fmt: skip
