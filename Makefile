@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # prometheus for promtool (checks the config and every PromQL query nimbleml deploy writes)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck bench clean sysdeps
+.PHONY: demo demo-picture test lint typecheck bench clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,9 +21,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# the whole job on digits (train, distil, optimize, sign, serve, monitor, profile, cost, deploy,
+# batch predict) into nimble-demo/index.html; --force replaces the previous run's folder
 demo: $(STAMP)
 	$(BIN)/python -m compileall -q src >/dev/null
-	$(BIN)/nimbleml demo --out nimble-demo
+	$(BIN)/nimbleml demo --out nimble-demo --force
+
+# README's picture: the demo page's first screen, taken by headless Chromium (run `make demo`
+# first, or this runs it); commit docs/demo.png when it changed
+demo-picture: $(STAMP) sysdeps
+	@test -f nimble-demo/index.html || $(MAKE) demo
+	$(BIN)/python -m nimbleml.demo.browser nimble-demo/index.html docs/demo.png 1200 1000
 
 sysdeps:
 	@if ! command -v redis-server >/dev/null || ! command -v chromedriver >/dev/null || \

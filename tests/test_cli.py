@@ -1,7 +1,6 @@
 """The command line, through the real console script and typer's runner."""
 
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -103,19 +102,6 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_demo_runs_end_to_end(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning:nimbleml"}
-    proc = subprocess.run(
-        [NIMBLEML, "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
-        timeout=600, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "mlp package" in proc.stdout and "pipeline package" in proc.stdout
-    for name in ("mlp", "pipeline"):
-        assert (tmp_path / f"{name}.nimble" / "manifest.json").is_file()
-        assert (tmp_path / f"{name}-report" / "comparison.png").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -138,8 +138,8 @@ NOT_RUN = {
     "make ": "what CI and a fresh clone run (sets up .venv; tests, or the demo); this suite "
     "is itself run by `make test`",
     "pip install": "installs from the package index, which the tests do not reach",
-    "nimbleml demo": "run by tests/test_cli.py::test_demo_runs_end_to_end as `nimbleml demo "
-    "--quick` (25 s here; the full demo trains longer and times for longer)",
+    "nimbleml demo": "run by tests/test_demo.py as `nimbleml demo --quick` (about a minute "
+    "here; the full demo trains, searches and serves longer: about four)",
 }
 
 REDIS = "redis://127.0.0.1:6379/0"  # the Redis tier the docs show

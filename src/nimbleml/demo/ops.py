@@ -15,6 +15,7 @@ from .story import Context, Stage, Table, timed
 
 def monitor_stage(ctx: Context, store: Path) -> Stage:
     from ..monitor.report import write_report
+    from ..monitor.store import checkpoint_sqlite
 
     stage = Stage("monitor", "6. Monitor: what the serving run recorded",
                   "nimbleml report on the server's own store: latency and throughput, accuracy "
@@ -22,6 +23,9 @@ def monitor_stage(ctx: Context, store: Path) -> Stage:
     with timed(stage):
         out = ctx.folder("monitor")
         written = write_report(f"sqlite:///{store}", out)
+        # its read-only connection leaves empty -wal and -shm files beside the store: a
+        # read-write connection's close removes them
+        checkpoint_sqlite(f"sqlite:///{store}")
     insights = (out / "insights.txt").read_text().strip()
     for line in insights.splitlines():
         if line.startswith(("accuracy", "requests", "latency")):
