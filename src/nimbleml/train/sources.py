@@ -250,19 +250,33 @@ def rows(data: Any) -> int | None:
 
 
 def as_arrays(data: Any, flag: str = "--val") -> tuple[Any, Any]:
-    """(X, y) numpy arrays from (X, y) or a Dataset of (x, y) pairs (stacked; for --optimize,
-    which verifies the package on arrays)."""
+    """(X, y) numpy arrays from (X, y) or a Dataset of (x, y) pairs or of dicts with a label
+    key (Hugging Face-style rows: X is then a dict of arrays, input_ids ...), stacked; for
+    --optimize and distillation's report, which verify and time on arrays."""
     import numpy as np
+
+    from .data import TARGET_KEYS, split
 
     if isinstance(data, tuple):
         return data
     from torch.utils.data import DataLoader
 
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=256)
-    xs, ys = [], []
+    xs: list[Any] = []
+    ys: list[Any] = []
     for item in loader:
+        if isinstance(item, dict) and any(k in item for k in TARGET_KEYS):
+            batch = split(item)
+            xs.append({k: np.asarray(v) for k, v in batch.inputs.items()})
+            ys.append(np.asarray(batch.target))
+            continue
         if not (isinstance(item, tuple | list) and len(item) == 2):
-            raise DataError(f"{flag}: --optimize needs (input, label) pairs from the data")
+            raise DataError(
+                f"{flag}: --optimize needs (input, label) pairs, or dicts with a 'labels' key, "
+                "from the data"
+            )
         xs.append(np.asarray(item[0]))
         ys.append(np.asarray(item[1]))
+    if xs and isinstance(xs[0], dict):
+        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}, np.concatenate(ys)
     return np.concatenate(xs), np.concatenate(ys)
