@@ -36,6 +36,10 @@ def run(spec: dict[str, Any], progress: str, save_model: Path | None,
     torch.manual_seed(spec["seed"])  # the same first weights in every process and every run
     model = sources.build_model(spec["factory"], spec["arch"], spec["num_classes"],
                                 dict(spec["kwargs"]))  # fmt: skip
+    if spec["strategy"] == "fsdp":  # blocks to shard, checked before a tracker writes
+        from ..train.fsdp import blocks
+
+        blocks(model, spec["fsdp_blocks"])
     trackers = [loggers.make(s) for s in spec["log"]] if main else []
     display = Display(progress if main else "none", spec,
                       _micro_batches(train_data, spec["batch_size"]), world)  # fmt: skip

@@ -175,6 +175,22 @@ def train(
     nproc: int | None = typer.Option(
         None, help="processes (data parallel, under torchrun; gloo on CPU, nccl on GPU) [1]"
     ),
+    strategy: str | None = typer.Option(
+        None, help="with --nproc: ddp (a whole model per process) or fsdp (sharded) [ddp]"
+    ),
+    fsdp_blocks: str | None = typer.Option(
+        None, help="--strategy fsdp: the submodules to shard, a,b,... [the largest Sequential's]"
+    ),
+    max_restarts: int | None = typer.Option(
+        None, help="with --nproc: restart every process this many times after one fails [0]"
+    ),
+    nnodes: int | None = typer.Option(None, help="machines, each running this command [1]"),
+    node_rank: int | None = typer.Option(
+        None, help="--nnodes: this machine's number, 0 on the one that writes checkpoints"
+    ),
+    rdzv_endpoint: str | None = typer.Option(
+        None, help="--nnodes: HOST:PORT where the machines meet (HOST runs node 0)"
+    ),
     log: list[str] | None = typer.Option(
         None, "--log", help="tensorboard[:DIR] or mlflow[:URI]; repeat for both"
     ),
@@ -208,17 +224,19 @@ def train(
             "precision": _precision(amp, precision), "checkpointing": checkpointing or None,
             "early_stopping": early_stopping, "checkpoint_dir": checkpoint_dir,
             "resume": resume, "seed": seed, "device": device, "nproc": nproc,
-            "log": list(log) if log else None,
+            "log": list(log) if log else None, "strategy": strategy,
+            "fsdp_blocks": _names(fsdp_blocks, "--fsdp-blocks"),
         }  # fmt: skip
         spec = settings(given, config)
         _check_outputs(spec, save_model, optimize, output, max_drop, time_budget)
         check_clouds(cloud)
+        group = _group(spec, max_restarts, nnodes, node_rank, rdzv_endpoint)
         try:
-            if spec["nproc"] > 1 and not launch.inside_torchrun():
+            if group is not None:
                 from .rank import ENTRY  # not at the top: each process runs rank.py as __main__
 
                 _preflight(spec)
-                code = launch.relaunch(ENTRY, given_args(ctx), spec["nproc"], debug=DEBUG["on"],
+                code = launch.relaunch(ENTRY, given_args(ctx, LAUNCHER), group, debug=DEBUG["on"],
                                        progress=_progress_mode(quiet),
                                        resume=_how_to_go_on(spec))  # fmt: skip
                 raise typer.Exit(code)
@@ -233,6 +251,66 @@ def train(
             raise typer.Exit(130) from None
 
     _guard(go)
+
+
+# the flags of the launcher (torchrun), not of each process
+LAUNCHER = ("nproc", "max_restarts", "nnodes", "node_rank", "rdzv_endpoint")
+
+
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """'a,b' -> ['a', 'b'] (None when not given)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"{flag} takes submodule names separated by commas, got {text!r}")
+    return names
+
+
+def _group(spec: dict[str, Any], max_restarts: int | None, nnodes: int | None,
+           node_rank: int | None, endpoint: str | None) -> Any:  # fmt: skip
+    """The processes torchrun is to start (launch.Group), None for one process here (or in
+    a process torchrun started); the launcher's flags checked together first."""
+    from ..train import launch
+
+    if launch.inside_torchrun():
+        return None
+    nodes = 1 if nnodes is None else nnodes
+    if nodes < 1:
+        raise ConfigError(f"--nnodes must be >= 1, got {nodes}")
+    if nodes == 1 and (node_rank is not None or endpoint):
+        flag = "--node-rank" if node_rank is not None else "--rdzv-endpoint"
+        raise ConfigError(f"{flag} is for a run on several machines: give --nnodes N (N >= 2) "
+                          "on each, or leave it out")  # fmt: skip
+    if nodes > 1 and not endpoint:
+        raise ConfigError(f"--nnodes {nodes} needs --rdzv-endpoint HOST:PORT, where the machines "
+                          "meet (the same on each; HOST runs node 0)")  # fmt: skip
+    if node_rank is not None and not 0 <= node_rank < nodes:
+        raise ConfigError(
+            f"--node-rank must be 0 to {nodes - 1} (--nnodes {nodes}), got {node_rank}"
+        )
+    several = spec["nproc"] > 1 or nodes > 1
+    restarts = max_restarts or 0
+    if restarts < 0:
+        raise ConfigError(f"--max-restarts must be >= 0, got {restarts}")
+    if restarts and not several:
+        raise ConfigError(
+            f"--max-restarts {restarts} restarts the processes torchrun starts, and this run "
+            "is one process: give --nproc N (N >= 2), or leave --max-restarts out"
+        )
+    if restarts and not spec["checkpoint_dir"]:
+        raise ConfigError(
+            f"--max-restarts {restarts} resumes the restarted processes from the last "
+            "checkpoint: give --checkpoint-dir DIR"
+        )
+    if spec["strategy"] == "fsdp" and not several:
+        raise ConfigError(
+            "--strategy fsdp shards the model over several processes, and this run is one: "
+            "give --nproc N (N >= 2), or leave --strategy out"
+        )
+    if not several:
+        return None
+    return launch.Group(spec["nproc"], restarts, nodes, node_rank, endpoint)
 
 
 def _how_to_go_on(spec: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ from .precision import PRECISIONS
 LOSSES = ("cross_entropy", "mse", "l1", "smooth_l1", "bce_with_logits")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "onecycle", "step")
+STRATEGIES = ("ddp", "fsdp")  # under torchrun: DistributedDataParallel or FSDP2 (fsdp.py)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class TrainConfig:
     callbacks: Sequence[Callable[..., Any]] = field(default_factory=tuple)
     device: str = "auto"
     max_nonfinite: int = 5  # consecutive non-finite losses before training stops
+    strategy: str = "ddp"  # how several processes share the work (one process: no effect)
+    fsdp_blocks: Sequence[str] | None = None  # fsdp: the submodules to shard
 
     def __post_init__(self) -> None:
         for name in self.names():
@@ -75,6 +78,7 @@ class TrainConfig:
             _loader_keys(self.dataloader)
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("resume=True needs checkpoint_dir= (where the checkpoints are)")
+        _check_fsdp(self)
 
     @classmethod
     def names(cls) -> list[str]:
@@ -104,7 +108,7 @@ _INT = {"epochs": 1, "grad_accum": 1, "keep_last": 1, "max_nonfinite": 1, "nproc
 _NUMBER = {"lr": ">", "weight_decay": ">=", "grad_clip": ">", "grad_clip_value": ">"}
 # metric's names are metrics.METRIC_NAMES, imported when a metric is checked
 _CHOICES = {"precision": PRECISIONS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS,
-            "loss": LOSSES, "metric": ()}  # fmt: skip
+            "loss": LOSSES, "metric": (), "strategy": STRATEGIES}  # fmt: skip
 # what else a choice takes from Python (never from a flag or a YAML file: no value read there
 # is callable or has a step method)
 _OBJECTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
@@ -115,7 +119,7 @@ _OBJECTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 _TEXT = ("factory", "arch", "train", "val", "target")
 _NULLABLE = ("early_stopping", "grad_clip", "grad_clip_value", "num_classes", "image_size",
-             "loss", "metric", "scheduler", "checkpoint_dir", *_TEXT)  # fmt: skip
+             "loss", "metric", "scheduler", "checkpoint_dir", "fsdp_blocks", *_TEXT)  # fmt: skip
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -132,6 +136,10 @@ def _flag_or_names(value: Any) -> bool:
 _SHAPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "resume": (lambda v: isinstance(v, bool), "true or false"),
     "checkpointing": (_flag_or_names, "true, false or a list of submodule names"),
+    "fsdp_blocks": (
+        lambda v: isinstance(v, list | tuple) and bool(v) and all(isinstance(n, str) for n in v),
+        "a list of submodule names",
+    ),
     "checkpoint_dir": (lambda v: isinstance(v, str | os.PathLike), "a string"),
     "device": (
         lambda v: bool(_DEVICE.match(v)) if isinstance(v, str) else hasattr(v, "type"),
@@ -212,6 +220,25 @@ def _number(value: Any, where: str, strict: bool) -> float:
     if not (number > 0 if strict else number >= 0):  # NaN fails both
         raise ConfigError(f"{where} must be {sign} 0, got {value!r}")
     return number
+
+
+def _check_fsdp(cfg: TrainConfig) -> None:
+    """The FSDP options together: blocks only with strategy="fsdp"; under FSDP nimbleml
+    builds the optimizer (after sharding, over the shards), so it is named, not passed."""
+    if cfg.fsdp_blocks is not None and cfg.strategy != "fsdp":
+        raise ConfigError(
+            f"fsdp_blocks names the blocks FSDP shards, and strategy is {cfg.strategy!r}: "
+            "add strategy='fsdp' (--strategy fsdp), or leave fsdp_blocks out"
+        )
+    if cfg.strategy != "fsdp":
+        return
+    for key, value in (("optimizer", cfg.optimizer), ("scheduler", cfg.scheduler)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(
+                f"strategy='fsdp' builds the {key} itself, over the sharded parameters, so "
+                f"a {type(value).__name__} object made over the whole model cannot be used: "
+                f"name it ({', '.join(OPTIMIZERS if key == 'optimizer' else SCHEDULERS)})"
+            )
 
 
 # DataLoader arguments that nimbleml sets itself (the batch, the order, the sharding)

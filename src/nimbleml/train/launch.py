@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -60,6 +61,7 @@ WORKER = "NIMBLEML_TRAIN_WORKER"  # set in the processes torchrun starts: train 
 THREADS = "NIMBLEML_TRAIN_THREADS"
 PROGRESS = "NIMBLEML_TRAIN_PROGRESS"  # rich | lines | off, decided by the parent
 DEBUG = "NIMBLEML_TRAIN_DEBUG"
+RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"  # set by torchrun: the group's restarts so far
 STOP_WAIT_S = 60.0  # how long torchrun has to stop its processes after a signal
 
 
@@ -85,13 +87,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def command(entry: str, args: list[str], nproc: int, port: int, log_dir: str) -> list[str]:
-    """torchrun's command line: ``nproc`` processes on this machine, each ``python -m entry
-    args``."""
+@dataclass(frozen=True)
+class Group:
+    """Where the processes of a run are and what becomes of a failed one: ``nproc``
+    processes on each of ``nnodes`` machines; ``max_restarts`` restarts of the whole group
+    by torchrun's elastic agent (each resumes from the last checkpoint); several machines
+    meet at ``rdzv_endpoint`` (HOST:PORT): with ``node_rank`` given on each, torchrun's
+    static rendezvous (fixed ranks: rank 0 always on node 0), without it c10d's (ranks in
+    the order the machines join)."""
+
+    nproc: int
+    max_restarts: int = 0
+    nnodes: int = 1
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+
+    def torchrun_args(self, port: int) -> list[str]:
+        out = ["--nproc_per_node", str(self.nproc)]
+        if self.max_restarts:
+            out += ["--max_restarts", str(self.max_restarts)]
+        if self.nnodes == 1:  # this machine alone: its own rendezvous on a free port
+            return [*out, "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        out += ["--nnodes", str(self.nnodes), "--rdzv_endpoint", str(self.rdzv_endpoint),
+                "--rdzv_id", RDZV_ID]  # fmt: skip
+        if self.node_rank is None:
+            return [*out, "--rdzv_backend", "c10d"]
+        return [*out, "--rdzv_backend", "static", "--node_rank", str(self.node_rank)]
+
+
+RDZV_ID = "nimbleml-train"  # the same on every node (c10d's run id, static's key prefix)
+
+
+def command(entry: str, args: list[str], nproc: int | Group, port: int,
+            log_dir: str) -> list[str]:  # fmt: skip
+    """torchrun's command line: ``nproc`` processes on this machine (or a :class:`Group`'s),
+    each ``python -m entry args``."""
+    group = nproc if isinstance(nproc, Group) else Group(nproc)
     return [
-        sys.executable, "-m", "nimbleml.train.elastic", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(port), "--log-dir", log_dir,
-        "-m", entry, *args,
+        sys.executable, "-m", "nimbleml.train.elastic", *group.torchrun_args(port),
+        "--log-dir", log_dir, "-m", entry, *args,
     ]  # fmt: skip
 
 
@@ -120,14 +154,16 @@ def _launcher_setup(die_with_parent: Any) -> Any:
 
 
 # -- the parent: nimbleml train --nproc N ---------------------------------------------------
-def relaunch(entry: str, args: list[str], nproc: int, *, debug: bool = False,
+def relaunch(entry: str, args: list[str], nproc: int | Group, *, debug: bool = False,
              progress: str = "lines", resume: str = "") -> int:  # fmt: skip
     """Run ``python -m entry args`` (the module calls :func:`run_rank`; ``args``: the train
-    command's own) in ``nproc`` processes under torchrun; wait,
-    relay rank 0's output, forward SIGINT/SIGTERM; return the exit code (KeyboardInterrupt
-    after a SIGINT, once every process stopped). ``resume``: the sentence that says how to
-    go on after a failure, added to its line."""
-    threads = threads_per_process(nproc)
+    command's own) in ``nproc`` processes under torchrun (a :class:`Group`: on several
+    machines, restarted after a failure); wait, relay rank 0's output, forward
+    SIGINT/SIGTERM; return the exit code (KeyboardInterrupt after a SIGINT, once every
+    process stopped). ``resume``: the sentence that says how to go on after a failure,
+    added to its line."""
+    group = nproc if isinstance(nproc, Group) else Group(nproc)
+    threads = threads_per_process(group.nproc)
     with status_folder() as status:  # removes the folders killed runs left, too
         env = dict(os.environ)
         env.update({WORKER: "1", STATUS: status, THREADS: str(threads), PROGRESS: progress,
@@ -136,7 +172,7 @@ def relaunch(entry: str, args: list[str], nproc: int, *, debug: bool = False,
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         logs = os.path.join(status, "torchrun")  # not a /tmp/torchelastic_* of its own
         proc = subprocess.Popen(
-            command(entry, args, nproc, free_port(), logs), env=env, stderr=subprocess.PIPE,
+            command(entry, args, group, free_port(), logs), env=env, stderr=subprocess.PIPE,
             preexec_fn=_launcher_setup(_parent_death_signal()),
         )  # fmt: skip
         return _Supervisor(proc, Path(status), debug, resume).wait()
@@ -242,6 +278,10 @@ class _Supervisor:
         pending = ""
         while True:
             finished = self.done.is_set()
+            if handle is not None and _replaced(path, handle):  # a restart set it aside
+                pending += handle.read()
+                handle.close()
+                handle = None
             if handle is None and path.exists():
                 handle = open(path, errors="replace")  # noqa: SIM115 - read as it grows
             chunk = handle.read() if handle is not None else ""
@@ -344,6 +384,14 @@ class _Supervisor:
             return []
 
 
+def _replaced(path: Path, handle: Any) -> bool:
+    """Whether ``path`` no longer names the file ``handle`` reads (renamed by a restart)."""
+    try:
+        return os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return True
+
+
 def _rank_of(path: Path) -> int:
     return int(path.stem.split("-")[1])
 
@@ -366,9 +414,16 @@ def run_rank(run: Callable[[bool], None]) -> NoReturn:
     it returns), written beside the log for the parent."""
     rank = os.environ.get("RANK", "0")
     status = os.environ.get(STATUS)
+    restart = int(os.environ.get(RESTART_COUNT, "0") or 0)
     if status:  # the parent relays rank 0's stderr and reads the others' on failure
+        if restart:  # the failed attempt's log and exit code: set aside, not this one's
+            _set_aside(Path(status), rank, restart)
         log = open(Path(status) / f"rank-{rank}.log", "w", buffering=1)  # noqa: SIM115
         os.dup2(log.fileno(), 2)
+    if restart and rank == "0":
+        most = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")
+        print(f"restart {restart} of at most {most}: a process failed, so torchrun restarted "
+              "every process; going on from the last checkpoint", file=sys.stderr, flush=True)  # fmt: skip
     die_with_parent = _parent_death_signal()
     if die_with_parent is not None:
         die_with_parent()  # torchrun gone, this process goes too
@@ -389,6 +444,15 @@ def run_rank(run: Callable[[bool], None]) -> NoReturn:
             (Path(status) / f"rank-{rank}.exit").write_text(str(code))
         sys.stderr.flush()
     sys.exit(code)
+
+
+def _set_aside(status: Path, rank: str, restart: int) -> None:
+    """rank-R.log of the attempt before as rank-R.log.<attempt> (the parent reads only the
+    last attempt's errors), its rank-R.exit gone."""
+    log = status / f"rank-{rank}.log"
+    with contextlib.suppress(OSError):
+        log.rename(status / f"{log.name}.{restart - 1}")
+    (status / f"rank-{rank}.exit").unlink(missing_ok=True)
 
 
 MOVED = (

@@ -22,9 +22,7 @@ from ..errors import (
     NimbleError,
     PeerLostError,
     TrainingError,
-    TrainingWarning,
     running_user_code,
-    warn,
 )
 from . import checkpoint as ckpt
 from . import parts
@@ -32,7 +30,12 @@ from . import usercode as uc
 from .config import TrainConfig
 from .data import Batch, batches, refuse_missing_in
 from .distributed import Distributed
+from .fsdp import blocks as fsdp_blocks
+from .fsdp import grad_scaler as fsdp_scaler
+from .fsdp import precision_for as fsdp_precision
 from .losses import _primary, resolve_loss
+from .outcome import say_nonfinite, summary
+from .outcome import score as judged_on
 from .precision import Precision, decide, warn_if_slower
 from .result import TrainReport, TrainResult
 from .state import State, restore, state_dict
@@ -111,7 +114,9 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         device = self._device()
-        dist = Distributed.from_env(device)
+        blocks = fsdp_blocks(model, cfg.fsdp_blocks) if cfg.strategy == "fsdp" else None
+        dist = Distributed.from_env(device, cfg.strategy)
+        dist.blocks = blocks
         threads = torch.get_num_threads()  # loader tuning may change them for the run
         try:
             return self._fit(model, train_data, val_data, device, dist)
@@ -133,10 +138,11 @@ class Trainer:
         torch = require("torch", "nimbleml.train")
         cfg = self.config
         out_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        resume = cfg.resume or dist.restarts > 0  # torchrun restarted the group: go on
         if out_dir is not None and dist.main:  # before any work: not after the first epoch
             ckpt.check_writable(out_dir)
             ckpt.clean_temp(out_dir)  # what a killed run left
-            if not cfg.resume:
+            if not resume:
                 ckpt.start_over(out_dir)
         model = model.to(device)
         batch_size = cfg.batch_size
@@ -171,23 +177,26 @@ class Trainer:
         val = (
             batches(val_data, max(int(batch_size), 256), shuffle=False,
                     where="the validation data")
-            if val_data is not None and dist.main else None
+            if val_data is not None and (dist.main or dist.sharded) else None
         )  # fmt: skip
         loss_name, loss_fn = resolve_loss(cfg.loss, sample.target)
         precision = decide(cfg.precision, device)
         if self.precision_reason and cfg.precision != "auto":
             precision = dataclasses.replace(precision, reason=self.precision_reason)
+        if dist.sharded:  # fp32 on a CPU; on a GPU through FSDP's own policy too
+            precision = fsdp_precision(precision, device)
         if cfg.precision != "auto" and precision.autocast_dtype is not None and device == "cpu":
             warn_if_slower(model, sample, self._step_fn(loss_fn, device), precision)
+        net = dist.wrap(model, device, precision)  # FSDP shards in place: before the optimizer
+        undo = parts.activation_checkpointing(cfg.checkpointing, model)
         optimizer = self._optimizer(model)
         steps_per_epoch = math.ceil(len(train) / cfg.grad_accum)
         scheduler, stepping = parts.scheduler(cfg, optimizer, steps_per_epoch)
-        scaler = torch.amp.GradScaler(precision.device_type, enabled=precision.scaled)
-        undo = parts.activation_checkpointing(cfg.checkpointing, model)
-        net = dist.wrap(model, device)
+        scaler = (fsdp_scaler(precision) if dist.sharded and precision.scaled else
+                  torch.amp.GradScaler(precision.device_type, enabled=precision.scaled))  # fmt: skip
         state = State()
-        if cfg.resume and out_dir is not None:
-            state = restore(model, optimizer, scaler, scheduler, out_dir, dist.main)
+        if resume and out_dir is not None:
+            state = restore(model, optimizer, scaler, scheduler, out_dir, dist)
             if state.resumed_from is not None:
                 self._tell("resume", {"epoch": state.epoch, "checkpoint": str(state.resumed_from)})
         task = "classification" if loss_name == "cross_entropy" else None
@@ -196,8 +205,11 @@ class Trainer:
                 record = self._epoch(net, train, epoch, optimizer, scaler, scheduler, stepping,
                                      loss_fn, precision, device, dist, state)  # fmt: skip
                 if val_data is not None:  # rank 0 evaluates; every rank judges on its figures
-                    measured = (self._evaluate(model, val, loss_fn, precision, device, task)
-                                if dist.main else None)  # fmt: skip
+                    measured = (
+                        self._evaluate(model, val, loss_fn, precision, device, task)
+                        if dist.main or dist.sharded
+                        else None
+                    )  # FSDP: all gather
                     record.update(dist.share(measured))
                 self._after_epoch(record, scheduler, stepping, optimizer, state, model,
                                   scaler, out_dir, dist)  # fmt: skip
@@ -205,18 +217,18 @@ class Trainer:
                     break
         finally:
             parts.undo(undo)
-        _say_nonfinite(state.history, cfg.lr)
+        say_nonfinite(state.history, cfg.lr)
         report = TrainReport(history=state.history, precision=precision.name,
                              precision_reason=precision.reason, loss=loss_name,
-                             device=device, config={**_summary(cfg, int(batch_size)), **tuned},
-                             step_times_s=state.step_times)  # fmt: skip
+                             device=device, config={**summary(cfg, int(batch_size)), **tuned},
+                             step_times_s=state.step_times, restarts=dist.restarts)  # fmt: skip
         if out_dir is not None and dist.main:
             report.save(out_dir)
         best = (
             out_dir / ckpt.BEST if out_dir is not None and (out_dir / ckpt.BEST).exists() else None
         )
-        return TrainResult(model=model.eval(), history=state.history, best_checkpoint=best,
-                           report=report)  # fmt: skip
+        return TrainResult(model=dist.unwrap(model).eval(), history=state.history,
+                           best_checkpoint=best, report=report)  # fmt: skip
 
     def _find_batch_size(self, model: Any, train_data: Any, device: str,
                          dist: Distributed) -> tuple[int, dict[str, Any]]:  # fmt: skip
@@ -407,7 +419,7 @@ class Trainer:
                      optimizer: Any, state: State, model: Any, scaler: Any,
                      out_dir: Path | None, dist: Distributed) -> None:  # fmt: skip
         cfg = self.config
-        score, higher = _score(record)
+        score, higher = judged_on(record)
         if scheduler is not None and stepping == "epoch":
             scheduler.step()
         elif scheduler is not None and stepping == "metric" and math.isfinite(score):
@@ -423,8 +435,9 @@ class Trainer:
             state.stop = True
             record["stopped_by_callback"] = True
         state.stop = bool(dist.share(state.stop))  # rank 0's say, or the processes part ways
+        snapshot = dist.snapshot(model, optimizer) if out_dir is not None else None  # FSDP
         if out_dir is not None and dist.main:  # the checkpoint, best.pt, history.jsonl
-            ckpt.save(state_dict(model, optimizer, scaler, scheduler, state), out_dir,
+            ckpt.save(state_dict(model, optimizer, scaler, scheduler, state, snapshot), out_dir,
                       record["epoch"], cfg.keep_last, better)  # fmt: skip
 
     def _tell(self, event: str, info: dict[str, Any]) -> Any:
@@ -452,46 +465,6 @@ class Trainer:
             loss.backward()
 
         return step
-
-
-def _score(record: dict[str, Any]) -> tuple[float, bool]:
-    """What 'best' is judged on: the val metric, else the val loss, else the train loss; NaN
-    (never the best) when the val loss is not finite, whatever the metric says."""
-    if not math.isfinite(float(record.get("val_loss", 0.0))):
-        return math.nan, False
-    if "val_metric" in record:
-        return float(record["val_metric"]), bool(record["higher_is_better"])
-    if "val_loss" in record:
-        return float(record["val_loss"]), False
-    return float(record["train_loss"]), False
-
-
-def _say_nonfinite(history: list[dict[str, Any]], lr: float) -> None:
-    """Steps skipped for a NaN or infinite loss are said, not only counted in the history."""
-    counts = {r["epoch"]: r.get("nonfinite_steps", 0) for r in history}
-    total = sum(counts.values())
-    if total:
-        epochs = ", ".join(str(e) for e, c in counts.items() if c)
-        warn(
-            f"{total} training step(s) were skipped because the loss was NaN or infinite "
-            f"(epoch {epochs}; nonfinite_steps in the history) though the data holds no "
-            f"missing values: the model overflowed or diverged; lower lr (now {lr:g}), set "
-            "grad_clip=1.0, or train in precision='fp32'",
-            TrainingWarning,
-        )
-
-
-def _summary(cfg: TrainConfig, batch_size: int) -> dict[str, Any]:
-    keep = ("optimizer", "lr", "weight_decay", "epochs", "grad_accum", "grad_clip",
-            "scheduler", "warmup_steps", "early_stopping", "seed")  # fmt: skip
-    out = {k: getattr(cfg, k) for k in keep}
-    out = {k: (v if isinstance(v, int | float | str | type(None)) else type(v).__name__)
-           for k, v in out.items()}  # fmt: skip
-    out["batch_size"] = batch_size
-    out["checkpointing"] = (
-        cfg.checkpointing if isinstance(cfg.checkpointing, bool) else list(cfg.checkpointing)
-    )
-    return out
 
 
 def train(model: Any, train_data: Any, val_data: Any = None, **options: Any) -> TrainResult:

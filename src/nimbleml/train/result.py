@@ -21,6 +21,7 @@ class TrainReport:
     device: str
     config: dict[str, Any]
     step_times_s: list[float] = field(default_factory=list)
+    restarts: int = 0  # times torchrun's elastic agent restarted the group (--max-restarts)
 
     def to_dict(self) -> dict[str, Any]:
         from ..bench.machine import machine_info
@@ -37,6 +38,7 @@ class TrainReport:
             "device": self.device,
             "config": self.config,
             "step_time": steps,
+            "restarts": self.restarts,
             "history": self.history,
             "machine": machine_info().to_dict(),
         }
@@ -44,6 +46,9 @@ class TrainReport:
     def table(self) -> str:
         head = f"{'epoch':>5} {'train loss':>11} {'val loss':>10} {'metric':>10} {'samples/s':>10} {'s':>7}"
         lines = [f"precision: {self.precision} ({self.precision_reason})"]
+        if self.restarts:
+            lines.append(f"restarts: {self.restarts} (a process failed; torchrun restarted "
+                         "every process, which went on from the last checkpoint)")  # fmt: skip
         lines += [f"{name.replace('_', ' ')}: {self.config[name]['summary']}"
                   for name in ("batch_size_search", "dataloader") if name in self.config]  # fmt: skip
         lines += [head, "-" * len(head)]
@@ -96,6 +101,11 @@ class TrainResult:
     history: list[dict[str, Any]]
     best_checkpoint: Path | None
     report: TrainReport
+
+    @property
+    def restarts(self) -> int:
+        """How many times the group was restarted after a process failed (--max-restarts)."""
+        return self.report.restarts
 
     def optimize(self, val: Any, **options: Any) -> Any:
         """The trained model straight into :func:`nimbleml.optimize` (verified, timed)."""

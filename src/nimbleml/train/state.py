@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..errors import NimbleError
 from . import checkpoint as ckpt
+from .distributed import Distributed
 
 
 class State:
@@ -35,11 +37,14 @@ class State:
         return better
 
 
-def state_dict(model: Any, optimizer: Any, scaler: Any, scheduler: Any,
-               state: State) -> dict[str, Any]:  # fmt: skip
+def state_dict(model: Any, optimizer: Any, scaler: Any, scheduler: Any, state: State,
+               snapshot: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What a checkpoint holds; ``snapshot``: the model's and the optimizer's full state
+    dicts when FSDP gathered them (Distributed.snapshot), else the model's own."""
+    weights, optim = snapshot or (model.state_dict(), optimizer.state_dict())
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optim,
         "scaler": scaler.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": state.epoch,
@@ -52,19 +57,40 @@ def state_dict(model: Any, optimizer: Any, scaler: Any, scheduler: Any,
 
 
 def restore(model: Any, optimizer: Any, scaler: Any, scheduler: Any, out_dir: Path,
-            main: bool) -> State:  # fmt: skip
+            dist: Distributed) -> State:  # fmt: skip
     """The state of the newest readable checkpoint in ``out_dir`` loaded into the model,
-    optimizer, scaler and scheduler (a fresh State when there is none). The main process
-    mends what a kill may have left: history.jsonl rewritten from the checkpoint's history,
-    best.pt copied again when the epoch resumed from was the best."""
+    optimizer, scaler and scheduler (a fresh State when there is none). Rank 0 reads it and
+    sends it to the other processes (their node need not hold the folder: a multi-node run
+    may give each node a ``checkpoint_dir`` of its own, rank 0's being the one written); an
+    error reading it stops every process. The main process mends what a kill may have
+    left: history.jsonl rewritten from the checkpoint's history, best.pt copied again when
+    the epoch resumed from was the best."""
+    found: Any = None
+    if dist.main:
+        try:
+            found = ckpt.load_latest(out_dir)
+            if found is not None:
+                ckpt.check_compatible(model, found[1]["model"], found[0])
+        except NimbleError as exc:  # every process stops on it, not just rank 0
+            found = exc
+    mine = found
+    if dist.world > 1:  # FSDP sends the weights itself, sharded, below
+        found = dist.share(_without_weights(found) if dist.sharded else found)
+    if isinstance(found, NimbleError):
+        raise found
     state = State()
-    found = ckpt.load_latest(out_dir)
     if found is None:
         return state  # nothing to resume yet: a fresh run
     path, saved = found
-    ckpt.check_compatible(model, saved["model"], path)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    if dist.sharded:
+        from . import fsdp
+
+        full = mine[1] if dist.main else {"model": {}, "optimizer": {}}
+        optim = fsdp.by_name(model, full["optimizer"]) if dist.main else {}
+        fsdp.load_full(model, optimizer, full["model"], optim)
+    else:
+        model.load_state_dict(saved["model"])
+        _load_optimizer(model, optimizer, saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     if scheduler is not None and saved.get("scheduler") is not None:
         scheduler.load_state_dict(saved["scheduler"])
@@ -73,6 +99,24 @@ def restore(model: Any, optimizer: Any, scaler: Any, scheduler: Any, out_dir: Pa
     state.history = list(saved["history"])
     state.resumed_from = path
     ckpt.set_rng_state(saved["rng"])
-    if main:
+    if dist.main:
         ckpt.mend(out_dir, path, state.history)
     return state
+
+
+def _without_weights(found: Any) -> Any:
+    """(path, checkpoint) without the model and optimizer states (FSDP sends those)."""
+    if not isinstance(found, tuple):
+        return found
+    path, saved = found
+    return path, {k: v for k, v in saved.items() if k not in ("model", "optimizer")}
+
+
+def _load_optimizer(model: Any, optimizer: Any, saved: dict[str, Any]) -> None:
+    """torch's own optimizer state, or one an FSDP run saved (keyed by parameter names)."""
+    from .fsdp import is_by_index, load_optimizer
+
+    if is_by_index(saved):
+        optimizer.load_state_dict(saved)
+    else:
+        load_optimizer(model, optimizer, saved)
