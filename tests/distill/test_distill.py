@@ -200,10 +200,12 @@ def test_random_augmentation_runs_the_teacher_online(teacher, data):
     (X, y), val = data
     jittered = Jittered(X[:300], y[:300])
     res = nimbleml.distill(teacher, shrink(teacher), jittered, val, epochs=1, baseline=False,
-                           compare_models=False, dataloader={})  # fmt: skip
+                           temperature=2.0, alpha=0.5,
+                           compare_models=False, dataloader={}, views=None)  # fmt: skip
     assert res.cache.startswith("online: the data has random transforms")
     with pytest.raises(ConfigError, match="cached teacher outputs would be stale"):
-        nimbleml.distill(teacher, shrink(teacher), jittered, val, cache_teacher=True, epochs=1)
+        nimbleml.distill(teacher, shrink(teacher), jittered, val, cache_teacher=True, epochs=1,
+                         views=None)  # fmt: skip
 
 
 def test_bad_options_are_named(teacher, data):
@@ -225,7 +227,7 @@ def test_distill_beside_the_student_alone_and_into_a_package(teacher, data, tmp_
     torch.manual_seed(1)
     student = shrink(teacher, width=0.125, depth=0.34)
     res = nimbleml.distill(teacher, student, train, val, temperature=4.0, alpha=0.7, epochs=10,
-                           lr=3e-3, dataloader={})  # fmt: skip
+                           lr=3e-3, dataloader={}, views=None)  # fmt: skip
     assert res.cache == "cached in memory"
     names = [r.name for r in res.report.rows]
     assert names == ["teacher", "student (no teacher)", "student (distilled)"]
@@ -241,7 +243,8 @@ def test_distill_beside_the_student_alone_and_into_a_package(teacher, data, tmp_
     pkg = found.best.save(tmp_path / "student.nimble")
     # a package as the teacher: its outputs through ONNX Runtime, cached like a module's
     again = nimbleml.distill(str(pkg), shrink(teacher, 0.125, 0.34), train, val, epochs=1,
-                             baseline=False, compare_models=False, dataloader={})  # fmt: skip
+                             temperature=2.0, alpha=0.5, baseline=False, compare_models=False,
+                             dataloader={}, views=None)  # fmt: skip
     assert again.cache == "cached in memory" and again.history[0]["val_metric"] > 0.3
 
 
@@ -249,7 +252,8 @@ def test_feature_distillation_learns_a_projection(teacher, data):
     train, val = data
     student = shrink(teacher, width=0.25, depth=0.34)  # 64 wide against the teacher's 256
     res = nimbleml.distill(teacher, student, train, val, features=[("1", "1")], epochs=2,
-                           baseline=False, compare_models=False, dataloader={})  # fmt: skip
+                           temperature=2.0, alpha=0.5, baseline=False, compare_models=False,
+                           dataloader={}, views=None)  # fmt: skip
     assert res.cache.startswith("online: feature distillation")
     assert res.history[-1]["val_metric"] > 0.5
     assert not any("projections" in k for k in res.student.state_dict())  # the student alone
@@ -321,6 +325,7 @@ def test_shrink_a_hugging_face_style_encoder_and_distill_its_features():
     X = (X / 16).astype(np.float32)
     res = nimbleml.distill(teacher, student, (X[:400], y[:400]), (X[1400:], y[1400:]),
                            features=[("encoder", "encoder")], epochs=1, baseline=False,
-                           compare_models=False, dataloader={})  # fmt: skip
+                           temperature=2.0, alpha=0.5, compare_models=False, dataloader={},
+                           views=None)  # fmt: skip
     assert res.cache.startswith("online: feature distillation")
     assert np.isfinite(res.history[0]["train_loss"])

@@ -11,18 +11,22 @@ temperature (the soft gradients shrink as 1/T^2); implementations disagree on it
 T=1, some omit it), nimbleml applies it. For regression (float targets) the soft term is the
 MSE to the teacher's outputs and T is not used.
 
-Training is ``nimbleml.train`` (every option of it applies). The teacher's outputs are
-computed once and cached when the data allows it (see teacher.py); the cached logits travel
-as extra columns of the training target, so batching, shuffling, accumulation and DDP
-sharding carry them with their samples. Otherwise, and with ``features``, the teacher runs on
-each batch beside the student. The same student is also trained without the teacher on the
-same budget (``baseline=True``), and the report puts teacher, student without distillation
-and distilled student side by side, measured in one run.
+By default teacher and student see the same augmented view of each batch (views.py: mixup,
+and crops and flips for images; Beyer et al. 2022), the teacher run on the view; with
+``views=None`` the batches are used as they are and the teacher's outputs are computed once
+and cached (teacher.py), travelling as extra columns of the training target. Rows of
+``unlabeled=`` are labelled by the teacher alone (unlabeled.py). When ``temperature`` or
+``alpha`` is not given a short search on a held-out part of the training data picks it
+(choose.py). Training is ``nimbleml.train`` (every option of it applies). The same student is
+also trained without the teacher (``baseline=True``); the better of the two is returned
+(``keep="best"``) and the report puts teacher, student alone and distilled student side by
+side, measured in one run.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,15 +35,20 @@ import numpy as np
 from .._deps import require
 from ..errors import ConfigError
 from ..inputs import refuse_missing_pair
+from . import features as feats
 from . import teacher as teachers
+from . import unlabeled as unlabeled_rows
+from . import views as view_specs
+from .loss import KDLoss, KDOutput
 from .report import DistillReport, compare
 
 CACHE_CHOICES = ("auto", True, False)
+KEEP_CHOICES = ("best", "distilled")
 
 
 @dataclass
 class DistillResult:
-    student: Any  # the distilled student (torch module, eval mode)
+    student: Any  # the student returned: the better of distilled and alone (keep="best")
     baseline: Any | None  # the same student trained without the teacher (baseline=True)
     teacher: Any
     report: DistillReport
@@ -47,9 +56,11 @@ class DistillResult:
     baseline_history: list[dict[str, Any]] | None
     cache: str  # how the teacher ran: "cached in memory", "cached on disk ...", "online: why"
     val: tuple[Any, Any] | None = field(default=None, repr=False)
+    distilled: Any = None  # the distilled student, whichever was returned
+    returned: str = "distilled"  # "distilled" or "alone": which one ``student`` is
 
     def optimize(self, val: Any = None, max_drop: float = 0.01, **options: Any) -> Any:
-        """The distilled student into :func:`nimbleml.optimize`; the report gains its package,
+        """The returned student into :func:`nimbleml.optimize`; the report gains its package,
         timed again side by side with the teacher and both students."""
         from ..optimizer import optimize
 
@@ -57,32 +68,41 @@ class DistillResult:
         if val is None:
             raise ConfigError("optimize needs val=(X, y): distill was given no val_data")
         found = optimize(self.student, val=val, max_drop=max_drop, **options)
-        self.report = compare(self.teacher, self.baseline, self.student, val,
-                              package=found.best, temperature=self.report.temperature,
-                              alpha=self.report.alpha, cache=self.cache)  # fmt: skip
+        old = self.report
+        self.report = compare(self.teacher, self.baseline, self.distilled, val,
+                              package=found.best, temperature=old.temperature, alpha=old.alpha,
+                              cache=self.cache, packaged=self.returned)  # fmt: skip
+        self.report.carry(old)
         return found
 
 
 def distill(teacher: Any, student: Any, train_data: Any, val_data: Any = None, *,
-            temperature: float = 2.0, alpha: float = 0.5,
-            features: list[tuple[str, str]] | None = None, feature_loss: str = "mse",
+            temperature: float | None = None, alpha: float | None = None, views: Any = "auto",
+            unlabeled: Any = None, features: Any = "auto", feature_loss: str = "mse",
             feature_weight: float = 1.0, cache_teacher: Any = "auto", top_k: int | None = None,
-            cache_dir: Any = None, baseline: bool = True, compare_models: bool = True,
-            **train_options: Any) -> DistillResult:  # fmt: skip
+            cache_dir: Any = None, baseline: bool = True, keep: str = "best",
+            compare_models: bool = True, **train_options: Any) -> DistillResult:  # fmt: skip
     """Train ``student`` to match ``teacher`` (a torch module or a .nimble package) on
     ``train_data`` ((X, y), a Dataset or a DataLoader), with ``nimbleml.train``'s options.
-    ``features``: [(student_module, teacher_module)] names whose outputs are matched too,
-    through a learned projection when their widths differ. ``cache_teacher``: "auto" caches
-    the teacher's outputs unless the data has random transforms (or ``features`` are given,
-    which need the teacher's hidden states); True insists; False runs it on every batch.
-    ``top_k``: keep only the k largest teacher logits (default: 16 above 64 classes)."""
+
+    ``views``: "auto" (mixup; for images also crops and flips), "mixup", "mixup+crop",
+    "mixup+crop+flip", or None (the batches as they are; the teacher's outputs can then be
+    cached). ``unlabeled``: rows without labels (shaped like train_data's inputs) that the
+    teacher labels. ``temperature`` / ``alpha``: None picks them by a short search on a
+    held-out fifth of the training rows. ``features``: "auto" (the pairs ``students.shrink``
+    recorded on the student, if any), None, or [(student_module, teacher_module)] names whose
+    outputs are matched too, through a learned projection when their widths differ.
+    ``cache_teacher``: "auto" caches the teacher's outputs when nothing changes between
+    epochs (no views, no features, no random transforms); True insists; False never.
+    ``keep``: "best" returns the better on val_data of the distilled student and the same
+    student trained alone; "distilled" the distilled one. ``top_k``: keep only the k largest
+    teacher logits (default: 16 above 64 classes)."""
     torch = require("torch", "nimbleml.distill")
-    from ..train import train
     from ..train.config import TrainConfig
     from ..train.sources import as_arrays
-    from .modules import Online
 
-    _check(temperature, alpha, cache_teacher, feature_loss, feature_weight, student)
+    _check(temperature, alpha, cache_teacher, feature_loss, feature_weight, student, keep)
+    spec = view_specs.parse(views)
     if "loss" in train_options:
         raise ConfigError(
             "distill sets the loss (alpha * T^2 * KL + (1 - alpha) * the task loss); drop "
@@ -93,59 +113,155 @@ def distill(teacher: Any, student: Any, train_data: Any, val_data: Any = None, *
     refuse_missing_pair(train_data, "train_data")  # before the teacher runs on it
     if val_data is not None:
         refuse_missing_pair(val_data, "val_data")
+    n_unlabeled = unlabeled_rows.check(unlabeled, train_data)
+    pairs, feature_note = feats.resolve(features, student, teacher)
+    if pairs:  # a module whose outputs cannot be aligned: said before anything trains
+        feats.probe(student, teacher, pairs, _sample(train_data).inputs)
+    if spec is not None and cache_teacher is True:
+        raise ConfigError(
+            "cache_teacher=True with views: each step's view is new, so the teacher runs on "
+            "it; give views=None to cache the teacher's outputs, or cache_teacher='auto'"
+        )
     device = str(train_options.get("device", "cpu"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     start = copy.deepcopy(student)  # the baseline starts where the distilled student starts
-    target = _sample_target(train_data)
+    target = _sample(train_data).target
     regression = torch.is_floating_point(target) and not _integral(target)
     options = {"metric": None if regression else "accuracy", **train_options}
-    why_online = _online_reason(train_data, cache_teacher, features)
-    if why_online is None:
-        outputs = teachers.compute(teacher, train_data, top_k=top_k, cache_dir=cache_dir,
-                                   device=device)  # fmt: skip
-        data = _packed(train_data, outputs)
-        k, indexed = outputs.values.shape[1], outputs.indices is not None
-        model = student
-        where = f"on disk: {outputs.path}" if outputs.path else "in memory"
-        cache = f"cached {where}" + (" (reused)" if outputs.reused else "")
-    else:
-        data, k, indexed = train_data, 0, False
-        model = Online(student, teacher, features or [], feature_loss, train_data)
-        cache = f"online: {why_online}"
-    loss = KDLoss(temperature, alpha, k, indexed, regression, feature_weight)
-    result = train(model, data, val_data, loss=loss, **options)
-    trained = model.student if isinstance(model, Online) else model
-    base, base_history = None, None
+    data = unlabeled_rows.merged(train_data, unlabeled, regression)
+    setup = _Setup(teacher, spec, pairs, feature_loss, feature_weight, cache_teacher, top_k,
+                   cache_dir, device, regression, options)  # fmt: skip
+    search = None
+    started = time.perf_counter()
+    if temperature is None or alpha is None:
+        from .choose import search as choose
+
+        search = choose(setup, start, train_data, unlabeled, temperature, alpha)
+        temperature, alpha = search.temperature, search.alpha
+    searched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    trained, history, cache, notes = setup.run(student, data, val_data, temperature, alpha)
+    distill_s = time.perf_counter() - started
+    base, base_history, alone_s = None, None, 0.0
     if baseline:
+        from ..train import train
+
+        started = time.perf_counter()
         plain = train(start, train_data, val_data, **options)
-        base, base_history = plain.model, plain.history
+        base, base_history, alone_s = plain.model, plain.history, time.perf_counter() - started
+    returned, why = _pick(keep, history, base_history)
     val = _numpy_pair(as_arrays(val_data)) if val_data is not None else None
     report = (
-        compare(
-            teacher, base, trained.eval(), val, temperature=temperature, alpha=alpha, cache=cache
-        )
+        compare(teacher, base, trained, val, temperature=temperature, alpha=alpha,
+                cache=cache, packaged=returned)  # fmt: skip
         if compare_models and val is not None
         else DistillReport(rows=[], temperature=temperature, alpha=alpha, cache=cache)
     )
-    return DistillResult(student=trained.eval(), baseline=base, teacher=teacher, report=report,
-                         history=result.history, baseline_history=base_history, cache=cache,
-                         val=val)  # fmt: skip
+    report.views = setup.described or "none"
+    report.unlabeled = n_unlabeled
+    report.returned, report.returned_why = returned, why
+    report.search = search.to_dict() if search is not None else None
+    report.seconds = {"search": round(searched_s, 2), "distilled": round(distill_s, 2),
+                      "alone": round(alone_s, 2)}  # fmt: skip
+    report.notes = [*report.notes, *(n for n in [feature_note, *notes] if n)]
+    chosen = base if returned == "alone" else trained
+    return DistillResult(student=chosen, baseline=base, teacher=teacher, report=report,
+                         history=history, baseline_history=base_history, cache=cache, val=val,
+                         distilled=trained, returned=returned)  # fmt: skip
+
+
+class _Setup:
+    """Everything of one distillation run but the data, the student and (T, alpha): the final
+    run and the search's short runs are the same code."""
+
+    def __init__(self, teacher: Any, spec: str | None, pairs: list[tuple[str, str]],
+                 feature_loss: str, feature_weight: float, cache_teacher: Any,
+                 top_k: int | None, cache_dir: Any, device: str, regression: bool,
+                 options: dict[str, Any]) -> None:  # fmt: skip
+        self.teacher, self.spec, self.pairs = teacher, spec, pairs
+        self.feature_loss, self.feature_weight = feature_loss, feature_weight
+        self.cache_teacher, self.top_k, self.cache_dir = cache_teacher, top_k, cache_dir
+        self.device, self.regression, self.options = device, regression, options
+        self.described = ""
+
+    def run(self, student: Any, data: Any, val: Any, temperature: float, alpha: float,
+            **override: Any) -> tuple[Any, list[dict[str, Any]], str, list[str]]:  # fmt: skip
+        """(the trained student in eval mode, its history, how the teacher ran, notes)."""
+        from ..train import train
+        from .modules import Online
+
+        why_online = _online_reason(data, self.cache_teacher, self.pairs, self.spec)
+        notes: list[str] = []
+        if why_online is None:
+            outputs = teachers.compute(self.teacher, data, top_k=self.top_k,
+                                       cache_dir=self.cache_dir, device=self.device)  # fmt: skip
+            model, k, indexed = student, outputs.values.shape[1], outputs.indices is not None
+            packed = _packed(data, outputs)
+            where = f"on disk: {outputs.path}" if outputs.path else "in memory"
+            cache = f"cached {where}" + (" (reused)" if outputs.reused else "")
+            loss = KDLoss(temperature, alpha, k, indexed, self.regression, self.feature_weight)
+            result = train(model, packed, val, loss=loss, **{**self.options, **override})
+            self.described = "none"
+            return model.eval(), result.history, cache, notes
+        model = Online(student, self.teacher, self.pairs, self.feature_loss,
+                       _sample(data).inputs, self.spec)  # fmt: skip
+        try:
+            if model.views is not None:
+                self.described = model.views.describe()
+                notes.append(model.views.note)
+            loss = KDLoss(temperature, alpha, 0, False, self.regression, self.feature_weight)
+            result = train(model, data, val, loss=loss, **{**self.options, **override})
+        finally:
+            model.close()
+        return model.student.eval(), result.history, f"online: {why_online}", notes
+
+
+def _pick(keep: str, history: list[dict[str, Any]],
+          base_history: list[dict[str, Any]] | None) -> tuple[str, str]:  # fmt: skip
+    """Which student to return, and why (judged on the last epoch's val figures)."""
+    if keep == "distilled":
+        return "distilled", "keep='distilled'"
+    if not base_history or not history:
+        return "distilled", "no student trained alone to compare (baseline=False)"
+    kd, alone = history[-1], base_history[-1]
+    if "val_metric" in kd and "val_metric" in alone:
+        a, b, name = kd["val_metric"], alone["val_metric"], kd.get("metric", "metric")
+        better = a >= b if kd.get("higher_is_better", True) else a <= b
+    elif "val_loss" in kd and "val_loss" in alone:
+        a, b, name = kd["val_loss"], alone["val_loss"], "val loss"
+        better = a <= b
+    else:
+        return "distilled", "no val_data to compare the two students on"
+    if better:
+        return "distilled", f"val {name} {a:.4f} against {b:.4f} for the student alone"
+    return "alone", (f"val {name} {b:.4f} against {a:.4f} for the distilled student "
+                     "(keep='distilled' returns the distilled one)")  # fmt: skip
 
 
 def _check(temperature: Any, alpha: Any, cache: Any, feature_loss: str, weight: Any,
-           student: Any) -> None:  # fmt: skip
+           student: Any, keep: Any = "best") -> None:  # fmt: skip
     torch = require("torch", "nimbleml.distill")
-    if not isinstance(temperature, int | float) or temperature <= 0:
-        raise ConfigError(f"temperature must be a number > 0, got {temperature!r}")
-    if not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
-        raise ConfigError(f"alpha must be in [0, 1] (the soft term's share), got {alpha!r}")
+    if temperature is not None and (
+        not isinstance(temperature, int | float) or temperature <= 0
+    ):
+        raise ConfigError(
+            f"temperature must be a number > 0 (or None: chosen by a short search), got "
+            f"{temperature!r}"
+        )
+    if alpha is not None and (not isinstance(alpha, int | float) or not 0 <= alpha <= 1):
+        raise ConfigError(
+            f"alpha must be in [0, 1] (the soft term's share; None: chosen by a short search), "
+            f"got {alpha!r}"
+        )
     if cache not in CACHE_CHOICES or (isinstance(cache, int) and not isinstance(cache, bool)):
         raise ConfigError(f"cache_teacher must be 'auto', True or False, got {cache!r}")
     if feature_loss not in ("mse", "cosine"):
         raise ConfigError(f"feature_loss must be 'mse' or 'cosine', got {feature_loss!r}")
     if not isinstance(weight, int | float) or weight < 0:
         raise ConfigError(f"feature_weight must be a number >= 0, got {weight!r}")
+    if keep not in KEEP_CHOICES:
+        raise ConfigError(f"keep must be 'best' or 'distilled', got {keep!r}")
     if not isinstance(student, torch.nn.Module):
         raise ConfigError(f"the student must be a torch.nn.Module, got {type(student).__name__}")
 
@@ -159,10 +275,10 @@ def _numpy_pair(pair: tuple[Any, Any]) -> tuple[Any, Any]:
     return arr(pair[0]), arr(pair[1])
 
 
-def _sample_target(data: Any) -> Any:
+def _sample(data: Any) -> Any:
     from ..train.data import batches
 
-    return batches(data, 8, shuffle=False).sample().target
+    return batches(data, 8, shuffle=False).sample()
 
 
 def _integral(t: Any) -> bool:
@@ -170,12 +286,14 @@ def _integral(t: Any) -> bool:
     return bool(torch.all(t == torch.round(t))) and t.dim() == 1
 
 
-def _online_reason(data: Any, cache: Any, features: Any) -> str | None:
+def _online_reason(data: Any, cache: Any, features: Any, views: Any = None) -> str | None:
     """Why the teacher must run on every batch, or None when its outputs can be cached."""
     from torch.utils.data import DataLoader
 
     if cache is False:
         return "cache_teacher=False"
+    if views is not None:
+        return f"views={views!r} (the teacher labels each step's new view)"
     if features:
         if cache is True:
             raise ConfigError(
@@ -211,71 +329,4 @@ def _packed(data: Any, outputs: teachers.TeacherOutputs) -> Any:
     return PackedDataset(data, outputs)
 
 
-class KDLoss:
-    """(outputs, target) -> the mean distillation loss of a batch. ``target`` is either the
-    labels (validation, or an online teacher whose logits come in the outputs) or the labels
-    with the cached teacher logits as extra columns: [y, k values (, k class indices)]."""
-
-    def __init__(self, temperature: float, alpha: float, k: int, indexed: bool,
-                 regression: bool, feature_weight: float) -> None:  # fmt: skip
-        self.T, self.alpha, self.k, self.indexed = float(temperature), float(alpha), k, indexed
-        self.regression, self.feature_weight = regression, float(feature_weight)
-        self.__name__ = "distillation"
-
-    def __call__(self, out: Any, target: Any) -> Any:
-        torch = require("torch", "nimbleml.distill")
-        F = torch.nn.functional
-        student, teacher, feature_term = out, None, None
-        if isinstance(out, KDOutput):
-            student, teacher, feature_term = out.student, out.teacher, out.features
-        from ..train.losses import _primary
-
-        student = _primary(student).float()
-        indices = None
-        if target.dim() == 2 and self.k and target.shape[1] > 1 and not self.regression:
-            y = target[:, 0]
-            teacher = target[:, 1 : 1 + self.k]
-            if self.indexed:
-                indices = target[:, 1 + self.k :].long()
-        elif target.dim() == 2 and self.k and self.regression:
-            y, teacher = target[:, 0], target[:, 1 : 1 + self.k]
-        else:
-            y = target
-        if self.regression:
-            task = F.mse_loss(student.reshape(y.shape[0], -1), y.reshape(y.shape[0], -1).float())
-            soft = None if teacher is None else F.mse_loss(student, teacher.reshape(student.shape))
-        else:
-            from ..train.losses import _cross_entropy
-
-            task = _cross_entropy(student, y.long())
-            soft = None if teacher is None else self._soft(student, teacher, indices)
-        loss = task if soft is None else self.alpha * soft + (1 - self.alpha) * task
-        if feature_term is not None and self.feature_weight:
-            loss = loss + self.feature_weight * feature_term
-        return loss
-
-    def _soft(self, student: Any, teacher: Any, indices: Any) -> Any:
-        """T^2 * KL(p_teacher || p_student) at temperature T, averaged over the batch; over
-        the teacher's top-k classes (renormalised on both sides) when only those are kept."""
-        torch = require("torch", "nimbleml.distill")
-        F = torch.nn.functional
-        if indices is not None:
-            student = student.gather(1, indices)
-        log_q = F.log_softmax(student / self.T, dim=1)
-        log_p = F.log_softmax(teacher.float() / self.T, dim=1)
-        kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
-        return kl * self.T**2
-
-
-@dataclass
-class KDOutput:
-    student: Any
-    teacher: Any
-    features: Any
-
-
-def _width(t: Any) -> int:
-    return int(t.shape[1]) if t.dim() == 4 else int(t.shape[-1])
-
-
-__all__ = ["DistillResult", "KDLoss", "distill"]
+__all__ = ["DistillResult", "KDLoss", "KDOutput", "distill"]

@@ -4,14 +4,15 @@ run beside an online teacher."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 
 from .._deps import require
-from ..errors import ConfigError
+from . import features
 from . import teacher as teachers
-from .kd import KDOutput, _width
+from .loss import KDOutput
 
 
 def _dataset_base() -> Any:
@@ -40,12 +41,14 @@ def _module_base() -> Any:
 
 class Online(_module_base()):  # type: ignore[misc]
     """The student trained beside a teacher that runs on every batch: in training it returns
-    the student's and the teacher's outputs (and the feature term), in eval the student's. The
-    teacher is held outside the module's parameters (frozen, never in the optimizer or the
-    checkpoints); the projections for features of different widths are trained with it."""
+    the student's and the teacher's outputs on the same view of the batch (views.py), with the
+    view's mixup and the feature term; in eval the student's outputs. The teacher is held
+    outside the module's parameters (frozen, never in the optimizer or the checkpoints); the
+    projections for features of different widths are trained with it. ``close()`` removes
+    every hook it put on the student and the teacher."""
 
     def __init__(self, student: Any, teacher: Any, pairs: list[tuple[str, str]],
-                 feature_loss: str, sample_data: Any) -> None:  # fmt: skip
+                 feature_loss: str, sample_inputs: Any, views: str | None = None) -> None:  # fmt: skip
         torch = require("torch", "nimbleml.distill")
         super().__init__()
         self.student = student
@@ -53,85 +56,67 @@ class Online(_module_base()):  # type: ignore[misc]
         self._run_teacher = teachers.teacher_callable(teacher)
         self.pairs, self.feature_loss = list(pairs), feature_loss
         self._seen: dict[str, Any] = {}
+        self._handles: list[Any] = []
         self.projections = torch.nn.ModuleList()
         if self.pairs:
-            if not isinstance(teacher, torch.nn.Module):
-                raise ConfigError("feature distillation needs a torch teacher, not a package")
-            self._hook(sample_data)
-
-    def _hook(self, sample_data: Any) -> None:
-        torch = require("torch", "nimbleml.distill")
-        from ..train.data import batches
-        from ..train.loop import call
-
-        teacher = self._teacher[0]
-        for s_name, t_name in self.pairs:
-            for side, model, name in (("s", self.student, s_name), ("t", teacher, t_name)):
-                try:
+            self.projections.extend(features.probe(student, teacher, self.pairs, sample_inputs))
+            for s, t in self.pairs:
+                for key, model, name in ((f"s:{s}", student, s), (f"t:{t}", teacher, t)):
                     module = model.get_submodule(name)
-                except AttributeError:
-                    names = [n for n, _ in model.named_modules() if n][:12]
-                    who = "student" if side == "s" else "teacher"
-                    raise ConfigError(
-                        f"features: the {who} has no module {name!r}; some it has: "
-                        f"{', '.join(names)}"
-                    ) from None
-                module.register_forward_hook(self._keeper(f"{side}:{name}"))
-        sample = batches(sample_data, 4, shuffle=False).sample(4)
-        with torch.no_grad():
-            call(self.student, sample.inputs)
-            call(teacher, sample.inputs)
-        for s_name, t_name in self.pairs:
-            s, t = self._seen[f"s:{s_name}"], self._seen[f"t:{t_name}"]
-            ws, wt = _width(s), _width(t)
-            if s.dim() != t.dim():
-                raise ConfigError(
-                    f"features ({s_name!r}, {t_name!r}): outputs of shapes {tuple(s.shape)} and "
-                    f"{tuple(t.shape)} cannot be matched; pick modules of the same kind"
-                )
-            if ws == wt:
-                self.projections.append(torch.nn.Identity())
-            elif s.dim() == 4:
-                self.projections.append(torch.nn.Conv2d(ws, wt, 1))
-            else:
-                self.projections.append(torch.nn.Linear(ws, wt))
+                    self._handles.append(module.register_forward_hook(self._keeper(key)))
+        self.views = None
+        if views is not None:
+            from .views import Views
+
+            self.views = Views(views, student, teacher, sample_inputs)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self.views is not None:
+            self.views.close()
         self._seen.clear()
 
     def _keeper(self, key: str) -> Any:
         def keep(_module: Any, _inputs: Any, output: Any) -> None:
-            self._seen[key] = output[0] if isinstance(output, tuple) else output
+            if self.training:
+                self._seen[key] = features.first_tensor(output)
 
         return keep
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         from ..train.loop import call
 
-        out = self.student(*args, **kwargs)
-        if not self.training:
-            return out
-        teacher = self._teacher[0]
         inputs: Any = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        if not self.training:
+            return call(self.student, inputs)
+        teacher = self._teacher[0]
         if hasattr(teacher, "to"):
             first = next(self.student.parameters())
             if next(teacher.parameters()).device != first.device:
                 teacher.to(first.device)
-        soft = self._run_teacher(inputs) if not self.pairs else None
+        mix = None
+        if self.views is not None:
+            inputs, mix = self.views.make(inputs)
+        with self.views.mixing(mix) if self.views is not None else _NOTHING:
+            out = call(self.student, inputs)
+            soft = self._run_teacher(inputs)
         feature_term = None
         if self.pairs:
-            torch = require("torch", "nimbleml.distill")
-            with torch.no_grad():
-                from ..train.losses import _primary
-
-                soft = _primary(call(teacher, inputs)).float()
             feature_term = sum(
                 self._match(proj(self._seen[f"s:{s}"]), self._seen[f"t:{t}"].detach())
                 for proj, (s, t) in zip(self.projections, self.pairs, strict=True)
             ) / len(self.pairs)
-        return KDOutput(out, soft, feature_term)
+            self._seen.clear()
+        return KDOutput(out, soft, feature_term, mix)
 
     def _match(self, s: Any, t: Any) -> Any:
         torch = require("torch", "nimbleml.distill")
         F = torch.nn.functional
         if self.feature_loss == "cosine":
             return (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
-        return F.mse_loss(s, t)
+        return F.mse_loss(s.float(), t.float())
+
+
+_NOTHING = contextlib.nullcontext()

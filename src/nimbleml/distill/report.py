@@ -1,7 +1,8 @@
 """The distillation report: teacher, student without the teacher, distilled student (and its
 optimized package) measured side by side in one run: the validation metric, p50 latency at
-batch 1 and 32 with their sample counts, size, parameters; and a plain verdict on whether
-distillation beat training the student alone."""
+batch 1 and 32 with their sample counts, size, parameters; a plain verdict on whether
+distillation beat training the student alone, which of the two students was returned, the
+views, the unlabeled rows used, the temperature/alpha search and the seconds each run took."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ class DistillReport:
     metric: str = "accuracy"
     verdict: str = ""
     notes: list[str] = field(default_factory=list)
+    views: str = "none"  # the views the student and the teacher saw ("mixup", ...)
+    unlabeled: int = 0  # rows of unlabeled= the teacher labelled
+    returned: str = "distilled"  # which student distill returned: "distilled" or "alone"
+    returned_why: str = ""
+    search: dict[str, Any] | None = None  # the temperature/alpha search, when one ran
+    seconds: dict[str, float] = field(default_factory=dict)  # search, distilled, alone
+
+    def carry(self, old: DistillReport) -> None:
+        """What the run said that a new timing of the models does not change."""
+        for name in ("views", "unlabeled", "returned", "returned_why", "search", "seconds"):
+            setattr(self, name, getattr(old, name))
+        self.notes = [*self.notes, *(n for n in old.notes if n not in self.notes)]
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -56,8 +69,31 @@ class DistillReport:
                      f"{', '.join(str(r.n.get(1, 0)) for r in self.rows)})")  # fmt: skip
         if self.verdict:
             lines.append(self.verdict)
+        lines += self.summary()
         lines += self.notes
         return "\n".join(lines)
+
+    def summary(self) -> list[str]:
+        lines = [f"views: {self.views}"]
+        if self.unlabeled:
+            lines.append(f"unlabeled rows labelled by the teacher: {self.unlabeled:,}")
+        if self.search:
+            s = self.search
+            tried = ", ".join(f"T={t['temperature']:g}/a={t['alpha']:g}: {t['score']:.4f}"
+                              for t in s["tried"])  # fmt: skip
+            lines.append(f"T={s['temperature']:g}, alpha={s['alpha']:g} chosen by a search on "
+                         f"{s['held_out']} held-out training rows ({s['metric']} "
+                         f"{s['score']:.4f}; {s['epochs']} epochs a try; tried {tried})")  # fmt: skip
+        who = "the distilled student" if self.returned == "distilled" else (
+            "the student trained alone")  # fmt: skip
+        lines.append(f"returned: {who}" + (f" ({self.returned_why})" if self.returned_why else ""))
+        if self.seconds:
+            sec = self.seconds
+            ratio = (f" ({sec['distilled'] / sec['alone']:.1f}x the alone run)"
+                     if sec.get("alone") else "")  # fmt: skip
+            lines.append(f"training seconds: distilled {sec['distilled']:.1f}{ratio}, alone "
+                         f"{sec.get('alone', 0):.1f}, search {sec.get('search', 0):.1f}")  # fmt: skip
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +112,7 @@ def _ms(r: Row, b: int) -> str:
 
 def compare(teacher: Any, baseline: Any, student: Any, val: tuple[Any, Any], *,
             package: Any = None, temperature: float, alpha: float, cache: str,
-            metric: str | None = None) -> DistillReport:  # fmt: skip
+            metric: str | None = None, packaged: str = "distilled") -> DistillReport:  # fmt: skip
     """Every model timed on the same validation inputs in one run, the metric on val."""
     from ..package import load
 
@@ -88,7 +124,8 @@ def compare(teacher: Any, baseline: Any, student: Any, val: tuple[Any, Any], *,
     if package is not None:
         models.append(("student (package)", package))
         steps = [str(s.get("step", s)) for s in package.manifest.get("recipe") or []]
-        notes.append(f"student (package): the distilled student optimized, recipe "
+        who = "distilled student" if packaged == "distilled" else "student trained alone"
+        notes.append(f"student (package): the {who} optimized, recipe "
                      f"{' + '.join(steps) or 'none'}")  # fmt: skip
     models = [(n, load(m) if isinstance(m, str | Path) else m) for n, m in models]
     X, y = val

@@ -21,6 +21,11 @@
 
 The student starts from the teacher's weights where the shapes allow it (the kept neurons,
 channels and layers), which trains faster than a random start. The teacher is not changed.
+
+The student carries the pairs of modules whose outputs distillation matches by default
+(``features="auto"``), as ``student.nimbleml_feature_pairs`` [(student_name, teacher_name)]:
+each kept hidden layer's output for an MLP, each stage's output (what reaches a pooling layer
+or the head; a ResNet's stages) for a CNN, each kept layer's for an encoder.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 from .._deps import require
 from ..errors import ConfigError, UnsupportedError
+from .features import PAIRS_ATTR
 
 __all__ = ["shrink"]
 
@@ -45,16 +51,26 @@ def shrink(teacher: Any, width: float = 0.5, depth: float = 0.5) -> Any:
     if not isinstance(teacher, torch.nn.Module):
         raise ConfigError(f"shrink takes a torch.nn.Module, got {type(teacher).__name__}")
     student = copy.deepcopy(teacher)
+    built = None
     with torch.no_grad():
         if _encoder_layers(student) is not None:
-            return _encoder(student, width, depth)
-        if isinstance(student, torch.nn.Sequential):
-            if any(isinstance(m, torch.nn.Conv2d) for m in student):
-                return _cnn(student, width, depth)
-            if any(isinstance(m, torch.nn.Linear) for m in student):
-                return _mlp(student, width, depth)
-        if _stages(student):
-            return _residual(student, width, depth)
+            built = _encoder(student, width, depth)
+        elif isinstance(student, torch.nn.Sequential) and any(
+            isinstance(m, torch.nn.Conv2d) for m in student
+        ):
+            built = _cnn(student, width, depth)
+        elif isinstance(student, torch.nn.Sequential) and any(
+            isinstance(m, torch.nn.Linear) for m in student
+        ):
+            built = _mlp(student, width, depth)
+        elif _stages(student):
+            names = {id(m): n for n, m in student.named_modules()}
+            pairs = [(names[id(st)], names[id(st)]) for st in _stages(student)]
+            built = (_residual(student, width, depth), pairs)
+    if built is not None:
+        model, pairs = built
+        setattr(model, PAIRS_ATTR, pairs)
+        return model
     raise UnsupportedError(
         f"shrink builds students of MLPs and CNNs written as torch.nn.Sequential, of "
         f"ResNet-style CNNs and of Transformer encoders; {type(teacher).__name__} is none of "
@@ -98,7 +114,12 @@ def _mlp(model: Any, width: float, depth: float) -> Any:
     for i in set(hidden) - set(kept_hidden):
         nxt = next(j for j in linear if j > i)
         dropped.update(range(i, nxt))
-    layers = [m for i, m in enumerate(layers) if i not in dropped]
+    kept = [i for i in range(len(layers)) if i not in dropped]
+    pairs = []  # each kept hidden layer's output (the module before the next Linear)
+    for i in kept_hidden:
+        end = next(j for j in linear if j > i) - 1
+        pairs.append((str(kept.index(end)), str(end)))
+    layers = [layers[i] for i in kept]
     output = layers[_last(layers, torch.nn.Linear)]
     chosen = None  # the input units the current layer reads (the previous layer's kept rows)
     for m in layers:
@@ -108,7 +129,7 @@ def _mlp(model: Any, width: float, depth: float) -> Any:
             chosen = rows
         elif chosen is not None:
             _slice_norm(m, chosen)
-    return torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers), pairs
 
 
 def _last(layers: list[Any], kind: type) -> int:
@@ -164,12 +185,18 @@ def _cnn(model: Any, width: float, depth: float) -> Any:
     same = [i for i in convs[1:] if _preserves(layers[i])]
     drop_n = len(same) - _keep(len(same), depth) if same else 0
     dropped: set[int] = set()
+    ends = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+            nn.Flatten, nn.Linear)  # fmt: skip
     for i in [same[j] for j in _spaced(len(same), drop_n)] if drop_n else []:
-        nxt = next((j for j in convs if j > i), None)
-        stop = nxt if nxt is not None else _first(layers, i, (nn.Flatten, nn.AdaptiveAvgPool2d,
-                                                              nn.Linear))  # fmt: skip
-        dropped.update(range(i, stop))
-    layers = [m for i, m in enumerate(layers) if i not in dropped]
+        dropped.update(range(i, _first(layers, i, ends)))  # the convolution, its norm and
+        # activation: not a pooling after it (it changes the shape the rest was built for)
+    kept = [i for i in range(len(layers)) if i not in dropped]
+    stage_ends = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+                  nn.Flatten)  # fmt: skip
+    pairs = [(str(kept.index(j) - 1), str(j - 1)) for j in kept[1:]
+             if isinstance(layers[j], stage_ends)]  # each stage's output: what reaches a pool
+    pairs = list(dict.fromkeys(pairs))
+    layers = [layers[i] for i in kept]
     chosen = None  # the channels the current layer reads (the previous convolution's kept)
     for m in layers:
         if isinstance(m, nn.Conv2d):
@@ -186,7 +213,7 @@ def _cnn(model: Any, width: float, depth: float) -> Any:
             chosen = None
         elif chosen is not None:
             _slice_norm(m, chosen)
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers), pairs
 
 
 def _preserves(conv: Any) -> bool:
@@ -241,7 +268,7 @@ def _keeps_shape(block: Any) -> bool:
             and all(tuple(c.stride) == (1, 1) for c in convs))  # fmt: skip
 
 
-def _residual(model: Any, width: float, depth: float) -> Any:
+def _residual(model: Any, width: float, depth: float) -> Any:  # the stages stay as named
     for stage in _stages(model):
         blocks = list(stage)
         droppable = [i for i in range(1, len(blocks)) if _keeps_shape(blocks[i])]
@@ -294,6 +321,9 @@ def _encoder(model: Any, width: float, depth: float) -> Any:
     keep = _keep(n, depth)
     step = max(1, n // keep)
     index = list(range(0, n, step))[:keep]  # 0, 2, 4 ... for a half
+    prefix = next(name for name, m in model.named_modules() if m is holder)
+    prefix = f"{prefix}.{attr}" if prefix else attr
+    pairs = [(f"{prefix}.{k}", f"{prefix}.{i}") for k, i in enumerate(index)]
     setattr(holder, attr, torch.nn.ModuleList([layers[i] for i in index]))
     if hasattr(holder, "num_layers"):
         holder.num_layers = len(index)
@@ -303,7 +333,7 @@ def _encoder(model: Any, width: float, depth: float) -> Any:
             rows = _strongest(first.weight, _keep(first.out_features, width))
             _slice(first, None, rows)
             _slice(second, rows, None)
-    return model
+    return model, pairs
 
 
 def _feed_forward(layer: Any) -> tuple[Any, Any]:
