@@ -75,10 +75,17 @@ def test_force_replaces_only_an_earlier_demo(tmp_path):
 
     earlier = tmp_path / "earlier"
     (earlier / "train").mkdir(parents=True)
-    (earlier / "demo.json").write_text("{}")
+    (earlier / "demo.json").write_text('{"status": "done"}')
     (earlier / "train" / "best.pt").write_text("x")
+    with pytest.raises(ConfigError, match="--force"):
+        prepare(earlier, force=False)
     prepare(earlier, force=True)
     assert earlier.is_dir() and not any(earlier.iterdir())
+    # a run stopped half-way (Ctrl-C, an error): the same command starts over
+    (earlier / "demo.json").write_text('{"status": "running"}')
+    (earlier / "train").mkdir()
+    prepare(earlier, force=False)
+    assert not any(earlier.iterdir())
     other = tmp_path / "other"
     other.mkdir()
     (other / "thesis.tex").write_text("x")

@@ -55,7 +55,8 @@ def profile_stage(ctx: Context, package: Path) -> Stage:
                          time_budget_s=ctx.settings.profile_budget_s)  # fmt: skip
     for b in report.batches:
         stage.figure(f"batch {b.batch_size}", f"{b.samples_per_s:,.0f} samples/s")
-    stage.texts.append(("bottleneck summary", "\n".join(report.summary) or "(none)"))
+    for k, line in enumerate(report.summary, 1):
+        stage.figure(f"bottleneck {k}" if len(report.summary) > 1 else "bottleneck", line)
     stage.texts.append(("profile.txt", report.table()))
     ctx.image(stage, out / "profile.png", "time per op type at each batch size")
     for path in sorted(out.iterdir()):

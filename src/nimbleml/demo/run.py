@@ -60,7 +60,8 @@ def _stages(ctx: Context) -> list[Stage]:
     public = ctx.out / "keys" / "demo.pub.pem"
     figures, serve = serving.serve_stage(ctx, package, public)
     serve.cards += [(f"{figures['on']['rps']:,.0f} req/s", "served over HTTP, batching on"),
-                    (f"{figures['on']['p99_ms']:.1f} ms", "p99 latency of the burst")]  # fmt: skip
+                    (f"{figures['on']['p99_ms']:.1f} ms",
+                     f"p99 latency of the burst (n={figures['on']['n']:,})")]  # fmt: skip
     monitor = ops.monitor_stage(ctx, figures["monitor_store"])
     profile = ops.profile_stage(ctx, package)
     report = serving.capacity(figures)
@@ -75,13 +76,15 @@ def _distill_cards(train: Stage, distill: Stage, res: Any) -> None:
     teacher, last = rows[0], rows[-1]
     if teacher.metric is not None:
         train.cards.append((f"{teacher.metric:.3f}", "teacher's accuracy"))
+    name = last.name.replace(" (package)", " package")  # "student package"
     if last.metric is not None:
-        distill.cards.append((f"{last.metric:.3f}", f"{last.name}'s accuracy"))
+        distill.cards.append((f"{last.metric:.3f}", f"accuracy of the {name}"))
     if teacher.p50_ms.get(1) and last.p50_ms.get(1):
         distill.cards.append((f"{teacher.p50_ms[1] / last.p50_ms[1]:.1f}x",
-                              f"faster than the teacher at batch 1 ({last.name})"))  # fmt: skip
+                              f"the {name}'s speed over the teacher's (p50, batch 1)"))  # fmt: skip
     if teacher.size_mb and last.size_mb:
-        distill.cards.append((f"{teacher.size_mb / last.size_mb:.0f}x", "smaller than the teacher"))
+        distill.cards.append((f"{teacher.size_mb / last.size_mb:.0f}x",
+                              f"the {name} smaller than the teacher"))  # fmt: skip
 
 
 def _summary(echo: Callable[[str], None], stages: list[Stage], seconds: float, page: Path) -> None:

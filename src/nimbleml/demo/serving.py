@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -111,7 +112,9 @@ def _drive(ctx: Context, stage: Stage, on: ServerProcess, off: ServerProcess,
     load.burst(on.port, MODEL, payloads[:64], yte, 0.3, s.concurrency)  # warm the connections
     batched = load.burst(on.port, MODEL, payloads, yte, s.burst_s, s.concurrency)
     metrics = load.request(on.port, "GET", "/metrics")[1].decode()
-    taken = load.feedback(on.port, MODEL, batched.answered, s.concurrency)
+    # ground truth for a share of the answers, as labels arrive in practice (and quickly)
+    labelled = batched.answered[:: max(1, len(batched.answered) // s.labels)]
+    taken = load.feedback(on.port, MODEL, labelled, s.concurrency)
     load.burst(off.port, MODEL, payloads[:64], yte, 0.3, s.concurrency)
     plain = load.burst(off.port, MODEL, payloads, yte, s.burst_s, s.concurrency)
     # the dashboard recomputes accuracy every 5 s: the batching-off burst gave it that time
@@ -122,6 +125,7 @@ def _drive(ctx: Context, stage: Stage, on: ServerProcess, off: ServerProcess,
     size_sum = load.metric_sum(metrics, "nimbleml_batch_size_sum", MODEL)
     size_n = load.metric_sum(metrics, "nimbleml_batch_size_count", MODEL)
     figures = {"on": load.as_dict(batched), "off": load.as_dict(plain), "feedback": taken,
+               "answered": len(batched.answered),
                "mean_batch": size_sum / size_n if size_n else None,
                "gain": batched.rps / plain.rps if plain.rps else 0.0,
                "port": on.port, "latencies": (batched.latencies_ms, plain.latencies_ms)}  # fmt: skip
@@ -138,7 +142,10 @@ def _describe(ctx: Context, stage: Stage, f: dict[str, Any], out: Path) -> None:
     if f["mean_batch"]:
         stage.figure("mean batch the server formed", f"{f['mean_batch']:.2f} rows")
     stage.figure("batching gain (req/s on / off, same clients)", f"{f['gain']:.2f}x")
-    stage.figure("ground truth sent back", f"{f['feedback']:,} labels")
+    stage.figure(
+        "ground truth sent back",
+        f"{f['feedback']:,} labels, for {f['feedback'] / max(f['answered'], 1):.0%} of the answers",
+    )
     stage.tables.append(Table("the same burst against two servers", ["server", "req/s", "p50",
                               "p99", "n", "errors"],
                               [[name, f"{d['rps']:,.0f}", ms(d["p50_ms"]), ms(d["p99_ms"]),
@@ -183,11 +190,12 @@ def capacity(figures: dict[str, Any]) -> dict[str, Any]:
     from ..cost.inputs import serve_report
 
     on = figures["on"]
-    target = max(25.0, float(on["p99_ms"] or 0.0))
+    # the usual 25 ms p99 target (docs/serve.md); a burst slower than that sets its own
+    target = 25.0 if (on["p99_ms"] or 0.0) <= 25.0 else float(math.ceil(on["p99_ms"]))
     return serve_report(
         [{"name": MODEL, "capacity_rps": on["rps"], "p99_ms": on["p99_ms"], "p50_ms": on["p50_ms"],
           "max_batch_size": 32, "requests": on["requests"]}],
-        target_p99_ms=round(target + 0.05, 1),
+        target_p99_ms=target,
         load=f"closed loop, {on['concurrency']} keep-alive connections from the demo's own "
              f"threads on the same cores, {on['seconds']:.1f} s",
     )  # fmt: skip

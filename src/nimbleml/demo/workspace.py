@@ -4,6 +4,7 @@ Chromium's profile all go to ``DIR/tmp``, removed at the end."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,14 +23,15 @@ REDIRECTED = {"TMPDIR": "", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "confi
 
 def prepare(out: Path, force: bool) -> None:
     """Make ``out`` ready for a run: new or empty is taken; an earlier demo's folder needs
-    ``force`` (then it is emptied); anything else is refused."""
+    ``force`` (then it is emptied), unless that run never finished (stopped by Ctrl-C or an
+    error: the same command then starts over); anything else is refused."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the demo")
     if out.is_dir() and any(out.iterdir()):
         earlier = any((out / m).exists() for m in MARKERS)
         if not earlier:
             raise ConfigError(f"--out {out} holds other files; give a new or empty folder")
-        if not force:
+        if not force and _finished(out):
             raise ConfigError(f"{out} holds an earlier demo run; give --force to replace it")
         for child in out.iterdir():
             if child.is_dir() and not child.is_symlink():
@@ -40,6 +42,13 @@ def prepare(out: Path, force: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise storage_error(out, exc) from exc
+
+
+def _finished(out: Path) -> bool:
+    try:
+        return bool(json.loads((out / "demo.json").read_text()).get("status") == "done")
+    except (OSError, ValueError, AttributeError):
+        return (out / "index.html").exists()
 
 
 @contextmanager
