@@ -4,6 +4,7 @@ starts is stopped before it returns, on errors and Ctrl-C too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -31,7 +32,10 @@ def run_demo(out: str | Path, quick: bool = False, force: bool = False,
 
         ctx = Context(out, settings, digits(), echo)
         echo(f"nimbleml demo{' --quick' if quick else ''}: writing {out}")
-        stages = _stages(ctx)
+        try:
+            stages = _stages(ctx)
+        finally:
+            _stop_leftovers(echo)
     seconds = time.perf_counter() - started
     info = machine_info()
     about = {"mode": "quick settings (--quick)" if quick else "full settings",
@@ -69,6 +73,24 @@ def _stages(ctx: Context) -> list[Stage]:
     deploy = deploying.deploy_stage(ctx, package, report)
     batch = ops.batch_stage(ctx, package)
     return [train, distill, optimize, sign, serve, monitor, profile, cost, deploy, batch]
+
+
+def _stop_leftovers(echo: Callable[[str], None]) -> None:
+    """Every stage stops what it starts; a process of ours still running here (a helper a
+    library left behind) is stopped too, and said."""
+    import psutil
+
+    left = psutil.Process().children(recursive=True)
+    if not left:
+        return
+    echo("stopping what was left running: " + ", ".join(str(p.pid) for p in left))
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def _distill_cards(train: Stage, distill: Stage, res: Any) -> None:
