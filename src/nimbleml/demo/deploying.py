@@ -30,9 +30,10 @@ def deploy_stage(ctx: Context, package: Path, serve_report: dict[str, Any]) -> S
         out = ctx.folder("deploy")
         report = out / "serve-report.json"
         report.write_text(json.dumps(serve_report, indent=2) + "\n")
+        served_batch = int(serve_report["models"][0]["max_batch_size"])  # what the demo served
         for target in TARGETS:
             result = deploy([str(package)], target=target, out=out / target,
-                            serve_report=report)  # fmt: skip
+                            serve_report=report, max_batch_size=served_batch)  # fmt: skip
             for f in result.files:
                 if f.is_file() and "models" not in f.relative_to(result.out).parts:
                     ctx.link(stage, f, f"{target}: {f.relative_to(result.out).as_posix()}")

@@ -126,7 +126,8 @@ def batch_stage(ctx: Context, package: Path) -> Stage:
         _write_rows(source, np.resize(Xte, (rows, Xte.shape[1])))
         result = predict_file(str(package), source, out / "predictions.parquet",
                               batch_size=1024, chunk_rows=65536)  # fmt: skip
-    stage.figure("rows", f"{result.rows:,} in {result.chunks} chunks")
+    chunks = f"{result.chunks} chunk{'s' if result.chunks != 1 else ''}"
+    stage.figure("rows", f"{result.rows:,} in {chunks} of at most 65,536")
     stage.cards.append((f"{result.rows_per_second:,.0f}", "rows/s predicted from a file"))
     stage.figure("speed", f"{result.rows_per_second:,.0f} rows/s ({result.seconds:.2f} s, "
                           "reading and writing included)")  # fmt: skip

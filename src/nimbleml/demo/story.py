@@ -21,6 +21,7 @@ class Settings:
     quick: bool
     teacher_hidden: int
     epochs: int
+    loader_budget_s: float
     distill_epochs: int
     optimize_budget_s: float
     burst_s: float
@@ -32,10 +33,10 @@ class Settings:
     @classmethod
     def of(cls, quick: bool) -> Settings:
         if quick:
-            return cls(True, teacher_hidden=256, epochs=4, distill_epochs=4,
-                       optimize_budget_s=8.0, burst_s=1.5, concurrency=8, labels=1000,
+            return cls(True, teacher_hidden=256, epochs=4, loader_budget_s=3.0, distill_epochs=4,
+                       optimize_budget_s=6.0, burst_s=1.5, concurrency=8, labels=1000,
                        profile_budget_s=0.3, batch_rows=20_000)  # fmt: skip
-        return cls(False, teacher_hidden=512, epochs=20, distill_epochs=25,
+        return cls(False, teacher_hidden=512, epochs=20, loader_budget_s=8.0, distill_epochs=25,
                    optimize_budget_s=60.0, burst_s=5.0, concurrency=8, labels=5000,
                    profile_budget_s=1.0, batch_rows=500_000)  # fmt: skip
 
