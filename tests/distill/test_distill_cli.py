@@ -60,7 +60,7 @@ def test_distill_a_shrunk_student_into_a_package(folder, monkeypatch):
     monkeypatch.chdir(folder)
     res = invoke("--teacher", "kd_models:trained", "--width", "0.25", "--data", "train.npz",
                  "--val", "val.npz", "--epochs", "2", "--lr", "0.003", "--temperature", "4",
-                 "-o", "student.nimble", "--report", "kd", "--time-budget", "20")  # fmt: skip
+                 "--alpha", "0.5", "-o", "student.nimble", "--report", "kd", "--time-budget", "20")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (folder / "student.nimble" / "manifest.json").exists()
     assert (folder / "kd" / "distill.json").exists()
@@ -69,7 +69,8 @@ def test_distill_a_shrunk_student_into_a_package(folder, monkeypatch):
         assert words in res.output, res.output
     # the package as the teacher of another student
     again = invoke("--teacher", "student.nimble", "--student", "kd_models:small", "--data",
-                   "train.npz", "--val", "val.npz", "--epochs", "1", "--no-baseline")  # fmt: skip
+                   "train.npz", "--val", "val.npz", "--epochs", "1", "--no-baseline",
+                   "--temperature", "2", "--alpha", "1")  # fmt: skip
     assert again.exit_code == 0, again.output
     assert "student (no teacher)" not in again.output
 

@@ -195,12 +195,13 @@ def test_shrink_records_the_feature_pairs_and_distill_uses_them(teacher, data):
     (X, y), val = data
     res = nimbleml.distill(teacher, shrink(teacher, 0.25, 0.5), (X[:200], y[:200]), val,
                            temperature=2.0, alpha=1.0, epochs=1, baseline=False,
-                           compare_models=False, **FAST)  # fmt: skip
+                           features="auto", compare_models=False, **FAST)  # fmt: skip
     assert any("pair(s) shrink recorded matched (1~1)" in n for n in res.report.notes)
     images = torch.rand(40, 1, 8, 8)
     labels = torch.randint(0, 10, (40,))
     res = nimbleml.distill(big, student, (images, labels), None, temperature=2.0, alpha=1.0,
-                           epochs=1, baseline=False, compare_models=False, **FAST)  # fmt: skip
+                           epochs=1, baseline=False, compare_models=False, features="auto",
+                           **FAST)  # fmt: skip
     assert any("2 pair(s)" in n for n in res.report.notes)
     assert not student[3]._forward_hooks and not big[5]._forward_hooks  # hooks removed
 

@@ -199,3 +199,28 @@ def test_a_dataset_of_dict_rows_stacks_into_dict_arrays_for_verification(rows):
     X, y = as_arrays(task.TextDataset(val))
     assert set(X) == {"input_ids", "attention_mask"}
     assert np.array_equal(X["input_ids"], val["input_ids"]) and np.array_equal(y, val["labels"])
+
+
+def test_the_docs_recipe_makes_the_calls_this_test_makes():
+    """docs/distill.md's "A transformer end to end" block is the recipe above at the
+    benchmark's size (tests/test_docs.py lists it as run here): it parses, and calls
+    nimbleml.train, students.shrink(depth=0.5, width=0.5), distill with features= pairs of
+    the model's real layers, and optimize on the distilled result."""
+    import ast
+    from pathlib import Path
+
+    page = (Path(__file__).parents[2] / "docs" / "distill.md").read_text()
+    section = page.split("## A transformer end to end", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    calls = {}
+    for node in ast.walk(ast.parse(block)):
+        if isinstance(node, ast.Call):
+            calls[ast.unparse(node.func)] = {k.arg: ast.unparse(k.value) for k in node.keywords}
+    assert "nimbleml.train" in calls
+    assert calls["nimbleml.students.shrink"] == {"depth": "0.5", "width": "0.5"}
+    assert calls["nimbleml.distill"]["features"] == "pairs"
+    assert "res.optimize" in calls
+    pairs = ast.literal_eval(block.split("pairs = ", 1)[1].split("\nres", 1)[0])
+    teacher = task.encoder()
+    student = nimbleml.students.shrink(teacher, depth=0.5, width=0.5)
+    assert pairs == task.layer_pairs(student, teacher)

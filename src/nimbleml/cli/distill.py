@@ -5,8 +5,9 @@ A YAML file (``--config``) holds the same settings; a flag given wins; an unknow
 error that lists the known ones:
 
     models: {teacher: mypkg.models:trained, student: shrink, width: 0.25, depth: 0.5}
-    data: {train: train.npz, val: val.npz}
-    distill: {temperature: 4, alpha: 0.7, cache_teacher: auto, baseline: true}
+    data: {train: train.npz, val: val.npz, unlabeled: more.npz}
+    distill: {temperature: 4, alpha: 0.7, views: auto, cache_teacher: auto, baseline: true,
+              keep: best}
     training: {epochs: 30, batch_size: 64, lr: 0.003, seed: 0, device: cpu}
     output: {package: student.nimble, max_drop: 0.01, time_budget: 180, report: distill/}
 """
@@ -26,16 +27,17 @@ CACHE: dict[str, Any] = {"auto": "auto", "on": True, "off": False}
 
 DEFAULTS: dict[str, Any] = {
     "teacher": None, "student": "shrink", "width": 0.5, "depth": 0.5, "train": None,
-    "val": None, "target": None, "temperature": 2.0, "alpha": 0.5, "cache_teacher": "auto",
-    "baseline": True, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "device": "cpu",
+    "val": None, "target": None, "unlabeled": None, "temperature": None, "alpha": None,
+    "views": "auto", "cache_teacher": "auto", "baseline": True, "keep": "best", "epochs": 10,
+    "batch_size": 64, "lr": 1e-3, "seed": 0, "device": "cpu",
     "package": None, "max_drop": 0.01, "time_budget": 180.0, "report": None,
     "trust_pickle": False,
 }  # fmt: skip
 # the YAML's sections and their keys (flags of the same names win over them)
 SECTIONS = {
     "models": ("teacher", "student", "width", "depth"),
-    "data": ("train", "val", "target"),
-    "distill": ("temperature", "alpha", "cache_teacher", "baseline"),
+    "data": ("train", "val", "target", "unlabeled"),
+    "distill": ("temperature", "alpha", "views", "cache_teacher", "baseline", "keep"),
     "training": ("epochs", "batch_size", "lr", "seed", "device"),
     "output": ("package", "max_drop", "time_budget", "report"),
 }
@@ -63,8 +65,22 @@ def distill(
     ),
     val: str | None = typer.Option(None, help="validation data, the same kinds as --data"),
     target: str | None = typer.Option(None, help="the label column of .csv data"),
-    temperature: float | None = typer.Option(None, help="softmax temperature T [2]"),
-    alpha: float | None = typer.Option(None, help="share of the T^2-scaled KL term [0.5]"),
+    unlabeled: str | None = typer.Option(
+        None, help="rows without labels (.npz X, .csv, .npy) the teacher labels"
+    ),
+    temperature: float | None = typer.Option(
+        None, help="softmax temperature T [chosen by a short search]"
+    ),
+    alpha: float | None = typer.Option(
+        None, help="share of the T^2-scaled KL term [chosen by a short search]"
+    ),
+    views: str | None = typer.Option(
+        None, help="what teacher and student both see: auto (mixup; images also crops and "
+        "flips), mixup, mixup+crop, mixup+crop+flip, none [auto]",
+    ),
+    keep: str | None = typer.Option(
+        None, help="best (the better of distilled and alone on --val) or distilled [best]"
+    ),
     cache_teacher: str | None = typer.Option(
         None, help="auto (cached unless the data has random transforms), on, off [auto]"
     ),
@@ -92,7 +108,8 @@ def distill(
     """Distill a teacher into a small student; report both students beside the teacher."""
     given = {
         "teacher": teacher, "student": student, "width": width, "depth": depth, "train": data,
-        "val": val, "target": target, "temperature": temperature, "alpha": alpha,
+        "val": val, "target": target, "unlabeled": unlabeled, "temperature": temperature,
+        "alpha": alpha, "views": views, "keep": keep,
         "cache_teacher": cache_teacher, "baseline": baseline, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
         "package": output, "max_drop": max_drop, "time_budget": time_budget, "report": report,
@@ -134,11 +151,13 @@ def run(spec: dict[str, Any]) -> None:
     val_data = sources.load(str(spec["val"]), spec["target"], None, "--val")
     refuse_missing_pair(train_data, f"--data {spec['train']}")
     refuse_missing_pair(val_data, f"--val {spec['val']}")
+    extra = _unlabeled(spec["unlabeled"])
     the_teacher = _teacher(str(spec["teacher"]), sources.as_arrays(val_data)[0],
                            bool(spec["trust_pickle"]))  # fmt: skip
     the_student = _student(str(spec["student"]), the_teacher, spec["width"], spec["depth"])
     res = nimbleml.distill(the_teacher, the_student, train_data, val_data,
                            temperature=spec["temperature"], alpha=spec["alpha"],
+                           views=spec["views"], keep=spec["keep"], unlabeled=extra,
                            cache_teacher=cache, baseline=spec["baseline"],
                            epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
                            seed=spec["seed"], device=spec["device"], precision="fp32")  # fmt: skip
@@ -151,6 +170,19 @@ def run(spec: dict[str, Any]) -> None:
     if report is not None:
         res.report.save(report)
         typer.echo(f"report: {report}/distill.json, distill.txt")
+
+
+def _unlabeled(path: Any) -> Any:
+    """The rows of --unlabeled FILE (a y in the file is ignored: the teacher labels them)."""
+    if path is None:
+        return None
+    from ..errors import DataError
+    from ..inputs import load_data
+
+    if not Path(str(path)).exists():
+        raise DataError(f"--unlabeled {path}: no such file (.npz with X, .csv, .npy)")
+    X, _ = load_data(str(path), None)
+    return X
 
 
 def _teacher(spec: str, example: Any, trust_pickle: bool = False) -> Any:

@@ -6,8 +6,9 @@ projection cannot align), and the projections that map the student's widths to t
 ``PAIRS_ATTR``): the hidden states of the kept layers of an MLP (each kept hidden layer's
 output, after its activation), the output of every stage of a CNN (what reaches a pooling
 layer or the head; a ResNet's stage Sequentials), the outputs of the kept layers of an encoder
-(student layer k against the teacher layer it was copied from). ``features="auto"`` (the
-default) uses them when the teacher has those modules; other students get no feature term.
+(student layer k against the teacher layer it was copied from). ``features="auto"`` uses
+them when the teacher has those modules; other students get no feature term. Not the
+default: on the digits (64-32-10 student, mixup views) the feature term cost accuracy.
 """
 
 from __future__ import annotations

@@ -287,7 +287,8 @@ class QuantAwareTraining(Recipe):
                    "callbacks": [recalibrate], **params}  # fmt: skip
         if use_teacher:
             result = distill(original, student, ctx.train, None, temperature=temperature,
-                             alpha=alpha, baseline=False, compare_models=False, **options)  # fmt: skip
+                             alpha=alpha, baseline=False, compare_models=False, views=None,
+                             features=None, **options)  # fmt: skip
             history = result.history
         else:
             history = train(student, ctx.train, None, **options).history

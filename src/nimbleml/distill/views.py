@@ -29,6 +29,8 @@ from ..errors import ConfigError
 
 PARTS = ("mixup", "crop", "flip")
 CHOICES = ("auto", "mixup", "mixup+crop", "mixup+crop+flip", "none")
+MIXED = 1.0  # the share of a batch's rows that are mixed (the others stay as they are)
+BETA = 1.0  # lam ~ Beta(BETA, BETA): 1 is uniform
 
 
 def parse(views: Any) -> str | None:
@@ -158,7 +160,13 @@ def _kind(inputs: Any) -> str:
 
 def _draw(n: int, device: Any) -> Mix:
     torch = require("torch", "nimbleml.distill")
-    return Mix(perm=torch.randperm(n, device=device), lam=torch.rand(n, device=device))
+    if BETA == 1.0:
+        lam = torch.rand(n, device=device)
+    else:
+        lam = torch.distributions.Beta(BETA, BETA).sample((n,)).to(device)
+    if MIXED < 1.0:
+        lam = torch.where(torch.rand(n, device=device) < MIXED, lam, torch.ones_like(lam))
+    return Mix(perm=torch.randperm(n, device=device), lam=lam)
 
 
 def _crop(x: Any) -> Any:
