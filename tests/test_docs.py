@@ -106,6 +106,9 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
         ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),
         ("yaml", "model:", TRAIN_YAML),
         ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),
+        ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),  # --strategy fsdp
+        ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),  # --max-restarts
+        ("bash", "nimbleml train --model mypkg.models:build", TRAIN_OPTIONS),  # --nnodes 2
         ("bash", "torchrun --nnodes 2", TRAIN_OPTIONS),
     ],
     "docs/optimize.md": [

@@ -26,8 +26,13 @@ SIGINT / SIGTERM to torchrun, which stops its processes (Ctrl-C then ends as in 
 one 'interrupted' line, exit 130); every process also gets SIGTERM when its parent dies
 (Linux), and the parent ends any it saw that outlive torchrun, so no process is left behind.
 
-More machines: run the entry under torchrun with its c10d rendezvous on every node
-(docs/train.md, "Distributed")::
+A :class:`Group` adds what torchrun's elastic agent does with a failure (``--max-restarts
+N``: the whole group started again, each process resuming from the last checkpoint; the
+parent keeps relaying rank 0's output, whose log a restarted process sets aside and opens
+anew) and the machines of a multi-node run (``--nnodes``, ``--node-rank``,
+``--rdzv-endpoint``: torchrun's static rendezvous with fixed ranks, or c10d's without
+``--node-rank``). Or run the entry under torchrun yourself on every node (docs/train.md,
+"Distributed")::
 
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d \\
         --rdzv-endpoint HOST:29400 --rdzv-id run1 -m nimbleml.cli.rank --model ... --data ...
