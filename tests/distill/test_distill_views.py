@@ -141,13 +141,13 @@ def test_the_search_picks_temperature_and_alpha_and_reports_them(teacher, data):
                            **FAST)  # fmt: skip
     search = res.report.search
     assert search is not None and search["held_out"] == 60 and search["epochs"] == 2
-    assert [t["alpha"] for t in search["tried"]] == [1.0, 0.5]  # views: alpha=1 and a mix
+    assert [t["alpha"] for t in search["tried"]] == [0.9, 0.5]  # no views: Hinton's alphas
     best = max(search["tried"], key=lambda t: t["score"])
     assert search["score"] == best["score"] and res.report.alpha == search["alpha"]
     assert "chosen by a search on 60 held-out training rows" in res.report.table()
     fixed = nimbleml.distill(teacher, shrink(teacher, 0.25, 0.5), (X[:100], y[:100]), val,
                              temperature=2.0, alpha=1.0, epochs=1, baseline=False,
-                             compare_models=False, **FAST)  # fmt: skip
+                             compare_models=False, views="auto", **FAST)  # fmt: skip
     assert fixed.report.search is None and fixed.report.views == "mixup"
 
 
@@ -230,7 +230,7 @@ def test_bad_input_is_refused_before_anything_runs(teacher, data, tmp_path):
         ({"features": "1~1"}, teacher, student, (X[:100], y[:100]), "features must be 'auto'"),
         ({"keep": "both"}, teacher, student, (X[:100], y[:100]), "keep must be 'best' or"),
         ({"views": "cutmix"}, teacher, student, (X[:100], y[:100]), "views must be one of"),
-        ({"cache_teacher": True}, teacher, student, (X[:100], y[:100]),
+        ({"cache_teacher": True, "views": "mixup"}, teacher, student, (X[:100], y[:100]),
          "cache_teacher=True with views"),
     ]  # fmt: skip
     for options, t, s, train, words in cases:

@@ -6,7 +6,7 @@ error that lists the known ones:
 
     models: {teacher: mypkg.models:trained, student: shrink, width: 0.25, depth: 0.5}
     data: {train: train.npz, val: val.npz, unlabeled: more.npz}
-    distill: {temperature: 4, alpha: 0.7, views: auto, cache_teacher: auto, baseline: true,
+    distill: {temperature: 4, alpha: 0.7, views: none, cache_teacher: auto, baseline: true,
               keep: best}
     training: {epochs: 30, batch_size: 64, lr: 0.003, seed: 0, device: cpu}
     output: {package: student.nimble, max_drop: 0.01, time_budget: 180, report: distill/}
@@ -28,7 +28,7 @@ CACHE: dict[str, Any] = {"auto": "auto", "on": True, "off": False}
 DEFAULTS: dict[str, Any] = {
     "teacher": None, "student": "shrink", "width": 0.5, "depth": 0.5, "train": None,
     "val": None, "target": None, "unlabeled": None, "temperature": None, "alpha": None,
-    "views": "auto", "cache_teacher": "auto", "baseline": True, "keep": "best", "epochs": 10,
+    "views": "none", "cache_teacher": "auto", "baseline": True, "keep": "best", "epochs": 10,
     "batch_size": 64, "lr": 1e-3, "seed": 0, "device": "cpu",
     "package": None, "max_drop": 0.01, "time_budget": 180.0, "report": None,
     "trust_pickle": False,
@@ -76,7 +76,7 @@ def distill(
     ),
     views: str | None = typer.Option(
         None, help="what teacher and student both see: auto (mixup; images also crops and "
-        "flips), mixup, mixup+crop, mixup+crop+flip, none [auto]",
+        "flips), mixup, mixup+crop, mixup+crop+flip, none [none]",
     ),
     keep: str | None = typer.Option(
         None, help="best (the better of distilled and alone on --val) or distilled [best]"

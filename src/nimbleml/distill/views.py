@@ -2,9 +2,11 @@
 and consistent"): each step the teacher and the student see the *same* augmented view of the
 batch, and the student matches the teacher's function on it. Because the teacher labels every
 view, a view need not keep the label (a mixed row has no true class, a flipped digit none
-either): the student learns the teacher's function at new points, which is what makes
-distillation beat training alone. Measured on the digits (benchmarks/distill.py): a 64-32-10
-student gains over the same student trained alone with mixup views, and loses without them.
+either): the student learns the teacher's function at new points. Not the default
+(``views=None``): on the digits (64-32-10 student, 40 epochs, 3 seeds) mixup views scored
+0.9710 against 0.9735 without them, 5-7x the training time; on 300 labelled rows with the rest
+unlabeled both scored 0.9667. Big students and long schedules (Beyer et al.'s setting) are
+where they pay; ``views="auto"`` turns them on.
 
 - vectors (batch, features) and images (batch, C, H, W): mixup between rows, each row
   ``lam * x + (1 - lam) * x[perm]`` with its own ``lam`` ~ U(0, 1); images also get random
