@@ -34,6 +34,13 @@ class Burst:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms.size else None
 
 
+def merge(parts: list[Burst]) -> Burst:
+    """Bursts of one server taken in rounds, as one."""
+    return Burst(sum(b.seconds for b in parts), parts[0].concurrency,
+                 np.concatenate([b.latencies_ms for b in parts]), sum(b.errors for b in parts),
+                 [a for b in parts for a in b.answered])  # fmt: skip
+
+
 def request(port: int, method: str, path: str, body: bytes | None = None,
             timeout: float = 10.0) -> tuple[int, bytes]:  # fmt: skip
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

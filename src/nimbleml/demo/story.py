@@ -24,7 +24,8 @@ class Settings:
     loader_budget_s: float
     distill_epochs: int
     optimize_budget_s: float
-    burst_s: float
+    burst_s: float  # per server, in ``rounds`` alternating rounds
+    rounds: int
     concurrency: int
     labels: int  # ground truth sent back for about this many answers
     profile_budget_s: float
@@ -34,10 +35,10 @@ class Settings:
     def of(cls, quick: bool) -> Settings:
         if quick:
             return cls(True, teacher_hidden=256, epochs=4, loader_budget_s=3.0, distill_epochs=4,
-                       optimize_budget_s=6.0, burst_s=1.5, concurrency=8, labels=1000,
+                       optimize_budget_s=6.0, burst_s=1.6, rounds=2, concurrency=8, labels=1000,
                        profile_budget_s=0.3, batch_rows=20_000)  # fmt: skip
         return cls(False, teacher_hidden=512, epochs=20, loader_budget_s=8.0, distill_epochs=25,
-                   optimize_budget_s=60.0, burst_s=5.0, concurrency=8, labels=5000,
+                   optimize_budget_s=60.0, burst_s=6.0, rounds=4, concurrency=8, labels=5000,
                    profile_budget_s=1.0, batch_rows=500_000)  # fmt: skip
 
 
