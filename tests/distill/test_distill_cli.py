@@ -41,6 +41,7 @@ def folder(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("distill-cli")
     np.savez(d / "train.npz", X=X[:1000], y=y[:1000])
     np.savez(d / "val.npz", X=X[1400:], y=y[1400:])
+    np.savez(d / "narrow.npz", X=X[:20, :32])  # rows without labels, of the wrong width
     (d / "kd_models.py").write_text(MODELS)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
@@ -81,6 +82,10 @@ def test_distill_a_shrunk_student_into_a_package(folder, monkeypatch):
     (["--width", "1.5"], "width must be a share in (0, 1]"),
     (["--teacher", "missing.ts"], "missing.ts"),
     (["--teacher", "teacher.ts", "--student", "shrink"], "--student shrink needs the teacher"),
+    (["--unlabeled", "narrow.npz"], "unlabeled: rows of shape (32,) (32 wide), but the training "
+     "rows are (64,) (64 wide)"),
+    (["--views", "cutmix"], "views must be one of auto, mixup"),
+    (["--keep", "both"], "keep must be 'best' or 'distilled'"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_writes_nothing(folder, monkeypatch, args, words):
     monkeypatch.chdir(folder)

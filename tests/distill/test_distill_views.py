@@ -208,7 +208,7 @@ def test_shrink_records_the_feature_pairs_and_distill_uses_them(teacher, data):
 
 # -- bad input: one error naming the value and the fix, nothing written ---------------------
 def test_bad_input_is_refused_before_anything_runs(teacher, data, tmp_path):
-    (X, y), val = data
+    (X, y), _ = data
     out = tmp_path / "ck"
     student = shrink(teacher, 0.25, 0.5)
     run = dict(temperature=2.0, alpha=1.0, epochs=1, checkpoint_dir=str(out), cache_dir=out,

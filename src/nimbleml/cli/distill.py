@@ -75,7 +75,8 @@ def distill(
         None, help="share of the T^2-scaled KL term [chosen by a short search]"
     ),
     views: str | None = typer.Option(
-        None, help="what teacher and student both see: auto (mixup; images also crops and "
+        None,
+        help="what teacher and student both see: auto (mixup; images also crops and "
         "flips), mixup, mixup+crop, mixup+crop+flip, none [none]",
     ),
     keep: str | None = typer.Option(

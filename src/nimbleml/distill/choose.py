@@ -95,7 +95,7 @@ def search(setup: Any, start: Any, train_data: Any, unlabeled: Any,
     rest, held = parts
     fit = unlabeled_rows.merged(rest, unlabeled, setup.regression)
     # the short runs write nothing and tell no callback: they are not the user's run
-    override = {"epochs": short, "checkpoint_dir": None, "resume": False, "callbacks": [],
+    override: dict[str, Any] = {"epochs": short, "checkpoint_dir": None, "resume": False, "callbacks": [],
                 "early_stopping": None}  # fmt: skip
     tried = []
     for t, a in tries:

@@ -37,9 +37,13 @@ def resolve(features: Any, student: Any, teacher: Any) -> tuple[list[tuple[str, 
                         "model the student was shrunk from)")  # fmt: skip
         return pairs, (f"features: {len(pairs)} pair(s) shrink recorded matched "
                        f"({', '.join(f'{s}~{t}' for s, t in pairs)})")  # fmt: skip
-    if isinstance(features, str) or not isinstance(features, list | tuple) or not all(
-        isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(n, str) for n in p)
-        for p in features
+    if (
+        isinstance(features, str)
+        or not isinstance(features, list | tuple)
+        or not all(
+            isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(n, str) for n in p)
+            for p in features
+        )
     ):
         raise ConfigError(
             f"features must be 'auto', None or a list of (student_module, teacher_module) "

@@ -155,12 +155,11 @@ def distill(teacher: Any, student: Any, train_data: Any, val_data: Any = None, *
         base, base_history, alone_s = plain.model, plain.history, time.perf_counter() - started
     returned, why = _pick(keep, history, base_history)
     val = _numpy_pair(as_arrays(val_data)) if val_data is not None else None
-    report = (
-        compare(teacher, base, trained, val, temperature=temperature, alpha=alpha,
-                cache=cache, packaged=returned)  # fmt: skip
-        if compare_models and val is not None
-        else DistillReport(rows=[], temperature=temperature, alpha=alpha, cache=cache)
-    )
+    if compare_models and val is not None:
+        report = compare(teacher, base, trained, val, temperature=temperature, alpha=alpha,
+                         cache=cache, packaged=returned)  # fmt: skip
+    else:
+        report = DistillReport(rows=[], temperature=temperature, alpha=alpha, cache=cache)
     report.views = setup.described or "none"
     report.unlabeled = n_unlabeled
     report.returned, report.returned_why = returned, why
@@ -245,9 +244,7 @@ def _pick(keep: str, history: list[dict[str, Any]],
 def _check(temperature: Any, alpha: Any, cache: Any, feature_loss: str, weight: Any,
            student: Any, keep: Any = "best") -> None:  # fmt: skip
     torch = require("torch", "nimbleml.distill")
-    if temperature is not None and (
-        not isinstance(temperature, int | float) or temperature <= 0
-    ):
+    if temperature is not None and (not isinstance(temperature, int | float) or temperature <= 0):
         raise ConfigError(
             f"temperature must be a number > 0 (or None: chosen by a short search), got "
             f"{temperature!r}"

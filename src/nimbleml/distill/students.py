@@ -193,8 +193,9 @@ def _cnn(model: Any, width: float, depth: float) -> Any:
     kept = [i for i in range(len(layers)) if i not in dropped]
     stage_ends = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
                   nn.Flatten)  # fmt: skip
-    pairs = [(str(kept.index(j) - 1), str(j - 1)) for j in kept[1:]
-             if isinstance(layers[j], stage_ends)]  # each stage's output: what reaches a pool
+    pairs = [
+        (str(kept.index(j) - 1), str(j - 1)) for j in kept[1:] if isinstance(layers[j], stage_ends)
+    ]  # each stage's output: what reaches a pool
     pairs = list(dict.fromkeys(pairs))
     layers = [layers[i] for i in kept]
     chosen = None  # the channels the current layer reads (the previous convolution's kept)

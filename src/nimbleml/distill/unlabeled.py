@@ -23,7 +23,7 @@ NO_LABEL = -1  # the label of an unlabeled row
 
 def rows(unlabeled: Any) -> int:
     first = next(iter(unlabeled.values())) if isinstance(unlabeled, dict) else unlabeled
-    return int(len(first))
+    return len(first)
 
 
 def check(unlabeled: Any, train_data: Any) -> int:
@@ -92,6 +92,7 @@ def merged(train_data: Any, unlabeled: Any, regression: bool) -> Any:
         y = _numpy(y)
         fill = np.full((n, *y.shape[1:]), NO_LABEL,
                        dtype=y.dtype if y.dtype.kind in "iu" else np.int64)  # fmt: skip
+        joined: Any
         if isinstance(X, dict):
             joined = {k: np.concatenate([_numpy(X[k]), _numpy(unlabeled[k])]) for k in X}
         else:

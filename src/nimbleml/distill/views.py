@@ -39,9 +39,7 @@ def parse(views: Any) -> str | None:
     """The views option, checked: None (no views), or a '+'-joined set of PARTS / 'auto'."""
     if views is None or views is False or views == "none":
         return None
-    if not isinstance(views, str) or (
-        views != "auto" and not set(views.split("+")) <= set(PARTS)
-    ):
+    if not isinstance(views, str) or (views != "auto" and not set(views.split("+")) <= set(PARTS)):
         raise ConfigError(
             f"views must be one of {', '.join(CHOICES)} (or None: the batches as they are), "
             f"got {views!r}"
@@ -71,7 +69,8 @@ class Views:
         self.note = ""
         if self.kind == "tokens":
             if not isinstance(teacher, torch.nn.Module):
-                self.kind, self.note = "none", (
+                self.kind = "none"
+                self.note = (
                     "views: token batches not mixed (the teacher is a package: its embeddings "
                     "cannot be mixed the way the student's are)"
                 )
@@ -79,7 +78,8 @@ class Views:
             found = [_embedding(m, sample_inputs) for m in (student, teacher)]
             if any(f is None for f in found):
                 who = "student" if found[0] is None else "teacher"
-                self.kind, self.note = "none", (
+                self.kind = "none"
+                self.note = (
                     f"views: token batches not mixed (the {who} has no nn.Embedding that reads "
                     "input_ids, so the two nets' embeddings cannot be mixed alike)"
                 )
@@ -103,11 +103,11 @@ class Views:
             n = inputs["input_ids"].shape[0]
             if "mixup" not in self.parts or n < 2:
                 return inputs, None
-            mix = _draw(n, inputs["input_ids"].device)
+            drawn = _draw(n, inputs["input_ids"].device)
             if "attention_mask" in inputs:
                 mask = inputs["attention_mask"]
-                inputs = {**inputs, "attention_mask": torch.maximum(mask, mask[mix.perm])}
-            return inputs, mix
+                inputs = {**inputs, "attention_mask": torch.maximum(mask, mask[drawn.perm])}
+            return inputs, drawn
         if self.kind not in ("vectors", "images"):
             return inputs, None
         x = inputs
@@ -117,7 +117,7 @@ class Views:
             if "flip" in self.parts:
                 flip = torch.rand(x.shape[0], device=x.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        mix = None
+        mix: Mix | None = None
         if "mixup" in self.parts and x.shape[0] > 1:
             mix = _draw(x.shape[0], x.device)
             lam = mix.lam.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
@@ -204,9 +204,9 @@ def _embedding(model: Any, sample: Any) -> Any:
     seen: list[Any] = []
 
     def probe(module: Any, args: Any) -> None:
-        if args and torch.is_tensor(args[0]) and args[0].shape == ids.shape:
-            if torch.equal(args[0].to(ids.device), ids):
-                seen.append(module)
+        if (args and torch.is_tensor(args[0]) and args[0].shape == ids.shape
+                and torch.equal(args[0].to(ids.device), ids)):  # fmt: skip
+            seen.append(module)
 
     handles = [m.register_forward_pre_hook(probe) for m in model.modules()
                if isinstance(m, torch.nn.Embedding)]  # fmt: skip
