@@ -155,3 +155,22 @@ def test_the_page_in_a_browser(demo, browser):
     assert ids == STAGES
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda d: (d / "file.txt").write_text("x") and d / "file.txt", "is a file"),
+        (lambda d: Path("/proc/nimbleml-demo"), "/proc"),
+    ],
+    ids=["a file", "unwritable"],
+)
+def test_a_bad_out_is_one_line(tmp_path, make, says):
+    from typer.testing import CliRunner
+
+    from nimbleml.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(make(tmp_path)), "--quick"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and says in result.output
+    assert result.output.count("\n") == 1
