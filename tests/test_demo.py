@@ -25,14 +25,14 @@ STAGES = ["train", "distill", "optimize", "sign", "serve", "monitor", "profile",
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """One quick run. TMPDIR, the cache and config homes and the working directory point at
-    empty folders of the test's, so anything written outside --out shows there."""
+    """One quick run. TMPDIR, the cache and config homes, HOME and the working directory point
+    at empty folders of the test's, so anything written outside --out shows there."""
     root = tmp_path_factory.mktemp("demo")
-    outside = {name: root / name for name in ("tmp", "cache", "config", "cwd")}
+    outside = {name: root / name for name in ("tmp", "cache", "config", "home", "cwd")}
     for path in outside.values():
         path.mkdir()
     env = {**os.environ, "TMPDIR": str(outside["tmp"]), "XDG_CACHE_HOME": str(outside["cache"]),
-           "XDG_CONFIG_HOME": str(outside["config"]),
+           "XDG_CONFIG_HOME": str(outside["config"]), "HOME": str(outside["home"]),
            "PYTHONWARNINGS": "error::DeprecationWarning:nimbleml"}  # fmt: skip
     env.pop("MPLCONFIGDIR", None)
     out = root / "out"

@@ -1,6 +1,7 @@
 """The demo's folder: refused when an earlier run is there (unless ``--force``), and the only
-place the run writes to. Temporary files, the DataLoader tuning cache, matplotlib's cache and
-Chromium's profile all go to ``DIR/tmp``, removed at the end."""
+place the run writes to. Temporary files, the DataLoader tuning cache, matplotlib's cache,
+Chromium's profile and whatever a library writes under the home folder all go to
+``DIR/tmp``, removed at the end."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from ..errors import ConfigError, storage_error
 
 # what marks a folder as a demo's own (only such a folder is replaced with --force)
 MARKERS = ("demo.json", "index.html")
-# the environment that decides where libraries and child processes write
+# the environment that decides where libraries and child processes write; HOME too: OpenVINO
+# writes a telemetry id to ~/intel when optimize tries its candidates, Chromium ~/.pki
 REDIRECTED = {"TMPDIR": "", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config",
-              "MPLCONFIGDIR": "matplotlib"}  # fmt: skip
+              "MPLCONFIGDIR": "matplotlib", "HOME": "home"}  # fmt: skip
 
 
 def prepare(out: Path, force: bool) -> None:
