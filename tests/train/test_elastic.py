@@ -128,3 +128,25 @@ def test_no_restart_flag_reaches_a_single_process(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert _group(spec, None, None, None, None) is None
     assert _group({**spec, "nproc": 2}, 0, None, None, None) == Group(2)
+
+
+def test_processes_that_do_not_meet_are_a_lost_peer_not_a_bug(monkeypatch):
+    """A process group that cannot form because another process is gone (gloo's words,
+    seen here before restarted processes kept their keys apart) is the lost-peer error the
+    launcher reads as a consequence, not 'a bug in nimbleml'."""
+    import numpy as np
+    import torch
+
+    from nimbleml.errors import PeerLostError
+    from nimbleml.train import loop
+
+    def no_group(device: str, strategy: str = "ddp") -> None:
+        raise RuntimeError("Gloo connectFullMesh failed with [pair.cc:152] timed out "
+                           "connecting: SO_ERROR: Connection refused, remote=[127.0.0.1]:9136")  # fmt: skip
+
+    monkeypatch.setattr(loop.Distributed, "from_env", staticmethod(no_group))
+    monkeypatch.setenv("RANK", "1")
+    X, y = np.zeros((8, 4), dtype=np.float32), np.zeros(8, dtype=np.int64)
+    with pytest.raises(PeerLostError, match=r"^process 1: lost contact with the other training "
+                       r"processes \(RuntimeError\) while the processes met"):  # fmt: skip
+        loop.train(torch.nn.Linear(4, 2), (X, y), epochs=1, device="cpu")

@@ -115,7 +115,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         device = self._device()
         blocks = fsdp_blocks(model, cfg.fsdp_blocks) if cfg.strategy == "fsdp" else None
-        dist = Distributed.from_env(device, cfg.strategy)
+        try:
+            dist = Distributed.from_env(device, cfg.strategy)
+        except Exception as exc:  # the processes did not meet: another one is gone
+            if isinstance(exc, NimbleError) or not uc.is_peer_lost(exc):
+                raise
+            rank = os.environ.get("RANK", "?")
+            raise PeerLostError(f"process {rank}: {uc.PEER_LOST} ({type(exc).__name__}) "
+                                "while the processes met; another process stopped first") from exc  # fmt: skip
         dist.blocks = blocks
         threads = torch.get_num_threads()  # loader tuning may change them for the run
         try:
