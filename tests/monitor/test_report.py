@@ -163,3 +163,13 @@ def test_a_monitored_package_is_named_after_its_source_not_its_temporary_folder(
     assert text.startswith("Pipeline: 1 predictions") and "nimble-" not in text
     pkg.save(tmp_path / "digits.nimble")
     assert OptimizedPredictor(pkg).name == "digits"  # once saved, the folder names it
+
+
+def test_a_report_of_a_closed_store_leaves_no_wal_or_shm_beside_it(tmp_path):
+    """A read-only connection cannot remove the -wal/-shm it creates: a closed store (no
+    -wal: no writer) is read as immutable, so the folder is as the monitor left it."""
+    url = _short_run(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    write_report(url, tmp_path / "out")
+    after = sorted(p.name for p in tmp_path.iterdir() if p.name != "out")
+    assert after == before == ["m.db"]

@@ -213,8 +213,11 @@ def _open_read_only(path: str) -> sqlite3.Connection:
     """An existing nimbleml SQLite store, opened so that nothing can be written to it."""
     if not Path(path).is_file():
         raise ConfigError(f"monitor store not found: {path}")
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
-                           check_same_thread=False, isolation_level=None)  # fmt: skip
+    # a store with no -wal beside it has no writer and all its rows in the file: opened as
+    # immutable, SQLite creates no -wal/-shm (a read-only connection cannot remove them)
+    quiet = not Path(f"{path}-wal").exists()
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro{'&immutable=1' if quiet else ''}",
+                           uri=True, check_same_thread=False, isolation_level=None)  # fmt: skip
     try:
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as exc:
