@@ -55,8 +55,8 @@ def build():
 def flat():
     return torch.nn.Linear(64, 10)
 """
-# 1,200 rows, batch 32 (16 a process), 2 micro-batches a step: each first micro-step skips
-# the reduce-scatter (set_requires_gradient_sync(False))
+# 640 rows, batch 32 (16 a process), 2 micro-batches a step (10 steps an epoch): each first
+# micro-step skips the reduce-scatter (set_requires_gradient_sync(False))
 ARGS = ["--model", "fsdp_models:build", "--data", "train.npz", "--val", "val.npz",
         "--epochs", "3", "--batch-size", "32", "--grad-accum", "2", "--lr", "0.01",
         "--seed", "3", "--device", "cpu", "--nproc", "2", "-q"]  # fmt: skip
@@ -69,7 +69,7 @@ def folder(tmp_path_factory) -> Path:
     X, y = load_digits(return_X_y=True)
     X = (X / 16).astype(np.float32)
     d = tmp_path_factory.mktemp("fsdp")
-    np.savez(d / "train.npz", X=X[:1200], y=y[:1200])
+    np.savez(d / "train.npz", X=X[:640], y=y[:640])
     np.savez(d / "val.npz", X=X[1200:], y=y[1200:])
     (d / "fsdp_models.py").write_text(MODELS)
     return d
@@ -99,7 +99,7 @@ def test_fsdp_reaches_ddp_and_an_elastic_restart_ends_bit_identical(folder):
     assert fsdp.returncode == 0, fsdp.stderr
     # the same accuracy as DDP (within 0.5 point), in fp32 on the CPU, said in the report
     assert abs(final_accuracy(folder / "fsdp") - final_accuracy(folder / "ddp")) <= 0.005
-    assert final_accuracy(folder / "fsdp") > 0.85
+    assert final_accuracy(folder / "fsdp") > 0.8  # 0.87 here
     report = json.loads((folder / "fsdp" / "report.json").read_text())
     assert report["config"]["strategy"] == "fsdp" and report["restarts"] == 0
     assert report["precision"]["chosen"] == "fp32"
