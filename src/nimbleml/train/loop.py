@@ -139,7 +139,7 @@ class Trainer:
                 torch.set_num_threads(threads)
             dist.close()
 
-    # long (~85 lines): the run's story in order; its pieces are already functions (parts.py)
+    # long (~95 lines): the run's story in order; its pieces are already functions (parts.py)
     def _fit(self, model: Any, train_data: Any, val_data: Any, device: str,
              dist: Distributed) -> TrainResult:  # fmt: skip
         torch = require("torch", "nimbleml.train")
