@@ -3,7 +3,8 @@
 One module per concern: config (options, checked), data (batches from arrays, Datasets,
 DataLoaders), losses (means, weighted for exact accumulation), precision (the hardware's choice, with
 its reason), loop (the Trainer), checkpoint (atomic, resumable), distributed (torchrun / DDP),
-loader_settings (DataLoader settings and batch size, measured), result (history, report).
+fsdp (FSDP2, strategy="fsdp"), launch (torchrun, restarts, machines), loader_settings
+(DataLoader settings and batch size, measured), result (history, report).
 """
 
 from __future__ import annotations

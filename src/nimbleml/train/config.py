@@ -20,6 +20,7 @@ The YAML file (``--config`` of ``nimbleml train``; ``nimbleml deploy --train`` r
     training:                       # TrainConfig's options, and:
       epochs: 20
       nproc: 1                      # processes (torchrun)
+      strategy: ddp                 # or fsdp: the model sharded over the processes
       log: [tensorboard:runs/tb]    # tensorboard[:DIR], mlflow[:URI]
 """
 
