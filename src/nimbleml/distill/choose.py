@@ -7,8 +7,10 @@ on all the rows with the winner; the report gives the choice, its score and ever
 The candidates are few on purpose (the search costs about one full run): with views the
 student matches the teacher's function, which the hard labels only blur (Beyer et al. 2022
 found alpha = 1 best), so alpha = 1 at two temperatures, and two mixes with the labels (on the
-digits' small students alpha = 0.5 did better); without views the classic grid of Hinton et al.
-(T 2 or 4, alpha 0.5 or 0.9).
+digits' small students alpha = 0.5 did better); without views Hinton et al.'s temperatures
+(2, 4) and alphas (0.5, 0.9), and T = 1: on the digits a teacher is nearly one-hot on the rows it
+was trained on, and at a short budget softer targets only slowed the student (T=2, alpha=0.5:
+-1.1 points against the student alone at lr 1e-3, 40 epochs; T=1 matched it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .._deps import require
 from . import unlabeled as unlabeled_rows
 
 WITH_VIEWS = [(1.0, 1.0), (2.0, 1.0), (2.0, 0.5), (4.0, 0.5)]
-WITHOUT_VIEWS = [(2.0, 0.5), (4.0, 0.5), (2.0, 0.9), (4.0, 0.9)]
+WITHOUT_VIEWS = [(1.0, 0.5), (2.0, 0.5), (4.0, 0.5), (2.0, 0.9)]
 DEFAULT = {True: (1.0, 1.0), False: (2.0, 0.5)}  # when no search can run (views or not)
 HELD_OUT = 0.2
 
