@@ -133,6 +133,20 @@ def test_unlabeled_rows_are_used_and_counted(teacher, data):
     assert "unlabeled rows labelled by the teacher: 500" in res.report.table()
     assert res.baseline_history[0]["epoch"] == 1  # the student alone: the 100 labelled rows
 
+    class Rows(torch.utils.data.Dataset):  # a Dataset of (tensor, int), run online with views
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, i):
+            return torch.from_numpy(X[i]), int(y[i])
+
+    seen.clear()
+    res = nimbleml.distill(teacher, shrink(teacher, 0.25, 0.5), Rows(), val, views="mixup",
+                           unlabeled=X[100:300], temperature=2.0, alpha=0.5, epochs=1,
+                           callbacks=[count], baseline=False, compare_models=False,
+                           **FAST)  # fmt: skip
+    assert max(seen) == 300 and res.report.unlabeled == 200
+
 
 def test_the_search_picks_temperature_and_alpha_and_reports_them(teacher, data):
     (X, y), val = data

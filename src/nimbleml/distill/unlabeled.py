@@ -99,7 +99,7 @@ def merged(train_data: Any, unlabeled: Any, regression: bool) -> Any:
             joined = np.concatenate([_numpy(X), _numpy(unlabeled).astype(_numpy(X).dtype)])
         return joined, np.concatenate([y.astype(fill.dtype), fill])
     torch = require("torch", "nimbleml.distill")
-    return torch.utils.data.ConcatDataset([train_data, _Rows(unlabeled)])
+    return torch.utils.data.ConcatDataset([train_data, _rows_dataset(unlabeled, train_data[0][1])])
 
 
 def _train_inputs(data: Any) -> Any:
@@ -124,21 +124,31 @@ def _numpy(x: Any) -> Any:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _dataset_base() -> Any:
-    return require("torch", "nimbleml.distill").utils.data.Dataset
+def _rows_dataset(X: Any, label: Any) -> Any:
+    """Unlabeled rows as a Dataset of (x, no label), the label of the same type as ``label``
+    (a training row's: the DataLoader collates them together). The class is made here: no
+    torch at import."""
+    torch = require("torch", "nimbleml.distill")
+    if torch.is_tensor(label):
+        none: Any = torch.tensor(NO_LABEL, dtype=label.dtype)
+    elif isinstance(label, np.generic | np.ndarray):
+        none = np.asarray(NO_LABEL, dtype=np.asarray(label).dtype)
+    else:
+        none = NO_LABEL
 
+    class Rows(torch.utils.data.Dataset):  # type: ignore[name-defined]
+        def __init__(self, X: Any) -> None:
+            self.X = _numpy(X)
 
-class _Rows(_dataset_base()):  # type: ignore[misc]
-    """Unlabeled rows as a Dataset of (x, no label)."""
+        def __len__(self) -> int:
+            return rows(self.X)
 
-    def __init__(self, X: Any) -> None:
-        self.X = _numpy(X)
+        def __getitem__(self, i: int) -> Any:
+            x = (
+                {k: torch.as_tensor(v[i]) for k, v in self.X.items()}
+                if isinstance(self.X, dict)
+                else torch.as_tensor(self.X[i])
+            )
+            return x, none
 
-    def __len__(self) -> int:
-        return rows(self.X)
-
-    def __getitem__(self, i: int) -> Any:
-        torch = require("torch", "nimbleml.distill")
-        x = ({k: torch.as_tensor(v[i]) for k, v in self.X.items()}
-             if isinstance(self.X, dict) else torch.as_tensor(self.X[i]))  # fmt: skip
-        return x, torch.tensor(NO_LABEL)
+    return Rows(X)
