@@ -251,3 +251,33 @@ def test_bad_input_is_refused_before_anything_runs(teacher, data, tmp_path):
         with pytest.raises(ConfigError, match=words):
             nimbleml.distill(t, s, train, None, **{**run, **options})
         assert not out.exists(), options
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_encoder_features_when_the_teacher_returns_nested_tensors():
+    """An eval-mode torch encoder with enable_nested_tensor gives its layers' outputs as nested
+    tensors, padded to the batch's longest row (10 here); the training student keeps all 12."""
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 32)
+            layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, input_ids, attention_mask):
+            h = self.enc(self.emb(input_ids), src_key_padding_mask=attention_mask == 0)
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return self.head((h * m).sum(1) / m.sum(1))
+
+    torch.manual_seed(0)
+    teacher = Encoder().eval()
+    batch = token_batch(64, length=12)
+    batch["attention_mask"][:, 10:] = 0
+    batch["input_ids"][:, 10:] = 0
+    labels = (batch["input_ids"][:, 0] % 3).astype(np.int64)
+    res = nimbleml.distill(teacher, shrink(teacher, 1.0, 0.5), (batch, labels), None,
+                           features="auto", temperature=2.0, alpha=0.5, epochs=1,
+                           baseline=False, compare_models=False, **FAST)  # fmt: skip
+    assert np.isfinite(res.history[0]["train_loss"])

@@ -237,8 +237,8 @@ def _pick(keep: str, history: list[dict[str, Any]],
         return "distilled", "no val_data to compare the two students on"
     if better:
         return "distilled", f"val {name} {a:.4f} against {b:.4f} for the student alone"
-    return "alone", (f"val {name} {b:.4f} against {a:.4f} for the distilled student "
-                     "(keep='distilled' returns the distilled one)")  # fmt: skip
+    return "alone", (f"val {name} {b:.4f} against {a:.4f} for the distilled student; "
+                     "keep='distilled' returns the distilled one")  # fmt: skip
 
 
 def _check(temperature: Any, alpha: Any, cache: Any, feature_loss: str, weight: Any,

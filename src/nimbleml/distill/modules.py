@@ -114,6 +114,10 @@ class Online(_module_base()):  # type: ignore[misc]
     def _match(self, s: Any, t: Any) -> Any:
         torch = require("torch", "nimbleml.distill")
         F = torch.nn.functional
+        if s.dim() == 3 and t.dim() == 3 and t.shape[1] < s.shape[1]:
+            # an eval-mode torch encoder returns nested tensors, padded here to the batch's
+            # longest row; the student (training) keeps every position: zeros past the end
+            t = F.pad(t, (0, 0, 0, s.shape[1] - t.shape[1]))
         if self.feature_loss == "cosine":
             return (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
         return F.mse_loss(s.float(), t.float())
