@@ -6,11 +6,13 @@ sentences, a "not" that flips the sentiment word after it) and a BERT-layout cla
 Hugging Face's names (4 layers, 128 wide, 4 heads, feed-forward 512): trained with
 nimbleml.train on dict batches (input_ids, attention_mask, labels); a student from
 nimbleml.students.shrink(teacher, depth=0.5, width=0.5); distilled with hidden-state matching
-(features=: student layer i against the teacher layer that ends the same share of the depth);
+(features="auto": each kept layer against the teacher layer it was copied from);
 the same student trained alone on the same budget; the distilled student through
-res.optimize() into a verified package. The table (docs/distill.md): accuracy, p50 latency at
-batch 1 and 32 with the number of timed calls, size; then the package served with KServe v2
-INT64 inputs over a real socket, its answers compared with its local predictions.
+res.optimize() (timed at batch 1 and 32) into a verified package, and through
+nimbleml.compress(quantize="int8") into the int8 one. The table (docs/distill.md): all five
+timed in one run, accuracy, p50 latency at batch 1 and 32 with the number of timed calls,
+size; then the int8 package served with KServe v2 INT64 inputs over a real socket, its
+answers compared with its local predictions.
 
     python benchmarks/transformer_recipe.py [--quick] [--threads 1] [--json bench-out/transformer_recipe.json]
 """
@@ -18,7 +20,6 @@ INT64 inputs over a real socket, its answers compared with its local predictions
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -62,14 +63,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds["teacher"] = time.perf_counter() - t0
 
     student = nimbleml.students.shrink(teacher, depth=0.5, width=0.5)
-    pairs = task.layer_pairs(student, teacher)
-    # return the distilled student whichever scores better (distill's keep=, where it has it):
-    # the table is about what distillation gives
-    keep = {"keep": "distilled"} if "keep" in inspect.signature(nimbleml.distill).parameters else {}
+    # keep the distilled student whichever scores better: the table is about what it gives
     t0 = time.perf_counter()
     res = nimbleml.distill(teacher, student, task.TextDataset(train), task.TextDataset(val),
-                           features=pairs, temperature=2.0, alpha=0.5, epochs=epochs, **FIT,
-                           **keep, **OPTIONS)  # fmt: skip
+                           features="auto", temperature=2.0, alpha=0.5, epochs=epochs, **FIT,
+                           keep="distilled", **OPTIONS)  # fmt: skip
     seconds["distill (with the student alone)"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -77,17 +75,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     found = res.optimize(max_drop=0.01, time_budget_s=60 if args.quick else 120,
                          batch_sizes=(1, 32))  # fmt: skip
     seconds["optimize"] = time.perf_counter() - t0
-    report = res.report
-    print(report.table(), flush=True)
+    print(res.report.table(), flush=True)
     print(found.table(), flush=True)
+    # the int8 package itself (the search's first candidate for a transformer), whether or
+    # not it won the search on this machine
+    t0 = time.perf_counter()
+    int8 = nimbleml.compress(res.student, quantize="int8", val=res.val, max_drop=0.01)
+    seconds["int8 package"] = time.perf_counter() - t0
 
+    models = {"teacher (4 layers)": teacher, "student alone": res.baseline,
+              "student distilled": res.student, "package (optimize's choice)": found.best,
+              "package (int8)": int8}  # fmt: skip
+    timed = side_by_side(models, res.val)
     with tempfile.TemporaryDirectory() as tmp:
-        path = found.best.save(Path(tmp) / "student.nimble")
+        path = int8.save(Path(tmp) / "student.nimble")
         served = serve(path, task.features(val))
-    recipe = [s.get("step") for s in found.best.manifest.get("recipe") or []]
-    return {"report": report.to_dict(), "recipe": recipe, "served": served,
-            "seconds": seconds, "pairs": pairs, "rows": {"train": n_train, "val": n_val},
-            "epochs": {"teacher": teacher_epochs, "student": epochs}, "fit": FIT, "sizes": SIZES, "task": TASK}  # fmt: skip
+    recipes = {name: [s.get("step") for s in pkg.manifest.get("recipe") or []]
+               for name, pkg in (("optimize", found.best), ("int8", int8))}  # fmt: skip
+    return {"rows": timed, "distill_report": res.report.to_dict(), "recipes": recipes,
+            "served": served, "seconds": seconds, "pairs": student.nimbleml_feature_pairs,
+            "data": {"train": n_train, "val": n_val},
+            "epochs": {"teacher": teacher_epochs, "student": epochs}, "fit": FIT,
+            "sizes": SIZES, "task": TASK}  # fmt: skip
+
+
+def side_by_side(models: dict[str, Any], val: tuple[Any, Any]) -> list[dict[str, Any]]:
+    """Every model timed in one nimbleml.benchmark run on the validation inputs at batch 1
+    and 32 (as distill's report times them), accuracy on the validation rows."""
+    from nimbleml.distill.report import BATCHES, TIMING
+
+    X, y = val
+    report = nimbleml.benchmark(list(models.values()), X, BATCHES, names=list(models),
+                                val=(X, y), metric="accuracy", timing=TIMING,
+                                measure_memory=False)  # fmt: skip
+    rows = []
+    for name in models:
+        by_batch = {r.batch_size: r for r in report.results if r.name == name}
+        first = by_batch[1]
+        rows.append({
+            "name": name, "metric": first.metric_value,
+            "p50_ms": {b: r.latency.p50_ms for b, r in by_batch.items()},
+            "n": {b: r.latency.n for b, r in by_batch.items()},
+            "size_mb": first.performance.model_size_mb,
+            "parameters": int(first.performance.num_parameters or 0),
+        })  # fmt: skip
+    return rows
 
 
 def serve(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -118,15 +150,13 @@ def serve(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = result["report"]["rows"]
-    names = {"teacher": "teacher (4 layers)", "student (no teacher)": "student alone",
-             "student (distilled)": "student distilled", "student (package)": "package"}  # fmt: skip
+    rows = result["rows"]
     lines = ["| model | accuracy | p50 batch 1 (n) | p50 batch 32 (n) | size | parameters |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         p50, n = r["p50_ms"], r["n"]
         lines.append(
-            f"| {names.get(r['name'], r['name'])} | {r['metric']:.4f} | "
+            f"| {r['name']} | {r['metric']:.4f} | "
             f"{p50[1]:.3f} ms ({n[1]}) | {p50[32]:.2f} ms ({n[32]}) | "
             f"{r['size_mb'] * 1000:.0f} KB | {r['parameters']:,} |"
         )
@@ -157,7 +187,9 @@ def main() -> None:
     result["total_s"] = time.perf_counter() - started
     print()
     print(markdown(result))
-    print(f"\npackage recipe: {' + '.join(result['recipe'])}; served: {result['served']}")
+    for name, steps in result["recipes"].items():
+        print(f"package recipe ({name}): {' + '.join(steps)}")
+    print(f"served (the int8 package): {result['served']}")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
     print(f"load average at end: {result['load_average']['end']:.2f}; total "
           f"{result['total_s']:.0f} s")  # fmt: skip

@@ -66,6 +66,11 @@ DISTILL_OPTIONS = (
     "distill with a teacher module of the reader's: the same command runs in "
     "tests/search/test_distill_cli.py on a trained digits MLP"
 )
+TRANSFORMER_RECIPE = (
+    "python: the transformer recipe, on the reader's model and Datasets: "
+    "tests/distill/test_transformer_recipe.py runs it on a synthetic text task and checks that "
+    "this block makes the same calls"
+)
 
 # every block of every file, in order: (language, start of its first line, how handled)
 BLOCKS: dict[str, list[tuple[str, str, str]]] = {
@@ -98,6 +103,7 @@ BLOCKS: dict[str, list[tuple[str, str, str]]] = {
     "docs/distill.md": [
         ("python", "import nimbleml", PYTHON),
         ("bash", "nimbleml distill --teacher mypkg.models:trained", DISTILL_OPTIONS),
+        ("python", "import nimbleml", TRANSFORMER_RECIPE),
     ],
     "docs/monitor.md": [("python", "from nimbleml.monitor import", PYTHON)],
     "docs/tune.md": [("python", "import nimbleml", PYTHON), ("yaml", "study:", TUNE_YAML)],

@@ -223,17 +223,6 @@ def encoder(seed: int = 0, **sizes: int) -> BertForSequenceClassification:
     return model
 
 
-def layer_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[str, str]]:
-    """Hidden-state pairs for ``features=``: student layer i against the teacher layer that
-    ends the same share of the depth (2 of 4: 0 -> 1, 1 -> 3, as TinyBERT's uniform map),
-    so the student's last hidden state matches the teacher's."""
-    s_n = len(student.bert.encoder.layer)  # type: ignore[union-attr, arg-type]
-    t_n = len(teacher.bert.encoder.layer)  # type: ignore[union-attr, arg-type]
-    step = t_n // s_n
-    return [(f"bert.encoder.layer.{i}", f"bert.encoder.layer.{(i + 1) * step - 1}")
-            for i in range(s_n)]  # fmt: skip
-
-
 def accuracy(predict: Any, rows: dict[str, np.ndarray]) -> float:
     """Share of ``rows`` whose argmax of ``predict(features)`` is the label."""
     out = np.asarray(predict(features(rows)))

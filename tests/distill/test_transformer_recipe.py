@@ -53,10 +53,13 @@ def teacher(rows, threads):
 def distilled(rows, teacher):
     train, val = rows
     student = nimbleml.students.shrink(teacher, depth=0.5, width=0.5)
-    pairs = task.layer_pairs(student, teacher)
-    res = nimbleml.distill(teacher, student, task.TextDataset(train), task.TextDataset(val),
-                           features=pairs, temperature=2.0, alpha=0.5, epochs=3, lr=1e-3,
-                           baseline=False, compare_models=False, **OPTIONS)  # fmt: skip
+    # features="auto": the hidden states of the kept layers, against the teacher layers they
+    # were copied from (the pairs shrink recorded on the student)
+    res = nimbleml.distill(
+        teacher, student, task.TextDataset(train), task.TextDataset(val), features="auto",
+        temperature=2.0, alpha=0.5, epochs=3, lr=1e-3, baseline=False, compare_models=False,
+        **OPTIONS,
+    )  # fmt: skip
     return student, res
 
 
@@ -114,12 +117,16 @@ def test_the_distilled_student_learns_from_the_teacher_and_its_hidden_states(
     _, val = rows
     student, res = distilled
     assert res.cache.startswith("online")  # the teacher ran on every batch, for its states
+    pairs = [("bert.encoder.layer.0", "bert.encoder.layer.0"),
+             ("bert.encoder.layer.1", "bert.encoder.layer.2")]  # fmt: skip
+    assert [tuple(p) for p in student.nimbleml_feature_pairs] == pairs
+    assert any("2 pair(s) shrink recorded matched" in n for n in res.report.notes)
     kd = task.accuracy(torch_predict(res.student), val)
     assert kd >= 0.7  # chance is 0.5
     assert kd >= task.accuracy(torch_predict(teacher), val) - 0.08
     # the student's last hidden state moved toward the teacher's (matched through features=)
     fresh = nimbleml.students.shrink(teacher, depth=0.5, width=0.5)
-    (s_name, t_name) = task.layer_pairs(student, teacher)[-1]
+    s_name, t_name = pairs[-1]
     feeds = task.features(val)
     target = hidden(teacher, t_name, feeds)
     before = float(((hidden(fresh, s_name, feeds) - target) ** 2).mean())
@@ -204,8 +211,8 @@ def test_a_dataset_of_dict_rows_stacks_into_dict_arrays_for_verification(rows):
 def test_the_docs_recipe_makes_the_calls_this_test_makes():
     """docs/distill.md's "A transformer end to end" block is the recipe above at the
     benchmark's size (tests/test_docs.py lists it as run here): it parses, and calls
-    nimbleml.train, students.shrink(depth=0.5, width=0.5), distill with features= pairs of
-    the model's real layers, and optimize on the distilled result."""
+    nimbleml.train, students.shrink(depth=0.5, width=0.5), distill with features="auto",
+    optimize on the result and compress to int8."""
     import ast
     from pathlib import Path
 
@@ -218,9 +225,5 @@ def test_the_docs_recipe_makes_the_calls_this_test_makes():
             calls[ast.unparse(node.func)] = {k.arg: ast.unparse(k.value) for k in node.keywords}
     assert "nimbleml.train" in calls
     assert calls["nimbleml.students.shrink"] == {"depth": "0.5", "width": "0.5"}
-    assert calls["nimbleml.distill"]["features"] == "pairs"
-    assert "res.optimize" in calls
-    pairs = ast.literal_eval(block.split("pairs = ", 1)[1].split("\nres", 1)[0])
-    teacher = task.encoder()
-    student = nimbleml.students.shrink(teacher, depth=0.5, width=0.5)
-    assert pairs == task.layer_pairs(student, teacher)
+    assert calls["nimbleml.distill"]["features"] == "'auto'"
+    assert "res.optimize" in calls and calls["nimbleml.compress"]["quantize"] == "'int8'"
