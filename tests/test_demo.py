@@ -6,7 +6,6 @@ the same folder asks for --force."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import psutil
 import pytest
 
 from nimbleml.errors import ConfigError
+from tests._browser import chromium
 
 NIMBLEML = str(Path(sys.executable).with_name("nimbleml"))
 STAGES = ["train", "distill", "optimize", "sign", "serve", "monitor", "profile", "cost", "deploy",
@@ -96,26 +96,9 @@ def test_force_replaces_only_an_earlier_demo(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser(demo):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail(
-            "chromium and chromium-driver are not installed: run `make test` (it installs them)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
     profile = demo["out"].parent / "chromium-profile"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", "--window-size=1200,1500", "--allow-file-access-from-files",
-                 f"--user-data-dir={profile}"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    b = webdriver.Chrome(service=Service(executable_path=driver), options=options)
-    yield b
-    b.quit()
+    with chromium(profile, "--window-size=1200,1500", "--allow-file-access-from-files") as b:
+        yield b
 
 
 def test_the_page_in_a_browser(demo, browser):

@@ -5,7 +5,6 @@ JavaScript error."""
 
 import json
 import re
-import shutil
 import threading
 import time
 
@@ -17,6 +16,7 @@ from nimbleml.monitor import ModelMonitor
 from nimbleml.monitor.alerts import AlertRule
 from nimbleml.serve import ServeConfig, create_app
 from nimbleml.serve.dashboard import History, Ring, batch_buckets
+from tests._browser import chromium
 
 from .._net import v2_body
 from .conftest import ServerThread
@@ -165,24 +165,8 @@ def test_history_runs_with_the_app_and_stops_with_it(digits_package, digits):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail(
-            "chromium and chromium-driver are not installed: run `make test` (it installs them)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1400,1500", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    b = webdriver.Chrome(service=Service(executable_path=driver), options=options)
-    yield b
-    b.quit()
+    with chromium(tmp_path / "profile", "--window-size=1400,1500") as b:
+        yield b
 
 
 def _texts(browser, chart_id: str) -> list[str]:
