@@ -26,15 +26,6 @@ def mlp(width: int = 256, hidden: int = 3) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def data():
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16).astype(np.float32)
-    return (X[:1200], y[:1200]), (X[1200:], y[1200:])
-
-
-@pytest.fixture(scope="module")
 def teacher(data):
     torch.manual_seed(0)
     return nimbleml.train(mlp(), data[0], epochs=8, lr=3e-3, dataloader={}).model

@@ -24,15 +24,6 @@ nn = torch.nn
 
 
 @pytest.fixture(scope="module")
-def data():
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16).astype(np.float32)
-    return (X[:1200], y[:1200]), (X[1200:], y[1200:])
-
-
-@pytest.fixture(scope="module")
 def teacher(data):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
