@@ -41,7 +41,8 @@ sysdeps:
 		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server postgresql \
 			chromium chromium-driver prometheus >/dev/null; fi
 
-# two pytest workers (pytest-xdist): 7.4 min for the suite on 2 cores instead of 9.6
+# two pytest workers (pytest-xdist) on 2 cores, one OpenMP thread each (tests/conftest.py);
+# the 25 slowest tests are listed at the end
 TEST_WORKERS ?= 2
 
 test: $(STAMP) sysdeps
@@ -51,7 +52,7 @@ test: $(STAMP) sysdeps
 	@# byte-compiled once here: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
 	@# process the suite starts compiled nimbleml again, 0.25 s each
 	$(BIN)/python -m compileall -q src tests >/dev/null
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
