@@ -6,9 +6,10 @@ import os
 
 # One OpenMP thread per process, set before torch or scikit-learn start their pools: the two
 # pytest-xdist workers share 2 cores, and two OpenMP pools of 2 threads spin-wait on each
-# other at every parallel region (tests/models/test_boosting.py: 232 s under -n 2 with the
-# default threads, 34 s with one). Processes the tests start inherit it; `--nproc N` sets its
-# ranks' threads itself. A value given from outside is kept.
+# other at every parallel region (measured while other jobs loaded the machine: the suite
+# 2,057 s with the default threads, 890 s with one; tests/models/test_boosting.py 232 s and
+# 34 s). Processes the tests start inherit it; `--nproc N` sets its ranks' threads itself.
+# A value given from outside is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
