@@ -40,7 +40,11 @@ def test_an_empty_working_directory_stays_empty(run, mlp, digits, tmp_path, monk
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    before = {p.name for p in Path(tempfile.gettempdir()).glob("nimbleml-*")}
+    # a temp folder of this test's own: the shared one holds the other pytest worker's
+    # nimbleml-* folders, made and removed at any time
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     _, Xte, _, yte = digits
     if run == "compress":
         pkg = nimbleml.compress(mlp, quantize="int8", val=(Xte, yte), benchmark_time_s=0.01)
@@ -51,5 +55,5 @@ def test_an_empty_working_directory_stays_empty(run, mlp, digits, tmp_path, monk
     assert all(c != str(work) for c in calls)  # it ran inside nimbleml's own folder
     assert list(work.iterdir()) == []
     assert Path.cwd() == work  # and the working directory is given back
-    after = {p.name for p in Path(tempfile.gettempdir()).glob("nimbleml-*")}
-    assert after <= before  # no temporary folder outlives the call
+    assert tempfile.gettempdir() == str(private)
+    assert not list(private.glob("nimbleml-*"))  # no temporary folder outlives the call

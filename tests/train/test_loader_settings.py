@@ -104,6 +104,7 @@ def test_a_worker_wins_on_a_slow_dataset_and_none_outlives_the_tuning():
     assert "num_workers=1" in table and "* = chosen" in table and not decision.cached
 
 
+@pytest.mark.own_process  # forks DataLoader workers: it crashed an xdist worker
 def test_the_second_time_the_decision_comes_from_the_cache(digits_tensors, cache_home):
     data, model = TensorDataset(*digits_tensors), mlp()
     first = tune_loader(model, data, 64, budget_s=1.0)
@@ -207,6 +208,7 @@ def test_out_of_memory_is_caught_bisected_and_backed_off(digits_tensors, one_thr
     assert result.best <= 86 and result.limit == "out of memory at 112"
 
 
+@pytest.mark.own_process  # forks DataLoader workers: it crashed an xdist worker
 def test_batch_size_auto_trains_digits_end_to_end(digits_tensors, one_thread):
     from nimbleml.train import train
 
