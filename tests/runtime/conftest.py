@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests._net import free_port
+from tests._signals import die_with_parent
 
 
 class RedisServer:
@@ -26,7 +27,7 @@ class RedisServer:
             )
         self.proc = subprocess.Popen(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
