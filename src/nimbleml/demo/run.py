@@ -4,13 +4,13 @@ starts is stopped before it returns, on errors and Ctrl-C too."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._procs import stop
 from .story import Context, Settings, Stage
 from .workspace import inside, prepare
 
@@ -84,13 +84,7 @@ def _stop_leftovers(echo: Callable[[str], None]) -> None:
     if not left:
         return
     echo("stopping what was left running: " + ", ".join(str(p.pid) for p in left))
-    for p in left:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(left, timeout=10)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+    stop(left, grace_s=10)
 
 
 def _distill_cards(train: Stage, distill: Stage, res: Any) -> None:

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .._procs import stop
 from .elastic import FAILURES, STATUS  # STATUS: folder for each process's stderr and exit code
 from .tempdir import status_folder
 from .usercode import PEER_LOST
@@ -254,16 +255,7 @@ class _Supervisor:
 
     def _end_leftovers(self) -> None:
         """Any process torchrun started that outlived it: SIGTERM, then SIGKILL after 10 s."""
-        import psutil
-
-        alive = [p for p in self.seen.values() if _running(p)]
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(alive, timeout=10)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+        stop(self.seen.values(), grace_s=10)
 
     # -- output
     def _read_launcher(self) -> None:
@@ -399,15 +391,6 @@ def _replaced(path: Path, handle: Any) -> bool:
 
 def _rank_of(path: Path) -> int:
     return int(path.stem.split("-")[1])
-
-
-def _running(p: Any) -> bool:
-    import psutil
-
-    try:
-        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 # -- each process torchrun starts ------------------------------------------------------------
