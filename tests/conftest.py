@@ -128,6 +128,35 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nstopped {len(left)} process(es) a crashed worker left behind")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """A pytest-xdist worker that went down: say how it ended (its exit status or signal) and
+    what the kernel said (an OOM kill), since a worker killed by a signal leaves no traceback
+    (seen in tests that fork DataLoader workers; cause not yet known)."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+
+    if error is None:
+        return
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    code = None
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = popen.wait(timeout=5)
+    how = "still running" if code is None else f"exit {code}"
+    if code is not None and code < 0:
+        how = f"killed by {signal.Signals(-code).name}"
+    try:
+        kernel = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=5).stdout
+        said = [ln for ln in kernel.splitlines() if "oom" in ln.lower() or "killed" in ln.lower()]
+    except (OSError, subprocess.SubprocessError):
+        said = ["(dmesg could not be read)"]
+    print(f"\nworker {getattr(getattr(node, 'gateway', None), 'id', '?')} went down: {how}; "
+          f"kernel: {'; '.join(said[-3:]) or 'nothing about it'}", file=sys.stderr)  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def no_sigchld_handler_carried_over():
     """Each test starts without an earlier test's DataLoader SIGCHLD handler. torch installs
