@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # prometheus for promtool (checks the config and every PromQL query nimbleml deploy writes)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo demo-picture test lint typecheck bench clean sysdeps
+.PHONY: demo demo-picture demo-sysdeps test lint typecheck bench clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,9 +23,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 # the whole job on digits (train, distil, optimize, sign, serve, monitor, profile, cost, deploy,
 # batch predict) into nimble-demo/index.html; --force replaces the previous run's folder
-demo: $(STAMP)
+demo: $(STAMP) demo-sysdeps
 	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/nimbleml demo --out nimble-demo --force
+
+# the demo's one system package: headless Chromium for the dashboard's picture. Best effort:
+# where it cannot be installed (no apt-get, no root) the demo runs and its page says why the
+# picture is missing
+demo-sysdeps:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		command -v google-chrome >/dev/null || \
+		{ command -v apt-get >/dev/null && $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+		echo "make demo: Chromium could not be installed; the dashboard picture is skipped"
 
 # README's picture: the demo page's first screen, taken by headless Chromium (run `make demo`
 # first, or this runs it); commit docs/demo.png when it changed
