@@ -1,3 +1,6 @@
+import itertools
+import time
+
 import numpy as np
 import pytest
 
@@ -48,3 +51,34 @@ def test_peak_memory_sees_an_allocation():
 
     grown = peak_rss_bytes(allocate, calls=4)
     assert grown >= 16 * 2**20
+
+
+def test_interleaved_timing_alternates_and_keeps_each_calls_own_samples():
+    from nimbleml.bench.timer import ROUNDS, time_interleaved
+
+    log: list[str] = []
+
+    def sleeper(name: str, seconds: float):
+        def call():
+            log.append(name)
+            time.sleep(seconds)
+
+        return call
+
+    config = TimingConfig(warmup_s=0.0, min_samples=20, time_budget_s=0.5)
+    fast, slow = time_interleaved([sleeper("a", 0.0005), sleeper("b", 0.002)], config)
+    # the calls took turns: a..b..b..a..a..b.. (forward, then backward: a switch a round);
+    # timed one after the other they would switch once
+    switches = sum(1 for x, y in itertools.pairwise(log) if x != y)
+    assert switches >= ROUNDS
+    assert fast.n >= 20 and slow.n >= 20
+    assert fast.n + slow.n < log.count("a") + log.count("b")  # warm-up calls are not timed
+    assert 2.0 < slow.p50_ms / fast.p50_ms < 6.0  # each kept its own figures
+
+
+def test_interleaved_timing_of_one_call_is_plain_timing():
+    from nimbleml.bench.timer import time_interleaved
+
+    (s,) = time_interleaved([lambda: None], TimingConfig(warmup_s=0.0, min_samples=200,
+                                                         time_budget_s=0.5))  # fmt: skip
+    assert s.n >= 200

@@ -14,7 +14,7 @@ from ..inputs import Feeds, batch_size, rows
 from ..metrics import Metric, evaluate, infer_task, resolve
 from ..models.base import Model
 from .report import BenchmarkReport, BenchmarkResult, PerformanceMetrics
-from .timer import TimingConfig, peak_rss_bytes, time_calls
+from .timer import TimingConfig, peak_rss_bytes, time_interleaved
 
 
 @dataclass
@@ -84,6 +84,8 @@ def benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkReport:
     """Time every model on the same inputs at each batch size; the first is the baseline.
+    Every model/batch setting is timed in the same interleaved rounds (``time_interleaved``),
+    so their ratios are taken in the same stretch of the machine's time.
 
     ``models``: packages, model objects, or files. ``inputs``: an array or dict of arrays to
     draw batches from (rows repeat when a batch is larger). ``val``: (X, y) to compute
@@ -102,8 +104,9 @@ def benchmark(
     metric_obj = resolve(metric, task) if val is not None else None
     results: list[BenchmarkResult] = []
     reference: list[np.ndarray] | None = None
+    say = progress or (lambda _msg: None)
+    settings: list[tuple[Entry, int, Callable[[], object], float | None]] = []
     for entry in entries:
-        say = progress or (lambda _msg: None)
         feeds_all = entry.model.feeds(inputs)
         if batch_size(feeds_all) == 0:
             raise BenchmarkError("the benchmark inputs have no rows")
@@ -113,34 +116,36 @@ def benchmark(
             reference = outputs if reference is None else reference
             metric_value = evaluate(metric_obj, outputs, val[1], reference, task)
         for bs in sizes:
-            say(f"{entry.name} batch={bs}")
             feeds = rows(feeds_all, bs)
             try:
                 entry.model.run(feeds)
             except Exception as exc:
                 raise BenchmarkError(f"{entry.name} failed at batch {bs}: {exc}") from exc
-            call = functools.partial(entry.model.run, feeds)
-            stats = time_calls(call, timing)
-            peak = peak_rss_bytes(call) if measure_memory else 0
-            total_s = stats.mean_ms * stats.n / 1e3
-            perf = PerformanceMetrics(
-                total_time=total_s,
-                samples_per_second=bs * 1e3 / stats.mean_ms if stats.mean_ms else 0.0,
-                peak_memory_gb=peak / 2**30,
-                gpu_memory_gb=_gpu_memory_gb(),
-                gpu_utilization=None,
-                model_size_mb=entry.size_bytes / 2**20,
-                num_parameters=entry.num_parameters,
+            settings.append((entry, bs, functools.partial(entry.model.run, feeds), metric_value))
+    say(f"timing {len(settings)} model/batch settings side by side")
+    timed = time_interleaved([call for _, _, call, _ in settings], timing)
+    for (entry, bs, call, metric_value), stats in zip(settings, timed, strict=True):
+        say(f"{entry.name} batch={bs}: p50 {stats.p50_ms:.3f} ms")
+        peak = peak_rss_bytes(call) if measure_memory else 0
+        total_s = stats.mean_ms * stats.n / 1e3
+        perf = PerformanceMetrics(
+            total_time=total_s,
+            samples_per_second=bs * 1e3 / stats.mean_ms if stats.mean_ms else 0.0,
+            peak_memory_gb=peak / 2**30,
+            gpu_memory_gb=_gpu_memory_gb(),
+            gpu_utilization=None,
+            model_size_mb=entry.size_bytes / 2**20,
+            num_parameters=entry.num_parameters,
+        )
+        results.append(
+            BenchmarkResult(
+                name=entry.name,
+                framework=entry.model.framework,
+                batch_size=bs,
+                latency=stats,
+                performance=perf,
+                metric_name=metric_obj.name if metric_obj else None,
+                metric_value=metric_value,
             )
-            results.append(
-                BenchmarkResult(
-                    name=entry.name,
-                    framework=entry.model.framework,
-                    batch_size=bs,
-                    latency=stats,
-                    performance=perf,
-                    metric_name=metric_obj.name if metric_obj else None,
-                    metric_value=metric_value,
-                )
-            )
+        )
     return BenchmarkReport(results)

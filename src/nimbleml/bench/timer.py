@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,11 +32,60 @@ class TimingConfig:
 
 
 def time_calls(fn: Callable[[], object], config: TimingConfig) -> LatencyStats:
-    clock = time.perf_counter_ns
-    end_warmup = time.perf_counter() + config.warmup_s
+    _warm(fn, config.warmup_s)
+    timed, stable = _collect(fn, config)
+    return summarize(timed, stable or is_stable(timed, config.target_spread))
+
+
+# rounds of time_interleaved; each call's slice of a round is first warmed this long, which
+# also lets the thread pool of the call before it go quiet (ONNX Runtime's workers spin for
+# tens of milliseconds after a run)
+ROUNDS = 5
+SLICE_WARMUP_S = 0.02
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]], config: TimingConfig, rounds: int = ROUNDS
+) -> list[LatencyStats]:
+    """Several calls timed side by side: ``rounds`` rounds, in turn forward and backward,
+    each giving every call its share of ``config``'s budget and samples, so that every call
+    sees the same stretches of the machine's noise (timed one after the other, the same
+    package measured 0.17 ms and 0.37 ms at batch 1 in two runs a minute apart). Each call's
+    samples from every round are summarised together."""
+    if len(fns) == 1:
+        return [time_calls(fns[0], config)]
+    for fn in fns:
+        _warm(fn, config.warmup_s)
+    share = max(1, -(-config.min_samples // rounds))
+    part = TimingConfig(
+        warmup_s=0.0,
+        min_samples=share,
+        max_samples=max(share, config.max_samples // rounds),
+        time_budget_s=config.time_budget_s / rounds,
+        target_spread=config.target_spread,
+    )
+    samples: list[list[np.ndarray]] = [[] for _ in fns]
+    for r in range(rounds):
+        order = range(len(fns)) if r % 2 == 0 else range(len(fns) - 1, -1, -1)
+        for i in order:
+            _warm(fns[i], SLICE_WARMUP_S)
+            samples[i].append(_collect(fns[i], part)[0])
+    merged = [np.concatenate(s) for s in samples]
+    return [summarize(m, is_stable(m, config.target_spread)) for m in merged]
+
+
+def _warm(fn: Callable[[], object], seconds: float) -> None:
+    """One untimed call, then more until ``seconds`` have passed."""
+    end = time.perf_counter() + seconds
     fn()
-    while time.perf_counter() < end_warmup:
+    while time.perf_counter() < end:
         fn()
+
+
+def _collect(fn: Callable[[], object], config: TimingConfig) -> tuple[np.ndarray, bool]:
+    """Timed calls (ns) until stable with ``min_samples``, or out of budget; and whether the
+    last check found them stable."""
+    clock = time.perf_counter_ns
     samples = np.empty(config.max_samples, dtype=np.int64)
     n = 0
     deadline = time.perf_counter() + config.time_budget_s
@@ -53,8 +102,7 @@ def time_calls(fn: Callable[[], object], config: TimingConfig) -> LatencyStats:
                 break
         elif n < check_every and time.perf_counter() > deadline and n >= 3:
             break
-    timed = samples[:n]
-    return summarize(timed, stable or is_stable(timed, config.target_spread))
+    return samples[:n], stable
 
 
 def peak_rss_bytes(fn: Callable[[], object], calls: int = 20, interval_s: float = 0.0005) -> int:
