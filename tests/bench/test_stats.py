@@ -82,3 +82,20 @@ def test_interleaved_timing_of_one_call_is_plain_timing():
     (s,) = time_interleaved([lambda: None], TimingConfig(warmup_s=0.0, min_samples=200,
                                                          time_budget_s=0.5))  # fmt: skip
     assert s.n >= 200
+
+
+def test_an_unsteady_call_gets_more_rounds_within_the_budgets():
+    from nimbleml.bench.timer import time_interleaved
+
+    calls = itertools.count()
+
+    def unsteady():
+        time.sleep(0.002 if next(calls) % 2 else 0.0)
+
+    config = TimingConfig(warmup_s=0.0, min_samples=20, time_budget_s=0.3)
+    started = time.monotonic()
+    steady, shaky = time_interleaved([lambda: time.sleep(0.001), unsteady], config)
+    took = time.monotonic() - started
+    assert steady.stable and not shaky.stable
+    assert shaky.n > 20  # rounds went on past the first five, looking for a stable figure
+    assert took < 2 * 0.3 + 1.0  # the two budgets, plus warm-ups and the round under way

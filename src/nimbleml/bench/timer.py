@@ -37,23 +37,27 @@ def time_calls(fn: Callable[[], object], config: TimingConfig) -> LatencyStats:
     return summarize(timed, stable or is_stable(timed, config.target_spread))
 
 
-# rounds of time_interleaved; each call's slice of a round is first warmed this long, which
-# also lets the thread pool of the call before it go quiet (ONNX Runtime's workers spin for
-# tens of milliseconds after a run)
+# time_interleaved: at least ROUNDS rounds, more (up to MAX_ROUNDS) while a call's samples
+# are not yet stable and the budget lasts; each call's slice of a round is first warmed this
+# long, which also lets the thread pool of the call before it quiet down
 ROUNDS = 5
-SLICE_WARMUP_S = 0.02
+MAX_ROUNDS = 20
+SLICE_WARMUP_S = 0.005
 
 
 def time_interleaved(
     fns: Sequence[Callable[[], object]], config: TimingConfig, rounds: int = ROUNDS
 ) -> list[LatencyStats]:
-    """Several calls timed side by side: ``rounds`` rounds, in turn forward and backward,
-    each giving every call its share of ``config``'s budget and samples, so that every call
-    sees the same stretches of the machine's noise (timed one after the other, the same
-    package measured 0.17 ms and 0.37 ms at batch 1 in two runs a minute apart). Each call's
-    samples from every round are summarised together."""
+    """Several calls timed side by side, in rounds that run them in turn forward and
+    backward, so that every call sees the same stretches of the machine's noise (timed one
+    after the other, the same package measured 0.17 ms and 0.37 ms at batch 1 in two runs a
+    minute apart). A round gives each call 1/``rounds`` of ``min_samples`` or of its time
+    budget, whichever comes first; after ``rounds`` rounds, more follow while some call's
+    samples are not stable (``target_spread``), until the calls' budgets together are spent.
+    Each call's samples from every round are summarised together."""
     if len(fns) == 1:
         return [time_calls(fns[0], config)]
+    rounds = min(max(1, rounds), MAX_ROUNDS)
     for fn in fns:
         _warm(fn, config.warmup_s)
     share = max(1, -(-config.min_samples // rounds))
@@ -64,14 +68,20 @@ def time_interleaved(
         time_budget_s=config.time_budget_s / rounds,
         target_spread=config.target_spread,
     )
+    deadline = time.perf_counter() + config.time_budget_s * len(fns)
     samples: list[list[np.ndarray]] = [[] for _ in fns]
-    for r in range(rounds):
+    for r in range(MAX_ROUNDS):
         order = range(len(fns)) if r % 2 == 0 else range(len(fns) - 1, -1, -1)
         for i in order:
             _warm(fns[i], SLICE_WARMUP_S)
-            samples[i].append(_collect(fns[i], part)[0])
-    merged = [np.concatenate(s) for s in samples]
-    return [summarize(m, is_stable(m, config.target_spread)) for m in merged]
+            samples[i].append(_collect(fns[i], part, until_stable=False)[0])
+        if r + 1 < rounds:
+            continue
+        merged = [np.concatenate(s) for s in samples]
+        stable = [is_stable(m, config.target_spread) for m in merged]
+        if all(stable) or time.perf_counter() > deadline:
+            break
+    return [summarize(m, ok) for m, ok in zip(merged, stable, strict=True)]
 
 
 def _warm(fn: Callable[[], object], seconds: float) -> None:
@@ -82,9 +92,11 @@ def _warm(fn: Callable[[], object], seconds: float) -> None:
         fn()
 
 
-def _collect(fn: Callable[[], object], config: TimingConfig) -> tuple[np.ndarray, bool]:
-    """Timed calls (ns) until stable with ``min_samples``, or out of budget; and whether the
-    last check found them stable."""
+def _collect(
+    fn: Callable[[], object], config: TimingConfig, until_stable: bool = True
+) -> tuple[np.ndarray, bool]:
+    """Timed calls (ns) until stable with ``min_samples`` (``until_stable=False``: until
+    ``min_samples``), or out of budget; and whether the last check found them stable."""
     clock = time.perf_counter_ns
     samples = np.empty(config.max_samples, dtype=np.int64)
     n = 0
@@ -96,7 +108,10 @@ def _collect(fn: Callable[[], object], config: TimingConfig) -> tuple[np.ndarray
         fn()
         samples[n] = clock() - t0
         n += 1
-        if n % check_every == 0:
+        if not until_stable:
+            if n >= config.min_samples or (n >= 3 and time.perf_counter() > deadline):
+                break
+        elif n % check_every == 0:
             stable = n >= config.min_samples and is_stable(samples[:n], config.target_spread)
             if stable or time.perf_counter() > deadline:
                 break
